@@ -1,21 +1,64 @@
+// Command rootlessnet gives a network namespace connectivity without root,
+// through a userspace TCP/IP stack (gVisor's netstack), like slirp4netns.
+//
+//	rootlessnet run [flags] -- CMD [ARGS...]
+//	rootlessnet [flags] --netns PATH
 package main
 
 import (
-	_ "github.com/miekg/dns"
-	_ "github.com/songgao/water"
-	_ "github.com/spf13/pflag"
-	_ "github.com/vishvananda/netlink"
-	_ "golang.org/x/net/icmp"
-	_ "golang.org/x/sys/unix"
-	_ "gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	_ "gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
-	_ "gvisor.dev/gvisor/pkg/tcpip/network/arp"
-	_ "gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	_ "gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
-	_ "gvisor.dev/gvisor/pkg/tcpip/stack"
-	_ "gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	_ "gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	_ "gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/rootlessnet/rootlessnet/launcher"
+	"github.com/rootlessnet/rootlessnet/userns"
+	_ "github.com/rootlessnet/rootlessnet/userns/nsenter"
 )
 
-func main() {}
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0"
+
+func main() {
+	if conn, role, ok := userns.ChildConn(); ok {
+		os.Exit(launcher.ChildMain(conn, role))
+	}
+	os.Exit(realMain(os.Args[1:]))
+}
+
+// usageError is a bad command line: exit status 2, as flag parsers do.
+type usageError struct{ error }
+
+func realMain(args []string) int {
+	var err error
+	status := 0
+	if len(args) > 0 && args[0] == "run" {
+		status, err = runCommand(args[1:])
+	} else {
+		err = attachCommand(args)
+	}
+	if err == nil {
+		return status
+	}
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	fmt.Fprintln(os.Stderr, "rootlessnet:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	var ee *launcher.ExecError
+	if errors.As(err, &ee) {
+		return ee.Status
+	}
+	return 1
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", level)}
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

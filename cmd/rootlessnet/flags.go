@@ -1,0 +1,79 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rootlessnet/rootlessnet/stack"
+)
+
+var errHelp = errors.New("help shown")
+
+// options are the flags both forms share.
+type options struct {
+	mtu                 int
+	cidr                string
+	disableHostLoopback bool
+	disableDNS          bool
+	resolvConf          string
+	pcap                string
+	logLevel            string
+	tapName             string
+	macAddress          string
+
+	addressing stack.Addressing
+}
+
+func (o *options) register(fs *pflag.FlagSet) {
+	fs.IntVarP(&o.mtu, "mtu", "m", stack.DefaultMTU, "MTU of the TAP")
+	fs.StringVar(&o.cidr, "cidr", stack.DefaultCIDR, "IPv4 network of the container (gateway +2, DNS +3, guest +100)")
+	fs.BoolVar(&o.disableHostLoopback, "disable-host-loopback", false, "refuse connections from the container to the gateway address (the host's 127.0.0.1)")
+	fs.BoolVar(&o.disableDNS, "disable-dns", false, "do not forward DNS on the DNS address")
+	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers receive the container's DNS queries")
+	fs.StringVar(&o.pcap, "pcap", "", "write the TAP's traffic to this file as pcap")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.tapName, "tap", "tap0", "name of the TAP device in the namespace")
+	fs.StringVar(&o.macAddress, "macaddress", "", "MAC address of the TAP (when rootlessnet configures it)")
+}
+
+// validate checks the flags and derives the addressing.
+func (o *options) validate() error {
+	if err := stack.ValidateMTU(o.mtu); err != nil {
+		return usageError{err}
+	}
+	a, err := stack.ParseCIDR(o.cidr)
+	if err != nil {
+		return usageError{err}
+	}
+	o.addressing = a
+	if o.macAddress != "" {
+		mac, err := net.ParseMAC(o.macAddress)
+		if err != nil || len(mac) != 6 {
+			return usageError{fmt.Errorf("invalid --macaddress %q: want six bytes such as 02:00:00:00:00:01", o.macAddress)}
+		}
+		if mac[0]&1 == 1 {
+			return usageError{fmt.Errorf("invalid --macaddress %q: a multicast address cannot be a NIC's", o.macAddress)}
+		}
+	}
+	if o.tapName == "" || len(o.tapName) > 15 {
+		return usageError{fmt.Errorf("invalid --tap %q: want 1 to 15 characters", o.tapName)}
+	}
+	return nil
+}
+
+// parse parses args into fs, turning pflag's errors and -h into ours.
+func parse(fs *pflag.FlagSet, args []string) error {
+	fs.SetOutput(os.Stderr)
+	err := fs.Parse(args)
+	if errors.Is(err, pflag.ErrHelp) {
+		return errHelp
+	}
+	if err != nil {
+		return usageError{err}
+	}
+	return nil
+}

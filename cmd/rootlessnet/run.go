@@ -1,0 +1,97 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rootlessnet/rootlessnet/launcher"
+)
+
+func runCommand(args []string) (int, error) {
+	var o options
+	fs := pflag.NewFlagSet("rootlessnet run", pflag.ContinueOnError)
+	fs.SetInterspersed(false)
+	o.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: rootlessnet run [flags] -- CMD [ARGS...]\n\nRuns CMD in new user, network and mount namespaces with connectivity through rootlessnet.\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	if err := parse(fs, args); err != nil {
+		return 0, err
+	}
+	if err := o.validate(); err != nil {
+		return 0, err
+	}
+	if fs.NArg() == 0 {
+		return 0, usageError{fmt.Errorf("run: no command given: rootlessnet run [flags] -- CMD [ARGS...]")}
+	}
+	log, err := newLogger(o.logLevel)
+	if err != nil {
+		return 0, err
+	}
+
+	// Signals are caught before the command exists, so none is lost.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	req := launcher.SetupRequest{
+		Tap:       o.tapName,
+		Configure: true,
+		MTU:       o.mtu,
+		MAC:       o.macAddress,
+		Address:   o.addressing.GuestPrefix().String(),
+		Gateway:   o.addressing.Gateway.String(),
+		Command:   fs.Args(),
+	}
+	if !o.disableDNS {
+		dir, err := os.MkdirTemp("", "rootlessnet-")
+		if err != nil {
+			return 0, err
+		}
+		// The bind mount keeps the file alive; the directory goes now.
+		defer os.RemoveAll(dir)
+		req.ResolvConf = filepath.Join(dir, "resolv.conf")
+		if err := os.WriteFile(req.ResolvConf, []byte("nameserver "+o.addressing.DNS.String()+"\n"), 0o644); err != nil {
+			return 0, err
+		}
+	}
+	c, tapFile, warnings, err := launcher.Launch(req)
+	if err != nil {
+		return 0, err
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	n, stop, err := startNetwork(&o, log, tapFile)
+	if err != nil {
+		c.Signal(syscall.SIGKILL)
+		c.Wait()
+		return 0, err
+	}
+	defer stop()
+	if err := c.Start(); err != nil {
+		c.Wait()
+		return 0, err
+	}
+	log.Debug("command started", "pid", c.Pid(), "address", o.addressing.GuestPrefix(), "gateway", o.addressing.Gateway, "dns", o.addressing.DNS)
+
+	exited := make(chan int, 1)
+	go func() { exited <- c.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			c.Signal(sig)
+		case status := <-exited:
+			return status, nil
+		case <-n.Done():
+			log.Error("the data path stopped", "err", n.Err())
+			c.Signal(syscall.SIGKILL)
+			return <-exited, nil
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package forwarder
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/miekg/dns"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+)
+
+// DNS forwarding relays the query bytes to the upstreams and the answer
+// bytes back unchanged; miekg/dns is used only to build SERVFAIL for a
+// query no upstream answered, which a hand-written encoder would get wrong
+// for EDNS and odd queries.
+const (
+	dnsAttemptTimeout = 2 * time.Second
+	dnsFlowIdle       = 30 * time.Second
+	maxDNSMessage     = 65535
+)
+
+// serveDNS answers the queries of one container UDP flow to the DNS
+// address until it is idle.
+func (f *Forwarder) serveDNS(guest *gonet.UDPConn) {
+	defer guest.Close()
+	stop := context.AfterFunc(f.ctx, func() { guest.Close() })
+	defer stop()
+	buf := make([]byte, maxDNSMessage)
+	for {
+		guest.SetReadDeadline(time.Now().Add(dnsFlowIdle))
+		n, err := guest.Read(buf)
+		if err != nil {
+			return
+		}
+		if n < 12 { // shorter than a DNS header: nothing to answer
+			continue
+		}
+		query := append([]byte(nil), buf[:n]...)
+		select {
+		case f.dnsSlots <- struct{}{}:
+		default:
+			f.log.Debug("dns: too many queries in flight; dropping one")
+			continue
+		}
+		if !f.goFlow(func() {
+			defer func() { <-f.dnsSlots }()
+			if reply := f.exchangeUDP(query); reply != nil {
+				guest.Write(reply)
+			}
+		}) {
+			<-f.dnsSlots
+			return
+		}
+	}
+}
+
+// exchangeUDP asks each upstream in turn and returns the first answer
+// whose id matches, or SERVFAIL when none answers.
+func (f *Forwarder) exchangeUDP(query []byte) []byte {
+	id := binary.BigEndian.Uint16(query)
+	buf := make([]byte, maxDNSMessage)
+	for _, ns := range f.cfg.Nameservers {
+		if f.ctx.Err() != nil {
+			return nil
+		}
+		reply, err := exchangeOnce(ns.String(), query, id, buf)
+		if err == nil {
+			return reply
+		}
+		f.log.Debug("dns upstream failed", "upstream", ns, "err", err)
+	}
+	return servfail(query)
+}
+
+func exchangeOnce(upstream string, query []byte, id uint16, buf []byte) ([]byte, error) {
+	c, err := net.DialTimeout("udp", upstream, dnsAttemptTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(dnsAttemptTimeout))
+	if _, err := c.Write(query); err != nil {
+		return nil, err
+	}
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		if n >= 12 && binary.BigEndian.Uint16(buf) == id {
+			return append([]byte(nil), buf[:n]...), nil
+		}
+	}
+}
+
+func servfail(query []byte) []byte {
+	var q dns.Msg
+	if err := q.Unpack(query); err != nil {
+		return nil
+	}
+	var m dns.Msg
+	m.SetRcode(&q, dns.RcodeServerFailure)
+	b, err := m.Pack()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// dialDNSTCP connects to the first upstream that accepts TCP.
+func (f *Forwarder) dialDNSTCP() (*net.TCPConn, error) {
+	err := errors.New("no nameservers configured")
+	for _, ns := range f.cfg.Nameservers {
+		var c net.Conn
+		c, err = net.DialTimeout("tcp", ns.String(), dnsAttemptTimeout)
+		if err == nil {
+			return c.(*net.TCPConn), nil
+		}
+	}
+	return nil, err
+}

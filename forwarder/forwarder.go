@@ -1,0 +1,101 @@
+// Package forwarder carries the container's flows to host sockets: TCP and
+// UDP through the NAT, DNS to the host's resolvers, ICMP echo through
+// unprivileged ping sockets, and the host-loopback policy.
+package forwarder
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// GuestWriter sends a whole IP packet to the container, bypassing the
+// stack: echo replies and ICMP errors made from host sockets' answers.
+type GuestWriter interface {
+	WriteToGuest(ipPacket []byte) error
+}
+
+// Config is what the forwarder needs.
+type Config struct {
+	Policy Policy
+	// Nameservers are the DNS upstreams, in order.
+	Nameservers []netip.AddrPort
+	// Guest writes ICMP packets to the container; nil disables ICMP
+	// echo forwarding and UDP port-unreachable reports.
+	Guest GuestWriter
+	// Dialer makes host-side connections (outbound address binding).
+	Dialer *net.Dialer
+	// UDPIdleTimeout ends UDP flows that carried nothing for that long.
+	UDPIdleTimeout time.Duration
+	Log            *slog.Logger
+}
+
+// Forwarder owns every flow it started: Close ends them all and waits.
+type Forwarder struct {
+	cfg Config
+	log *slog.Logger
+	st  *stack.Stack
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	pingWarnOnce sync.Once
+	pingSlots    chan struct{}
+	dnsSlots     chan struct{}
+}
+
+// New makes a forwarder; Attach gives it the stack once that exists.
+func New(cfg Config) *Forwarder {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = 90 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Forwarder{
+		cfg:       cfg,
+		log:       cfg.Log,
+		ctx:       ctx,
+		cancel:    cancel,
+		pingSlots: make(chan struct{}, 128),
+		dnsSlots:  make(chan struct{}, 256),
+	}
+}
+
+// Attach tells the forwarder which stack its requests come from.
+func (f *Forwarder) Attach(s *stack.Stack) { f.st = s }
+
+// Close ends every flow and waits for their goroutines.
+func (f *Forwarder) Close() {
+	f.cancel()
+	f.wg.Wait()
+}
+
+// goFlow runs fn in a goroutine the forwarder owns; false when closing.
+func (f *Forwarder) goFlow(fn func()) bool {
+	if f.ctx.Err() != nil {
+		return false
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+func addrPortOf(a tcpip.Address, port uint16) netip.AddrPort {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return netip.AddrPortFrom(ip.Unmap(), port)
+}

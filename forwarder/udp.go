@@ -1,0 +1,136 @@
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+const maxDatagram = 65535
+
+// HandleUDP is the stack's UDP forwarder handler. It runs on the packet
+// path, so it only connects a host socket (no blocking) and starts the
+// flow's goroutines. Returning false makes the stack send ICMP port
+// unreachable.
+func (f *Forwarder) HandleUDP(r *udp.ForwarderRequest) bool {
+	id := r.ID()
+	dst := addrPortOf(id.LocalAddress, id.LocalPort)
+	src := addrPortOf(id.RemoteAddress, id.RemotePort)
+	verdict, to := f.cfg.Policy.Translate(dst)
+	if verdict == Refuse {
+		f.log.Debug("udp refused", "dst", dst)
+		return false
+	}
+	var host net.Conn
+	if verdict == Dial {
+		var err error
+		host, err = f.cfg.Dialer.Dial("udp", to.String())
+		if err != nil {
+			f.log.Debug("udp connect failed", "dst", dst, "err", err)
+			return false
+		}
+	}
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		f.log.Debug("udp endpoint", "err", terr)
+		if host != nil {
+			host.Close()
+		}
+		return true
+	}
+	guest := gonet.NewUDPConn(&wq, ep)
+	var started bool
+	if verdict == DNS {
+		started = f.goFlow(func() { f.serveDNS(guest) })
+	} else {
+		started = f.goFlow(func() { f.relayUDP(guest, host.(*net.UDPConn), src, dst) })
+	}
+	if !started {
+		guest.Close()
+		if host != nil {
+			host.Close()
+		}
+	}
+	return true
+}
+
+// relayUDP carries one flow both ways until it has been idle for the
+// idle timeout.
+func (f *Forwarder) relayUDP(guest *gonet.UDPConn, host *net.UDPConn, src, dst netip.AddrPort) {
+	var closeOnce sync.Once
+	closeBoth := func() {
+		closeOnce.Do(func() {
+			guest.Close()
+			host.Close()
+		})
+	}
+	stop := context.AfterFunc(f.ctx, closeBoth)
+	defer stop()
+	defer closeBoth()
+
+	idle := f.cfg.UDPIdleTimeout
+	var last atomic.Int64
+	var lastLen atomic.Int64
+	touch := func() { last.Store(time.Now().UnixNano()) }
+	touch()
+	// expired reports whether the flow saw nothing for idle; a read
+	// deadline that fires early only re-arms.
+	expired := func() bool { return time.Since(time.Unix(0, last.Load())) >= idle }
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer closeBoth()
+		buf := make([]byte, maxDatagram)
+		for {
+			guest.SetReadDeadline(time.Now().Add(idle))
+			n, err := guest.Read(buf)
+			if err != nil {
+				if isTimeout(err) && !expired() {
+					continue
+				}
+				return
+			}
+			touch()
+			lastLen.Store(int64(n))
+			host.Write(buf[:n])
+		}
+	}()
+	buf := make([]byte, maxDatagram)
+	for {
+		host.SetReadDeadline(time.Now().Add(idle))
+		n, err := host.Read(buf)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				// The host got ICMP port unreachable: tell the
+				// container the same way.
+				f.portUnreachable(src, dst, int(lastLen.Load()))
+				continue
+			}
+			if isTimeout(err) && !expired() {
+				continue
+			}
+			break
+		}
+		touch()
+		guest.Write(buf[:n])
+	}
+	closeBoth()
+	wg.Wait()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,153 @@
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/rootlessnet/rootlessnet/userns"
+)
+
+// Container is a run-mode child: new namespaces, and the command once
+// started.
+type Container struct {
+	child *userns.Child
+}
+
+// Launch creates new user, network and mount namespaces with a child in
+// them, has it open and configure the TAP, and returns the TAP's fd. The
+// command does not run until Start.
+func Launch(req SetupRequest) (*Container, *os.File, []string, error) {
+	child, err := userns.Spawn(userns.SpawnOptions{
+		Role:          RoleRun,
+		NewNamespaces: true,
+		Stdin:         os.Stdin,
+		Stdout:        os.Stdout,
+		Stderr:        os.Stderr,
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c := &Container{child: child}
+	f, warnings, err := requestTap(child, req)
+	if err != nil {
+		c.kill()
+		return nil, nil, nil, err
+	}
+	return c, f, warnings, nil
+}
+
+// Start runs the command; an error means it could not be executed, and
+// carries the exit status to use.
+func (c *Container) Start() error {
+	if err := c.child.Conn.Send(StartRequest{}); err != nil {
+		return fmt.Errorf("starting the command: %w", err)
+	}
+	var reply ExecReply
+	_, err := c.child.Conn.Recv(&reply)
+	c.child.Conn.Close()
+	if userns.IsClosed(err) {
+		return nil // exec succeeded, or the child died: Wait tells
+	}
+	if err != nil {
+		return fmt.Errorf("starting the command: %w", err)
+	}
+	return &ExecError{Msg: reply.Error, Status: reply.Status}
+}
+
+// ExecError is a command that could not be executed.
+type ExecError struct {
+	Msg    string
+	Status int
+}
+
+func (e *ExecError) Error() string { return e.Msg }
+
+// Signal sends sig to the command.
+func (c *Container) Signal(sig os.Signal) error { return c.child.Cmd.Process.Signal(sig) }
+
+// Pid is the command's process id.
+func (c *Container) Pid() int { return c.child.Cmd.Process.Pid }
+
+// Wait waits for the command and returns its exit status, 128+signal when
+// a signal killed it, as shells report.
+func (c *Container) Wait() int {
+	err := c.child.Cmd.Wait()
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	return 1
+}
+
+func (c *Container) kill() {
+	c.child.Conn.Close()
+	c.child.Cmd.Process.Kill()
+	c.child.Cmd.Wait()
+}
+
+// Attach has a child join netns (and userns, when not nil) and open the
+// TAP there; it returns the TAP's fd once the child is done.
+func Attach(netns, user *os.File, req SetupRequest) (*os.File, []string, error) {
+	child, err := userns.Spawn(userns.SpawnOptions{Role: RoleAttach, JoinUser: user, JoinNet: netns})
+	if err != nil {
+		return nil, nil, err
+	}
+	f, warnings, err := requestTap(child, req)
+	child.Conn.Close()
+	werr := child.Wait()
+	if err != nil {
+		if userns.IsClosed(err) && werr != nil {
+			return nil, nil, werr
+		}
+		return nil, nil, err
+	}
+	return f, warnings, nil
+}
+
+func requestTap(child *userns.Child, req SetupRequest) (*os.File, []string, error) {
+	if err := child.Conn.Send(req); err != nil {
+		return nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
+	}
+	var reply SetupReply
+	files, err := child.Conn.Recv(&reply)
+	if err != nil {
+		if s := child.Stderr(); s != "" && userns.IsClosed(err) {
+			return nil, nil, errors.New(s)
+		}
+		return nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
+	}
+	if reply.Error != "" {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, errors.New(reply.Error)
+	}
+	if len(files) != 1 {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, nil, errors.New("the namespace helper sent no TAP fd")
+	}
+	if err := syscall.SetNonblock(int(files[0].Fd()), true); err != nil {
+		files[0].Close()
+		return nil, nil, err
+	}
+	// Re-wrap so that os.File registers the non-blocking fd with the
+	// poller.
+	fd, err := syscall.Dup(int(files[0].Fd()))
+	files[0].Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	syscall.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), "tap"), reply.Warnings, nil
+}

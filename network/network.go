@@ -1,0 +1,149 @@
+// Package network is the one place where rootlessnet's data path is wired:
+// the TAP link endpoint, the gVisor stack and the forwarder, like
+// gvisor-tap-vsock's virtualnetwork.New.
+package network
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/rootlessnet/rootlessnet/forwarder"
+	"github.com/rootlessnet/rootlessnet/stack"
+)
+
+// Config describes one container's network.
+type Config struct {
+	// Tap is the TAP fd, non-blocking; the network owns it from New on.
+	Tap                 *os.File
+	MTU                 int
+	Addressing          stack.Addressing
+	DisableHostLoopback bool
+	DisableDNS          bool
+	Nameservers         []netip.AddrPort
+	// Pcap, when set, receives every frame as pcap (LINKTYPE_RAW).
+	Pcap io.Writer
+	// Dialer makes the host-side connections.
+	Dialer *net.Dialer
+	Log    *slog.Logger
+}
+
+// Network is a running data path.
+type Network struct {
+	Stack     *gstack.Stack
+	Link      *stack.TapEndpoint
+	Forwarder *forwarder.Forwarder
+	cfg       Config
+
+	done      chan struct{}
+	doneErr   error
+	closeOnce sync.Once
+}
+
+// New starts the data path on cfg.Tap.
+func New(cfg Config) (*Network, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	n := &Network{cfg: cfg, done: make(chan struct{})}
+	var endOnce sync.Once
+	onReadError := func(err error) {
+		endOnce.Do(func() {
+			n.doneErr = fmt.Errorf("reading the TAP: %w", err)
+			close(n.done)
+		})
+	}
+	link, err := stack.NewTapEndpoint(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError)
+	if err != nil {
+		cfg.Tap.Close()
+		return nil, err
+	}
+	n.Link = link
+	var ep gstack.LinkEndpoint = link
+	if cfg.Pcap != nil {
+		sn, err := sniffer.NewWithWriter(link, cfg.Pcap, uint32(cfg.MTU)+header.EthernetMinimumSize)
+		if err != nil {
+			link.Close()
+			return nil, fmt.Errorf("pcap: %w", err)
+		}
+		ep = sn
+	}
+	a := cfg.Addressing
+	n.Forwarder = forwarder.New(forwarder.Config{
+		Policy: forwarder.Policy{
+			Gateway:             a.Gateway,
+			DNS:                 a.DNS,
+			Network:             a.Network,
+			DisableHostLoopback: cfg.DisableHostLoopback,
+			DisableDNS:          cfg.DisableDNS,
+		},
+		Nameservers: cfg.Nameservers,
+		Guest:       guestWriter{link: link, mac: stack.GatewayMAC(a)},
+		Dialer:      cfg.Dialer,
+		Log:         cfg.Log,
+	})
+	s, err := stack.New(stack.Config{
+		Link:       ep,
+		Addressing: a,
+		Handlers: stack.Handlers{
+			TCP:   n.Forwarder.HandleTCP,
+			UDP:   n.Forwarder.HandleUDP,
+			ICMP4: n.Forwarder.HandleICMP4,
+		},
+	})
+	if err != nil {
+		link.Close()
+		n.Forwarder.Close()
+		return nil, err
+	}
+	n.Stack = s
+	n.Forwarder.Attach(s)
+	return n, nil
+}
+
+// Done is closed when the data path stopped on its own (the TAP went
+// away); Err says why.
+func (n *Network) Done() <-chan struct{} { return n.done }
+
+// Err is the reason Done was closed.
+func (n *Network) Err() error { return n.doneErr }
+
+// Close stops the stack, every flow and the TAP.
+func (n *Network) Close() {
+	n.closeOnce.Do(func() {
+		n.Link.Close()
+		n.Forwarder.Close()
+		n.Stack.Close()
+		n.Stack.Wait()
+		n.Link.Wait()
+	})
+}
+
+// guestWriter frames IP packets for the container.
+type guestWriter struct {
+	link *stack.TapEndpoint
+	mac  tcpip.LinkAddress
+}
+
+var errNoGuestMAC = errors.New("the container's MAC is not known yet")
+
+func (g guestWriter) WriteToGuest(ip []byte) error {
+	dst, ok := g.link.GuestMAC()
+	if !ok {
+		return errNoGuestMAC
+	}
+	frame := make([]byte, header.EthernetMinimumSize+len(ip))
+	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: g.mac, DstAddr: dst, Type: header.IPv4ProtocolNumber})
+	copy(frame[header.EthernetMinimumSize:], ip)
+	return g.link.WriteFrame(frame)
+}

@@ -1,0 +1,241 @@
+package stack
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// maxFrame is the largest Ethernet frame a TAP delivers: a 64 KiB IP
+// packet plus the Ethernet header.
+const maxFrame = 65535 + header.EthernetMinimumSize
+
+// TapEndpoint is a gVisor link endpoint on a TAP fd: Ethernet frames in
+// and out, one read or writev per frame.
+//
+// It replaces gVisor's fdbased, whose readv dispatcher in this snapshot
+// stops for good on the first frame addressed to another MAC.
+type TapEndpoint struct {
+	file *os.File
+	raw  syscall.RawConn
+	mac  tcpip.LinkAddress
+
+	mtu atomic.Uint32
+	// guestMAC is the source of the last unicast frame from the
+	// container: where frames that bypass the stack are sent.
+	guestMAC atomic.Pointer[tcpip.LinkAddress]
+
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+	started    bool
+	wg         sync.WaitGroup
+
+	// onReadError is told why the read loop ended, unless Close ended it.
+	onReadError func(error)
+	closed      atomic.Bool
+
+	stats LinkStats
+}
+
+// LinkStats counts what the endpoint dropped.
+type LinkStats struct {
+	RxFrames, TxFrames, RxDropped, TxErrors atomic.Uint64
+}
+
+var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
+
+// NewTapEndpoint wraps a non-blocking TAP fd. The endpoint owns file and
+// closes it in Close. onReadError may be nil.
+func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error)) (*TapEndpoint, error) {
+	raw, err := file.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError}
+	e.mtu.Store(mtu)
+	return e, nil
+}
+
+// MTU implements stack.LinkEndpoint.
+func (e *TapEndpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint.
+func (e *TapEndpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.LinkEndpoint.
+func (e *TapEndpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
+
+// LinkAddress implements stack.LinkEndpoint.
+func (e *TapEndpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
+
+// SetLinkAddress implements stack.LinkEndpoint; the gateway MAC is fixed.
+func (e *TapEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint. The kernel checksums what it
+// hands a TAP without virtio headers, so received checksums need no check.
+func (e *TapEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityRXChecksumOffload | stack.CapabilityResolutionRequired
+}
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (e *TapEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
+
+// Attach implements stack.LinkEndpoint: the read loop starts with the
+// first dispatcher.
+func (e *TapEndpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dispatcher = d
+	if d != nil && !e.started {
+		e.started = true
+		e.wg.Add(1)
+		go e.readLoop()
+	}
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *TapEndpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint.
+func (e *TapEndpoint) Wait() { e.wg.Wait() }
+
+// Close closes the TAP fd, which ends the read loop.
+func (e *TapEndpoint) Close() {
+	if e.closed.CompareAndSwap(false, true) {
+		e.file.Close()
+	}
+}
+
+// AddHeader implements stack.LinkEndpoint.
+func (e *TapEndpoint) AddHeader(pkt *stack.PacketBuffer) {
+	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (e *TapEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	hdr, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	if !ok {
+		return false
+	}
+	pkt.NetworkProtocolNumber = header.Ethernet(hdr).Type()
+	return true
+}
+
+// WritePackets implements stack.LinkWriter.
+func (e *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		if err := e.writev(pkt.AsSlices()); err != nil {
+			e.stats.TxErrors.Add(1)
+			if errors.Is(err, os.ErrClosed) {
+				return n, &tcpip.ErrClosedForSend{}
+			}
+			// A full TAP queue drops the frame, as a NIC would.
+			continue
+		}
+		n++
+	}
+	e.stats.TxFrames.Add(uint64(n))
+	return n, nil
+}
+
+// WriteFrame sends one whole Ethernet frame to the container, bypassing
+// the stack (ICMP errors and echo replies built by the forwarder).
+func (e *TapEndpoint) WriteFrame(frame []byte) error {
+	return e.writev([][]byte{frame})
+}
+
+// GuestMAC returns the container's MAC once a frame from it was seen.
+func (e *TapEndpoint) GuestMAC() (tcpip.LinkAddress, bool) {
+	p := e.guestMAC.Load()
+	if p == nil {
+		return "", false
+	}
+	return *p, true
+}
+
+// Stats returns the endpoint's counters.
+func (e *TapEndpoint) Stats() *LinkStats { return &e.stats }
+
+func (e *TapEndpoint) writev(iovs [][]byte) error {
+	var werr error
+	err := e.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Writev(int(fd), iovs)
+		return werr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	return werr
+}
+
+func (e *TapEndpoint) readLoop() {
+	defer e.wg.Done()
+	buf := make([]byte, maxFrame)
+	for {
+		n, err := e.file.Read(buf)
+		if err != nil {
+			if !e.closed.Load() && e.onReadError != nil {
+				e.onReadError(err)
+			}
+			return
+		}
+		e.deliver(buf[:n])
+	}
+}
+
+// deliver hands one frame to the stack. Frames for other unicast MACs are
+// dropped here: the container may still talk to a neighbour it knew.
+func (e *TapEndpoint) deliver(frame []byte) {
+	if len(frame) < header.EthernetMinimumSize {
+		e.stats.RxDropped.Add(1)
+		return
+	}
+	eth := header.Ethernet(frame)
+	dst := eth.DestinationAddress()
+	if dst != e.mac && !header.IsMulticastEthernetAddress(dst) && dst != header.EthernetBroadcastAddress {
+		e.stats.RxDropped.Add(1)
+		return
+	}
+	if src := eth.SourceAddress(); header.IsValidUnicastEthernetAddress(src) {
+		if p := e.guestMAC.Load(); p == nil || *p != src {
+			e.guestMAC.Store(&src)
+		}
+	}
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	if d == nil {
+		return
+	}
+	e.stats.RxFrames.Add(1)
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+		Payload: buffer.MakeWithData(frame),
+	})
+	defer pkt.DecRef()
+	if !e.ParseHeader(pkt) {
+		e.stats.RxDropped.Add(1)
+		return
+	}
+	d.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
+}
+
+// SetOnCloseAction implements stack.LinkEndpoint; the TAP needs no action.
+func (e *TapEndpoint) SetOnCloseAction(func()) {}

@@ -1,0 +1,73 @@
+// Package tap opens and configures the TAP device inside the container's
+// network namespace.
+//
+// It opens /dev/net/tun with golang.org/x/sys directly rather than through
+// songgao/water: water clears TUNSETPERSIST on every open (which would
+// make rootlesskit's persistent tap0 vanish when rootlessnet exits), leaks
+// the fd when TUNSETIFF fails, and cannot ask for IFF_VNET_HDR.
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options for Open.
+type Options struct {
+	// Name of the TAP; an existing TAP of that name is attached to.
+	Name string
+	// VnetHdr asks for virtio-net headers on every frame (IFF_VNET_HDR).
+	VnetHdr bool
+}
+
+// Open creates (or attaches to) the TAP and returns its fd, non-blocking
+// and close-on-exec.
+func Open(opts Options) (*os.File, error) {
+	if opts.Name == "" || len(opts.Name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("invalid TAP name %q: want 1 to %d characters", opts.Name, unix.IFNAMSIZ-1)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, openError(err)
+	}
+	ifr, err := unix.NewIfreq(opts.Name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("invalid TAP name %q: %w", opts.Name, err)
+	}
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if opts.VnetHdr {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, setIffError(opts.Name, err)
+	}
+	return os.NewFile(uintptr(fd), "tap:"+opts.Name), nil
+}
+
+func openError(err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENXIO), errors.Is(err, unix.ENODEV):
+		return fmt.Errorf("/dev/net/tun is missing: load the tun module (modprobe tun) or create the node (mknod /dev/net/tun c 10 200): %w", err)
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		return fmt.Errorf("/dev/net/tun is not accessible to this user: most distributions ship it mode 0666 (chmod 0666 /dev/net/tun): %w", err)
+	}
+	return fmt.Errorf("opening /dev/net/tun: %w", err)
+}
+
+func setIffError(name string, err error) error {
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("TAP %s is in use by another process (choose another name with --tap): %w", name, err)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("%s exists and is not a TAP device (choose another name with --tap): %w", name, err)
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("not permitted to create or attach TAP %s (it may belong to another user, or the namespace to another user namespace): %w", name, err)
+	}
+	return fmt.Errorf("creating TAP %s: %w", name, err)
+}

@@ -1,0 +1,130 @@
+package userns
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxMessage bounds one control message; they are small JSON objects.
+const maxMessage = 64 << 10
+
+// Conn is the control channel between the parent and a child it started in
+// other namespaces: a SOCK_SEQPACKET pair, so that each message arrives
+// whole, carrying JSON and optionally file descriptors (SCM_RIGHTS).
+type Conn struct {
+	uc *net.UnixConn
+}
+
+// SocketPair returns both ends of a new control channel. The child's end is
+// returned as a file to hand to exec.Cmd.ExtraFiles.
+func SocketPair() (*Conn, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	parent := os.NewFile(uintptr(fds[0]), "control")
+	child := os.NewFile(uintptr(fds[1]), "control-child")
+	c, err := FileConn(parent)
+	parent.Close()
+	if err != nil {
+		child.Close()
+		return nil, nil, err
+	}
+	return c, child, nil
+}
+
+// FileConn makes a Conn of an inherited control socket. f may be closed
+// afterwards.
+func FileConn(f *os.File) (*Conn, error) {
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		nc.Close()
+		return nil, errors.New("control socket is not a unix socket")
+	}
+	return &Conn{uc: uc}, nil
+}
+
+// Send writes msg as one message with files attached.
+func (c *Conn) Send(msg any, files ...*os.File) error {
+	b, err := json.Marshal(msg)
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	_, _, err = c.uc.WriteMsgUnix(b, oob, nil)
+	return err
+}
+
+// Recv reads one message into msg and returns the files that came with it.
+// io.EOF means the other side closed the channel.
+func (c *Conn) Recv(msg any) ([]*os.File, error) {
+	buf := make([]byte, maxMessage)
+	oob := make([]byte, unix.CmsgSpace(4*8))
+	n, oobn, _, _, err := c.uc.ReadMsgUnix(buf, oob)
+	if errors.Is(err, io.EOF) {
+		return nil, errEOF
+	}
+	if err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return nil, fmt.Errorf("control message: %w", err)
+		}
+		for _, m := range msgs {
+			fds, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				continue
+			}
+			for _, fd := range fds {
+				unix.CloseOnExec(fd)
+				files = append(files, os.NewFile(uintptr(fd), "received"))
+			}
+		}
+	}
+	if n == 0 {
+		closeAll(files)
+		return nil, errEOF
+	}
+	if err := json.Unmarshal(buf[:n], msg); err != nil {
+		closeAll(files)
+		return nil, fmt.Errorf("control message: %w", err)
+	}
+	return files, nil
+}
+
+// errEOF is what Recv returns when the peer closed the channel: a
+// zero-length read on a SOCK_SEQPACKET socket.
+var errEOF = fmt.Errorf("control channel closed: %w", syscall.ECONNRESET)
+
+// IsClosed reports whether err means the peer closed the channel.
+func IsClosed(err error) bool { return errors.Is(err, errEOF) }
+
+// Close closes the channel.
+func (c *Conn) Close() error { return c.uc.Close() }
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
