@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"time"
 
 	"github.com/miekg/dns"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // DNS forwarding relays the query bytes to the upstreams and the answer
@@ -120,4 +123,43 @@ func (f *Forwarder) dialDNSTCP() (*net.TCPConn, error) {
 		}
 	}
 	return nil, err
+}
+
+// serveDNSTCPFailure accepts a DNS-over-TCP connection and answers each
+// query with SERVFAIL until the client closes or goes quiet.
+func (f *Forwarder) serveDNSTCPFailure(r *tcp.ForwarderRequest) {
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		r.Complete(true)
+		return
+	}
+	r.Complete(false)
+	f.wg.Add(1)
+	defer f.wg.Done()
+	c := gonet.NewTCPConn(&wq, ep)
+	defer c.Close()
+	stop := context.AfterFunc(f.ctx, func() { c.Close() })
+	defer stop()
+	var lenBuf [2]byte
+	for {
+		c.SetDeadline(time.Now().Add(dnsFlowIdle))
+		if _, err := io.ReadFull(c, lenBuf[:]); err != nil {
+			return
+		}
+		q := make([]byte, binary.BigEndian.Uint16(lenBuf[:]))
+		if _, err := io.ReadFull(c, q); err != nil {
+			return
+		}
+		reply := servfail(q)
+		if reply == nil {
+			return
+		}
+		if _, err := c.Write(binary.BigEndian.AppendUint16(nil, uint16(len(reply)))); err != nil {
+			return
+		}
+		if _, err := c.Write(reply); err != nil {
+			return
+		}
+	}
 }

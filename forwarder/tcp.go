@@ -37,8 +37,10 @@ func (f *Forwarder) HandleTCP(r *tcp.ForwarderRequest) {
 	case DNS:
 		host, err := f.dialDNSTCP()
 		if err != nil {
+			// No upstream takes TCP: answer SERVFAIL rather than
+			// leave the resolver to time out.
 			f.log.Debug("dns over tcp: no upstream", "err", err)
-			r.Complete(true)
+			f.serveDNSTCPFailure(r)
 			return
 		}
 		f.acceptTCP(r, host)

@@ -1,0 +1,311 @@
+package e2e
+
+// Client programs that run inside the container: the test binary
+// re-executed with RLN_HELPER naming the mode, so that no tool (curl, dig,
+// ping) has to be installed in the container.
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+)
+
+const helperEnv = "RLN_HELPER"
+
+// runHelper runs the helper mode named in the environment, if any, and
+// returns its exit status.
+func runHelper() (int, bool) {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		return 0, false
+	}
+	args := strings.Fields(os.Getenv("RLN_ARGS"))
+	var err error
+	switch mode {
+	case "tcp-sink":
+		err = tcpSink(args[0], args[1])
+	case "tcp-halfclose":
+		err = tcpHalfClose(args[0])
+	case "tcp-refused":
+		err = tcpRefused(args[0])
+	case "udp-echo":
+		err = udpEcho(args[0])
+	case "udp-refused":
+		err = udpRefused(args[0])
+	case "dns":
+		err = dnsQuery(args[0], args[1])
+	case "ping":
+		err = ping(args[0])
+	case "signal-wait":
+		err = signalWait()
+	case "link":
+		err = linkInfo()
+	case "newns":
+		err = newNS()
+	case "attach-client":
+		err = attachClient(args)
+	default:
+		err = fmt.Errorf("unknown helper %q", mode)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "helper %s: %v\n", mode, err)
+		return 1, true
+	}
+	fmt.Println("OK")
+	return 0, true
+}
+
+// pattern is the deterministic payload of large transfers.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	return b
+}
+
+func tcpSink(addr, size string) error {
+	n, err := strconv.Atoi(size)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(120 * time.Second))
+	data := pattern(n)
+	if _, err := c.Write(data); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("read reply: %w", err)
+	}
+	sum := sha256.Sum256(data)
+	want := binary.BigEndian.AppendUint64(sum[:], uint64(n))
+	if !bytes.Equal(reply, want) {
+		return fmt.Errorf("sink reply %x, want %x", reply, want)
+	}
+	return nil
+}
+
+// tcpHalfClose sends, half-closes, and must still receive the whole echo
+// and then EOF.
+func tcpHalfClose(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	msg := pattern(300 << 10)
+	go func() {
+		c.Write(msg)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo returned %d bytes, want %d identical", len(got), len(msg))
+	}
+	return nil
+}
+
+func tcpRefused(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err == nil {
+		c.Close()
+		return errors.New("connected, want refused")
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("got %v, want connection refused", err)
+	}
+	return nil
+}
+
+func udpEcho(addr string) error {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for i := 0; i < 5; i++ {
+		msg := fmt.Sprintf("datagram %d", i)
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Read(buf)
+		if err == nil && string(buf[:n]) == msg {
+			return nil
+		}
+	}
+	return errors.New("no echo")
+}
+
+func udpRefused(addr string) error {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for i := 0; i < 5; i++ {
+		c.Write([]byte("anyone?"))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err := c.Read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil
+		}
+		if err == nil {
+			return errors.New("got a reply, want port unreachable")
+		}
+	}
+	return errors.New("no port unreachable arrived")
+}
+
+// dnsQuery asks server for A example.test. over UDP and TCP and prints
+// the answer.
+func dnsQuery(server, name string) error {
+	for _, network := range []string{"udp", "tcp"} {
+		cl := &dns.Client{Net: network, Timeout: 5 * time.Second}
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		r, _, err := cl.Exchange(q, server)
+		if err != nil {
+			return fmt.Errorf("%s: %w", network, err)
+		}
+		var parts []string
+		for _, rr := range append(r.Answer, r.Extra...) {
+			switch rr := rr.(type) {
+			case *dns.A:
+				parts = append(parts, "A="+rr.A.String())
+			case *dns.TXT:
+				parts = append(parts, "TXT="+strings.Join(rr.Txt, ""))
+			}
+		}
+		fmt.Printf("%s rcode=%s %s\n", network, dns.RcodeToString[r.Rcode], strings.Join(parts, " "))
+	}
+	return nil
+}
+
+// ping sends ICMP echo through a raw socket (the container's root has
+// CAP_NET_RAW in its own namespace) and waits for the matching reply.
+func ping(addr string) error {
+	dst := netip.MustParseAddr(addr)
+	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	id := os.Getpid() & 0xffff
+	for seq := 1; seq <= 3; seq++ {
+		m := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("rootlessnet")}}
+		b, _ := m.Marshal(nil)
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			n, peer, err := c.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			rm, err := icmp.ParseMessage(1, buf[:n])
+			if err != nil || rm.Type != ipv4.ICMPTypeEchoReply {
+				continue
+			}
+			e := rm.Body.(*icmp.Echo)
+			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet" && peer.String() == addr {
+				return nil
+			}
+		}
+	}
+	return errors.New("no echo reply")
+}
+
+// signalWait prints READY and exits 42 on SIGTERM.
+func signalWait() error {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM)
+	fmt.Println("READY")
+	select {
+	case <-ch:
+		os.Exit(42)
+	case <-time.After(30 * time.Second):
+	}
+	return errors.New("no signal arrived")
+}
+
+// newNS re-executes the test binary in new user and network namespaces
+// created by this (possibly unprivileged) process, as attach-client.
+func newNS() error {
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = append(os.Environ(), helperEnv+"=attach-client")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("attach-client: %w", err)
+	}
+	os.Exit(0)
+	return nil
+}
+
+// attachClient prints its pid, waits for rootlessnet to configure tap0,
+// then checks a TCP round trip to args[0], and exits.
+func attachClient(args []string) error {
+	fmt.Printf("PID %d\n", os.Getpid())
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if l, err := netlink.LinkByName("tap0"); err == nil {
+			addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
+			if len(addrs) > 0 && l.Attrs().Flags&net.FlagUp != 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("tap0 was never configured")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return tcpHalfClose(args[0])
+}
+
+// linkInfo prints tap0's MTU and MAC as the kernel has them.
+func linkInfo() error {
+	l, err := netlink.LinkByName("tap0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("mtu=%d mac=%s up=%v\n", l.Attrs().MTU, l.Attrs().HardwareAddr, l.Attrs().Flags&net.FlagUp != 0)
+	return nil
+}
