@@ -2,10 +2,10 @@ package forwarder
 
 import (
 	"context"
-	"io"
 	"net"
-	"sync"
 	"time"
+
+	"github.com/rootlessnet/rootlessnet/relay"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -17,10 +17,7 @@ const (
 	dialTimeout       = 30 * time.Second
 	keepAliveIdle     = 60 * time.Second
 	keepAliveInterval = 15 * time.Second
-	copyBufferSize    = 32 << 10
 )
-
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 // HandleTCP is the stack's TCP forwarder handler: it runs in its own
 // goroutine per SYN, dials the host first and only then accepts, so that
@@ -78,50 +75,5 @@ func (f *Forwarder) acceptTCP(r *tcp.ForwarderRequest, host *net.TCPConn) {
 	// so Close can end it.
 	f.wg.Add(1)
 	defer f.wg.Done()
-	f.relayTCP(guest, ep, host)
-}
-
-// relayTCP copies both ways until both sides are done. A FIN is passed on
-// as a half-close; a reset on either side resets the other.
-func (f *Forwarder) relayTCP(guest *gonet.TCPConn, ep tcpip.Endpoint, host *net.TCPConn) {
-	stop := context.AfterFunc(f.ctx, func() {
-		ep.Abort()
-		host.SetLinger(0)
-		host.Close()
-	})
-	defer stop()
-
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := copyStream(host, guest); err != nil {
-			// The container reset (or the host side failed): reset
-			// the host peer rather than let it believe all arrived.
-			host.SetLinger(0)
-			host.Close()
-			ep.Abort()
-			return
-		}
-		host.CloseWrite()
-	}()
-	if err := copyStream(guest, host); err != nil {
-		ep.Abort()
-		host.SetLinger(0)
-		host.Close()
-	} else {
-		guest.CloseWrite()
-	}
-	wg.Wait()
-	guest.Close()
-	host.Close()
-}
-
-// copyStream copies until EOF (nil) or an error. The wrappers hide
-// ReadFrom/WriteTo so that the pooled buffer is used.
-func copyStream(dst io.Writer, src io.Reader) error {
-	bp := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(bp)
-	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-	return err
+	relay.TCP(f.ctx, guest, ep, host)
 }

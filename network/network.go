@@ -63,7 +63,9 @@ func New(cfg Config) (*Network, error) {
 			close(n.done)
 		})
 	}
-	link, err := stack.NewTapEndpoint(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError)
+	gw, dns := tcpip.AddrFrom4(cfg.Addressing.Gateway.As4()), tcpip.AddrFrom4(cfg.Addressing.DNS.As4())
+	owns := func(a tcpip.Address) bool { return a == gw || a == dns }
+	link, err := stack.NewTapEndpoint(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError, owns)
 	if err != nil {
 		cfg.Tap.Close()
 		return nil, err

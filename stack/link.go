@@ -40,7 +40,9 @@ type TapEndpoint struct {
 
 	// onReadError is told why the read loop ended, unless Close ended it.
 	onReadError func(error)
-	closed      atomic.Bool
+	// ownsIPv4 says which addresses the stack may claim in ARP replies.
+	ownsIPv4 func(tcpip.Address) bool
+	closed   atomic.Bool
 
 	stats LinkStats
 }
@@ -53,13 +55,13 @@ type LinkStats struct {
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
 
 // NewTapEndpoint wraps a non-blocking TAP fd. The endpoint owns file and
-// closes it in Close. onReadError may be nil.
-func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error)) (*TapEndpoint, error) {
+// closes it in Close. onReadError and ownsIPv4 may be nil.
+func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), ownsIPv4 func(tcpip.Address) bool) (*TapEndpoint, error) {
 	raw, err := file.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError}
+	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError, ownsIPv4: ownsIPv4}
 	e.mtu.Store(mtu)
 	return e, nil
 }
@@ -142,6 +144,10 @@ func (e *TapEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
 func (e *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
+		if e.isForeignARPReply(pkt) {
+			n++
+			continue
+		}
 		if err := e.writev(pkt.AsSlices()); err != nil {
 			e.stats.TxErrors.Add(1)
 			if errors.Is(err, os.ErrClosed) {
@@ -154,6 +160,21 @@ func (e *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Erro
 	}
 	e.stats.TxFrames.Add(uint64(n))
 	return n, nil
+}
+
+// isForeignARPReply reports an ARP reply for an address the stack does
+// not own. With spoofing on, gVisor answers ARP for every address, the
+// container's own address conflict probes included; only the gateway and
+// DNS addresses are really here.
+func (e *TapEndpoint) isForeignARPReply(pkt *stack.PacketBuffer) bool {
+	if pkt.NetworkProtocolNumber != header.ARPProtocolNumber || e.ownsIPv4 == nil {
+		return false
+	}
+	arp := header.ARP(pkt.NetworkHeader().Slice())
+	if !arp.IsValid() || arp.Op() != header.ARPReply {
+		return false
+	}
+	return !e.ownsIPv4(tcpip.AddrFrom4Slice(arp.ProtocolAddressSender()))
 }
 
 // WriteFrame sends one whole Ethernet frame to the container, bypassing

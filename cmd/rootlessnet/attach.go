@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -13,42 +14,118 @@ import (
 	"github.com/rootlessnet/rootlessnet/userns"
 )
 
-// nsPollInterval is how often attach mode checks that the namespace is
-// still there; it bounds the exit delay once it is gone.
+// nsPollInterval is how often the namespace is checked; it bounds the
+// exit delay once the namespace is gone.
 const nsPollInterval = 200 * time.Millisecond
 
-func attachCommand(args []string) error {
-	var o options
-	var netnsPath, usernsPath string
-	configure := true
+// attachOptions are the flags of the attach form and the slirp4netns form.
+type attachOptions struct {
+	options
+	netns, userns, netnsType   string
+	configure                  bool
+	readyFD, exitFD            int
+	enableIPv6                 bool
+	enableSandbox, enableSecco bool
+	outboundAddr6              string
+	version                    bool
+}
+
+func newAttachFlags(o *attachOptions) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("rootlessnet", pflag.ContinueOnError)
+	fs.SortFlags = false
 	o.register(fs)
-	fs.StringVar(&netnsPath, "netns", "", "network namespace to serve, e.g. /proc/PID/ns/net")
-	fs.StringVar(&usernsPath, "userns", "", "user namespace to join (default: the one that owns --netns)")
-	fs.BoolVar(&configure, "configure", true, "configure lo, the TAP's address, MTU and default route (false leaves them to the caller)")
+	fs.StringVar(&o.netns, "netns", "", "network namespace to serve, e.g. /proc/PID/ns/net")
+	fs.StringVar(&o.userns, "userns", "", "user namespace to join (default: the one that owns the network namespace)")
+	fs.StringVar(&o.userns, "userns-path", "", "slirp4netns spelling of --userns")
+	fs.BoolVarP(&o.configure, "configure", "c", false, "configure lo, the TAP's address, MTU and default route (default true with --netns, false in the slirp4netns form)")
+	fs.StringVar(&o.netnsType, "netns-type", "pid", "slirp4netns form: whether the argument is a PID or a PATH (pid|path)")
+	fs.IntVarP(&o.readyFD, "ready-fd", "r", -1, "write \"1\" to this fd and close it once ready")
+	fs.IntVarP(&o.exitFD, "exit-fd", "e", -1, "exit when this fd is closed by its other end")
+	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "IPv6 (accepted; not implemented yet: the container gets IPv4 only)")
+	fs.BoolVar(&o.enableSandbox, "enable-sandbox", false, "confine the process (accepted; not enforced yet)")
+	fs.BoolVar(&o.enableSecco, "enable-seccomp", false, "restrict system calls (accepted; not enforced yet)")
+	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "bind outgoing IPv6 connections to this address or interface (accepted; IPv6 is not implemented yet)")
+	fs.BoolVarP(&o.version, "version", "v", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage:\n  rootlessnet run [flags] -- CMD [ARGS...]\n  rootlessnet [flags] --netns PATH\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(fs.Output(), `Usage:
+  rootlessnet run [flags] -- CMD [ARGS...]
+  rootlessnet [flags] --netns PATH
+  rootlessnet [flags] PID|PATH [TAPNAME]     (slirp4netns compatible)
+
+Flags:
+%s`, fs.FlagUsages())
 	}
+	return fs
+}
+
+func attachCommand(args []string) error {
+	var o attachOptions
+	fs := newAttachFlags(&o)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if o.version {
+		printVersion()
+		return nil
+	}
 	if err := o.validate(); err != nil {
 		return err
-	}
-	if netnsPath == "" {
-		fs.Usage()
-		return usageError{fmt.Errorf("no namespace given: use 'rootlessnet run -- CMD' or 'rootlessnet --netns PATH'")}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	log, err := newLogger(o.logLevel)
 	if err != nil {
 		return err
 	}
+	// The slirp4netns form: PID|PATH [TAPNAME].
+	netnsPath, userPath, joinOwner := o.netns, o.userns, true
+	configure := o.configure || !fs.Changed("configure")
+	switch {
+	case o.netns != "" && fs.NArg() > 0:
+		return usageError{fmt.Errorf("unexpected argument %q with --netns", fs.Arg(0))}
+	case o.netns == "" && fs.NArg() == 0:
+		return usageError{fmt.Errorf("no namespace given: use 'rootlessnet run -- CMD', 'rootlessnet --netns PATH' or 'rootlessnet PID [TAPNAME]' (see --help)")}
+	case o.netns == "":
+		if fs.NArg() > 2 {
+			return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(2))}
+		}
+		configure = o.configure
+		if fs.NArg() == 2 {
+			o.tapName = fs.Arg(1)
+			if err := o.validate(); err != nil {
+				return err
+			}
+		}
+		switch o.netnsType {
+		case "pid":
+			pid, err := strconv.Atoi(fs.Arg(0))
+			if err != nil || pid <= 0 {
+				return usageError{fmt.Errorf("invalid PID %q (use --netns-type=path for a path)", fs.Arg(0))}
+			}
+			netnsPath = fmt.Sprintf("/proc/%d/ns/net", pid)
+			if userPath == "" {
+				userPath = fmt.Sprintf("/proc/%d/ns/user", pid)
+			}
+		case "path":
+			netnsPath = fs.Arg(0)
+			// As slirp4netns: a path joins no user namespace unless told.
+			joinOwner = false
+		default:
+			return usageError{fmt.Errorf("invalid --netns-type %q: want pid or path", o.netnsType)}
+		}
+	}
+	if o.enableSandbox || o.enableSecco {
+		log.Warn("--enable-sandbox and --enable-seccomp are accepted but not enforced yet")
+	}
+	if o.enableIPv6 {
+		log.Warn("--enable-ipv6 is accepted but IPv6 is not implemented yet: the container gets IPv4 only")
+	}
+
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	var exitFD <-chan struct{}
+	if o.exitFD >= 0 {
+		exitFD = watchExitFD(o.exitFD)
+	}
 
 	netns, err := userns.OpenNetNS(netnsPath)
 	if err != nil {
@@ -59,7 +136,7 @@ func attachCommand(args []string) error {
 		netns.Close()
 		return err
 	}
-	user, err := userToJoin(netns, usernsPath)
+	user, err := userToJoin(netns, userPath, joinOwner)
 	if err != nil {
 		netns.Close()
 		return err
@@ -80,11 +157,19 @@ func attachCommand(args []string) error {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	n, stop, err := startNetwork(&o, log, tapFile)
+	n, stop, err := startNetwork(&o.options, log, tapFile)
 	if err != nil {
 		return err
 	}
 	defer stop()
+	if o.readyFD >= 0 {
+		f := os.NewFile(uintptr(o.readyFD), "ready-fd")
+		_, err := f.Write([]byte("1"))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("--ready-fd %d: %w", o.readyFD, err)
+		}
+	}
 	fmt.Printf("rootlessnet: serving %s on %s: address %s, gateway %s, DNS %s, MTU %d\n",
 		netnsPath, o.tapName, o.addressing.GuestPrefix(), o.addressing.Gateway, o.addressing.DNS, o.mtu)
 
@@ -94,6 +179,9 @@ func attachCommand(args []string) error {
 		select {
 		case sig := <-sigs:
 			log.Info("exiting", "signal", sig)
+			return nil
+		case <-exitFD:
+			log.Info("exit fd closed; exiting")
 			return nil
 		case <-n.Done():
 			return n.Err()
@@ -106,13 +194,37 @@ func attachCommand(args []string) error {
 	}
 }
 
-// userToJoin picks the user namespace for the helper: --userns, else the
-// netns's owner unless that is ours already.
-func userToJoin(netns *os.File, path string) (*os.File, error) {
-	if path != "" {
-		return userns.OpenUserNS(path)
+// watchExitFD returns a channel closed when the other end of fd closes.
+// The goroutine ends then, or with the process.
+func watchExitFD(fd int) <-chan struct{} {
+	ch := make(chan struct{})
+	f := os.NewFile(uintptr(fd), "exit-fd")
+	go func() {
+		defer close(ch)
+		buf := make([]byte, 64)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// userToJoin picks the user namespace for the helper: path when given
+// (best effort for a PID's, as slirp4netns), else the netns's owner when
+// joinOwner, unless that is ours already.
+func userToJoin(netns *os.File, path string, joinOwner bool) (*os.File, error) {
+	var u *os.File
+	var err error
+	switch {
+	case path != "":
+		u, err = userns.OpenUserNS(path)
+	case joinOwner:
+		u, err = userns.OwningUserNS(netns)
+	default:
+		return nil, nil
 	}
-	u, err := userns.OwningUserNS(netns)
 	if err != nil {
 		return nil, err
 	}
@@ -121,4 +233,8 @@ func userToJoin(netns *os.File, path string) (*os.File, error) {
 		return nil, nil
 	}
 	return u, nil
+}
+
+func printVersion() {
+	fmt.Printf("rootlessnet version %s\ncommit: %s\ngvisor: %s\n", version, commit(), gvisorVersion())
 }

@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 
 	"github.com/spf13/pflag"
 
+	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
 )
 
@@ -24,8 +26,12 @@ type options struct {
 	logLevel            string
 	tapName             string
 	macAddress          string
+	publish             []string
+	apiSocket           string
+	outboundAddr        string
 
 	addressing stack.Addressing
+	ports      []portfwd.Spec
 }
 
 func (o *options) register(fs *pflag.FlagSet) {
@@ -38,6 +44,9 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.tapName, "tap", "tap0", "name of the TAP device in the namespace")
 	fs.StringVar(&o.macAddress, "macaddress", "", "MAC address of the TAP (when rootlessnet configures it)")
+	fs.StringArrayVarP(&o.publish, "publish", "p", nil, "publish a port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)")
+	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket")
+	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "bind outgoing IPv4 connections to this address or interface")
 }
 
 // validate checks the flags and derives the addressing.
@@ -59,21 +68,31 @@ func (o *options) validate() error {
 			return usageError{fmt.Errorf("invalid --macaddress %q: a multicast address cannot be a NIC's", o.macAddress)}
 		}
 	}
+	for _, p := range o.publish {
+		spec, err := portfwd.ParsePublish(p)
+		if err != nil {
+			return usageError{err}
+		}
+		o.ports = append(o.ports, spec)
+	}
 	if o.tapName == "" || len(o.tapName) > 15 {
 		return usageError{fmt.Errorf("invalid --tap %q: want 1 to 15 characters", o.tapName)}
 	}
 	return nil
 }
 
-// parse parses args into fs, turning pflag's errors and -h into ours.
+// parse parses args into fs, turning pflag's errors and -h into ours:
+// help goes to stdout (clients grep it), errors to stderr in one line.
 func parse(fs *pflag.FlagSet, args []string) error {
-	fs.SetOutput(os.Stderr)
+	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	if errors.Is(err, pflag.ErrHelp) {
+		fs.SetOutput(os.Stdout)
+		fs.Usage()
 		return errHelp
 	}
 	if err != nil {
-		return usageError{err}
+		return usageError{fmt.Errorf("%w (see --help)", err)}
 	}
 	return nil
 }

@@ -18,7 +18,7 @@ func runCommand(args []string) (int, error) {
 	fs.SetInterspersed(false)
 	o.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: rootlessnet run [flags] -- CMD [ARGS...]\n\nRuns CMD in new user, network and mount namespaces with connectivity through rootlessnet.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(fs.Output(), "Usage: rootlessnet run [flags] -- CMD [ARGS...]\n\nRuns CMD in new user, network and mount namespaces with connectivity through rootlessnet.\n\nFlags:\n%s", fs.FlagUsages())
 	}
 	if err := parse(fs, args); err != nil {
 		return 0, err

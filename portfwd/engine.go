@@ -1,0 +1,326 @@
+package portfwd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/rootlessnet/rootlessnet/relay"
+)
+
+const (
+	guestDialTimeout = 10 * time.Second
+	udpFlowIdle      = 90 * time.Second
+	keepAliveIdle    = 60 * time.Second
+)
+
+// Engine publishes ports: host listeners whose connections and datagrams
+// enter the netstack toward the guest, from the client's own address
+// (the stack spoofs it), so that the guest sees who connected, as with
+// slirp4netns. Loopback and unspecified clients appear as the gateway.
+type Engine struct {
+	st      *stack.Stack
+	nic     tcpip.NICID
+	guest   netip.Addr
+	gateway netip.Addr
+	log     *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	nextID  int
+	entries map[int]*published
+}
+
+var _ Forwards = (*Engine)(nil)
+
+// NewEngine publishes into stack s, whose NIC nic faces the guest.
+func NewEngine(s *stack.Stack, nic tcpip.NICID, guest, gateway netip.Addr, log *slog.Logger) *Engine {
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Engine{st: s, nic: nic, guest: guest, gateway: gateway, log: log, ctx: ctx, cancel: cancel, nextID: 1, entries: map[int]*published{}}
+}
+
+type published struct {
+	spec  Spec
+	close func()
+}
+
+// Add implements Forwards: it binds the host side now, so that a port in
+// use is an error to the caller.
+func (e *Engine) Add(spec Spec) (int, error) {
+	if !spec.GuestAddr.IsValid() {
+		spec.GuestAddr = e.guest
+	}
+	if !spec.HostAddr.IsValid() {
+		spec.HostAddr = netip.IPv4Unspecified()
+	}
+	if spec.GuestAddr.Is6() && !spec.GuestAddr.Is4In6() {
+		return 0, fmt.Errorf("guest address %s: IPv6 forwards are not supported yet", spec.GuestAddr)
+	}
+	spec.GuestAddr = spec.GuestAddr.Unmap()
+	host := netip.AddrPortFrom(spec.HostAddr, spec.HostPort)
+	p := &published{spec: spec}
+	switch spec.Proto {
+	case "tcp":
+		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(host))
+		if err != nil {
+			return 0, err
+		}
+		ctx, cancel := context.WithCancel(e.ctx)
+		p.close = func() { cancel(); l.Close() }
+		e.goOwned(func() { e.acceptLoop(ctx, l, spec) })
+	case "udp":
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(host))
+		if err != nil {
+			return 0, err
+		}
+		ctx, cancel := context.WithCancel(e.ctx)
+		p.close = func() { cancel(); c.Close() }
+		e.goOwned(func() { e.udpLoop(ctx, c, spec) })
+	default:
+		return 0, fmt.Errorf("unknown protocol %q", spec.Proto)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	id := e.nextID
+	e.nextID++
+	e.entries[id] = p
+	e.log.Info("published", "id", id, "port", spec.String())
+	return id, nil
+}
+
+// Remove implements Forwards; connections already made stay up.
+func (e *Engine) Remove(id int) error {
+	e.mu.Lock()
+	p, ok := e.entries[id]
+	delete(e.entries, id)
+	e.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no forward with id %d", id)
+	}
+	p.close()
+	return nil
+}
+
+// List implements Forwards, in id order.
+func (e *Engine) List() []Entry {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Entry, 0, len(e.entries))
+	for id := 1; id < e.nextID; id++ {
+		if p, ok := e.entries[id]; ok {
+			out = append(out, Entry{ID: id, Spec: p.spec})
+		}
+	}
+	return out
+}
+
+// Close removes every forward and ends every connection.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	for id, p := range e.entries {
+		p.close()
+		delete(e.entries, id)
+	}
+	e.mu.Unlock()
+	e.cancel()
+	e.wg.Wait()
+}
+
+func (e *Engine) goOwned(fn func()) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		fn()
+	}()
+}
+
+// sourceFor is the address the guest sees a client as.
+func (e *Engine) sourceFor(client netip.AddrPort) netip.AddrPort {
+	a := client.Addr().Unmap()
+	if a.IsLoopback() || a.IsUnspecified() || a.Is6() {
+		return netip.AddrPortFrom(e.gateway, 0)
+	}
+	return netip.AddrPortFrom(a, 0)
+}
+
+func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec) {
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				e.log.Warn("published port stopped accepting", "port", spec.String(), "err", err)
+			}
+			return
+		}
+		e.goOwned(func() { e.forwardTCP(ctx, c, spec) })
+	}
+}
+
+func (e *Engine) forwardTCP(ctx context.Context, host *net.TCPConn, spec Spec) {
+	client := host.RemoteAddr().(*net.TCPAddr).AddrPort()
+	src := e.sourceFor(client)
+	dst := netip.AddrPortFrom(spec.GuestAddr, spec.GuestPort)
+	guest, ep, err := e.dialGuest(ctx, src, dst)
+	if err != nil {
+		e.log.Debug("published port: guest refused", "client", client, "guest", dst, "err", err)
+		host.SetLinger(0)
+		host.Close()
+		return
+	}
+	relay.TCP(ctx, guest, ep, host)
+}
+
+// dialGuest connects from src (spoofed; port chosen by the stack) to dst
+// inside the netstack and returns the connection with its endpoint.
+func (e *Engine) dialGuest(ctx context.Context, src, dst netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
+	proto := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
+	if dst.Addr().Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+	var wq waiter.Queue
+	ep, terr := e.st.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
+	if terr != nil {
+		return nil, nil, errors.New(terr.String())
+	}
+	if terr := ep.Bind(tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(src.Addr().AsSlice()), Port: src.Port()}); terr != nil {
+		ep.Close()
+		return nil, nil, fmt.Errorf("binding %s: %s", src, terr)
+	}
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(keepAliveIdle)
+	ep.SetSockOpt(&idle)
+
+	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	terr = ep.Connect(tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()})
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		timer := time.NewTimer(guestDialTimeout)
+		defer timer.Stop()
+		select {
+		case <-notify:
+			terr = ep.LastError()
+		case <-timer.C:
+			terr = &tcpip.ErrTimeout{}
+		case <-ctx.Done():
+			terr = &tcpip.ErrAborted{}
+		}
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, nil, errors.New(terr.String())
+	}
+	return gonet.NewTCPConn(&wq, ep), ep, nil
+}
+
+// udpFlow is one client of a published UDP port.
+type udpFlow struct {
+	guest *gonet.UDPConn
+	last  time.Time
+}
+
+func (e *Engine) udpLoop(ctx context.Context, host *net.UDPConn, spec Spec) {
+	var mu sync.Mutex
+	flows := map[netip.AddrPort]*udpFlow{}
+	var flowWG sync.WaitGroup
+	defer func() {
+		mu.Lock()
+		for _, f := range flows {
+			f.guest.Close()
+		}
+		mu.Unlock()
+		flowWG.Wait()
+	}()
+	dst := netip.AddrPortFrom(spec.GuestAddr, spec.GuestPort)
+	buf := make([]byte, 65535)
+	for {
+		n, client, err := host.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				e.log.Warn("published UDP port stopped", "port", spec.String(), "err", err)
+			}
+			return
+		}
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		mu.Lock()
+		f, ok := flows[client]
+		if !ok {
+			src := e.sourceFor(client)
+			g, err := gonet.DialUDP(e.st,
+				&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(src.Addr().AsSlice())},
+				&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()},
+				ipv4.ProtocolNumber)
+			if err != nil {
+				mu.Unlock()
+				e.log.Debug("published UDP port: guest flow", "err", err)
+				continue
+			}
+			f = &udpFlow{guest: g}
+			flows[client] = f
+			flowWG.Add(1)
+			go func() {
+				defer flowWG.Done()
+				e.udpBack(g, host, client, &mu, flows)
+			}()
+		}
+		f.last = time.Now()
+		g := f.guest
+		mu.Unlock()
+		g.Write(buf[:n])
+	}
+}
+
+// udpBack carries the guest's replies to one client until the flow is idle.
+func (e *Engine) udpBack(g *gonet.UDPConn, host *net.UDPConn, client netip.AddrPort, mu *sync.Mutex, flows map[netip.AddrPort]*udpFlow) {
+	defer func() {
+		mu.Lock()
+		if f, ok := flows[client]; ok && f.guest == g {
+			delete(flows, client)
+		}
+		mu.Unlock()
+		g.Close()
+	}()
+	buf := make([]byte, 65535)
+	for {
+		g.SetReadDeadline(time.Now().Add(udpFlowIdle))
+		n, err := g.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				mu.Lock()
+				f, ok := flows[client]
+				idle := !ok || time.Since(f.last) >= udpFlowIdle
+				mu.Unlock()
+				if !idle {
+					continue
+				}
+			}
+			return
+		}
+		mu.Lock()
+		if f, ok := flows[client]; ok {
+			f.last = time.Now()
+		}
+		mu.Unlock()
+		host.WriteToUDPAddrPort(buf[:n], client)
+	}
+}
