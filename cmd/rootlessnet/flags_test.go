@@ -1,0 +1,47 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestOptionsValidate(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{nil, ""},
+		{[]string{"--mtu", "1500", "--cidr", "192.168.7.0/24", "-p", "8080:80", "-p", "127.0.0.1:5353:53/udp"}, ""},
+		{[]string{"--mtu", "67"}, "invalid --mtu 67"},
+		{[]string{"--mtu", "65522"}, "invalid --mtu 65522"},
+		{[]string{"--mtu", "big"}, "invalid argument"},
+		{[]string{"--cidr", "10.0.2.0/26"}, "prefix length"},
+		{[]string{"--macaddress", "zz"}, "invalid --macaddress"},
+		{[]string{"--macaddress", "01:00:00:00:00:01"}, "multicast"},
+		{[]string{"-p", "80"}, "80"},
+		{[]string{"-p", "70000:80"}, "70000"},
+		{[]string{"--tap", "a-very-long-tap-name"}, "invalid --tap"},
+		{[]string{"--unknown"}, "unknown flag"},
+	} {
+		var o options
+		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		o.register(fs)
+		err := parse(fs, tc.args)
+		if err == nil {
+			err = o.validate()
+		}
+		if tc.wantErr == "" {
+			if err != nil {
+				t.Errorf("%v: %v", tc.args, err)
+			}
+			continue
+		}
+		var ue usageError
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &ue) {
+			t.Errorf("%v: error %v, want a usage error containing %q", tc.args, err, tc.wantErr)
+		}
+	}
+}
