@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/rootlessnet/rootlessnet/launcher"
 	"github.com/rootlessnet/rootlessnet/userns"
@@ -17,6 +18,9 @@ import (
 // nsPollInterval is how often the namespace is checked; it bounds the
 // exit delay once the namespace is gone.
 const nsPollInterval = 200 * time.Millisecond
+
+// slirpDefaultMTU is slirp4netns' default MTU, used in its form.
+const slirpDefaultMTU = 1500
 
 // attachOptions are the flags of the attach form and the slirp4netns form.
 type attachOptions struct {
@@ -88,6 +92,10 @@ func attachCommand(args []string) error {
 			return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(2))}
 		}
 		configure = o.configure
+		if !fs.Changed("mtu") {
+			// slirp4netns' own default in its form; clients pass --mtu.
+			o.mtu = slirpDefaultMTU
+		}
 		if fs.NArg() == 2 {
 			o.tapName = fs.Arg(1)
 			if err := o.validate(); err != nil {
@@ -119,6 +127,17 @@ func attachCommand(args []string) error {
 		log.Warn("--enable-ipv6 is accepted but IPv6 is not implemented yet: the container gets IPv4 only")
 	}
 
+	for _, fd := range []struct {
+		name string
+		n    int
+	}{{"--ready-fd", o.readyFD}, {"--exit-fd", o.exitFD}} {
+		if fd.n < 0 {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd.n), unix.F_GETFD, 0); err != nil {
+			return usageError{fmt.Errorf("%s %d: %w", fd.name, fd.n, err)}
+		}
+	}
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
