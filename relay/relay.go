@@ -12,9 +12,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
 
-// BufferSize is the copy buffer per direction. io.Copy's own 32 KiB would
-// do, but a pooled buffer avoids an allocation per connection.
-const BufferSize = 32 << 10
+// Copy buffers. A direction that is moving data reads into a large pooled
+// buffer (256 KiB: 4.7 -> 8.3 Gbit/s host->ns at MTU 65520 against 32
+// KiB); an idle one waits in a small buffer, so that thousands of quiet
+// connections do not pin a large buffer each.
+const (
+	BufferSize     = 256 << 10
+	idleBufferSize = 4 << 10
+)
 
 var buffers = sync.Pool{New: func() any { b := make([]byte, BufferSize); return &b }}
 
@@ -53,11 +58,37 @@ func TCP(ctx context.Context, guest *gonet.TCPConn, ep tcpip.Endpoint, host *net
 	host.Close()
 }
 
-// copyStream copies until EOF (nil) or an error. The wrappers hide
-// ReadFrom/WriteTo so that the pooled buffer is used.
+// copyStream copies until EOF (nil) or an error, switching to a large
+// buffer while reads fill the small one and back when the flow slows.
 func copyStream(dst io.Writer, src io.Reader) error {
-	bp := buffers.Get().(*[]byte)
-	defer buffers.Put(bp)
-	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-	return err
+	small := make([]byte, idleBufferSize)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			buffers.Put(big)
+		}
+	}()
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			switch {
+			case big == nil && n == len(buf):
+				big = buffers.Get().(*[]byte)
+				buf = *big
+			case big != nil && n < idleBufferSize:
+				buffers.Put(big)
+				big, buf = nil, small
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
