@@ -149,8 +149,8 @@ func forEachVariant(t *testing.T, fn func(t *testing.T, e *env)) {
 func TestOutboundTCPLargeTransfer(t *testing.T) {
 	forEachVariant(t, func(t *testing.T, e *env) {
 		sink := e.w.TCPSink(t, "198.51.100.1:0")
-		// 64 MiB each way through the NAT, checked by SHA-256.
-		e.mustOK(nil, "tcp-sink", sink.String(), fmt.Sprint(64<<20))
+		// 1 GiB through the NAT, checked by SHA-256 at the far end.
+		e.mustOK(nil, "tcp-sink", sink.String(), fmt.Sprint(1<<30))
 	})
 }
 
