@@ -63,7 +63,7 @@ func ChildMain(conn *userns.Conn, role string) int {
 }
 
 func setup(req SetupRequest) (*os.File, []string, error) {
-	f, err := tap.Open(tap.Options{Name: req.Tap})
+	f, err := tap.Open(tap.Options{Name: req.Tap, VnetHdr: req.VnetHdr})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,7 +13,9 @@ const (
 
 // SetupRequest asks the child to open the TAP (parent -> child).
 type SetupRequest struct {
-	Tap       string
+	Tap string
+	// VnetHdr opens the TAP with virtio-net headers (for offloads).
+	VnetHdr   bool
 	Configure bool
 	MTU       int
 	MAC       string

@@ -20,6 +20,7 @@ import (
 
 	"github.com/rootlessnet/rootlessnet/forwarder"
 	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/tap"
 )
 
 // Config describes one container's network.
@@ -31,6 +32,9 @@ type Config struct {
 	DisableHostLoopback bool
 	DisableDNS          bool
 	Nameservers         []netip.AddrPort
+	// VnetHdr says the TAP was opened with IFF_VNET_HDR: offloads are
+	// turned on and TCP moves as 64 KiB super-frames both ways.
+	VnetHdr bool
 	// Pcap, when set, receives every frame as pcap (LINKTYPE_RAW).
 	Pcap io.Writer
 	// Dialer makes the host-side connections.
@@ -71,6 +75,13 @@ func New(cfg Config) (*Network, error) {
 		return nil, err
 	}
 	n.Link = link
+	if cfg.VnetHdr {
+		if err := tap.SetOffload(cfg.Tap); err != nil {
+			link.Close()
+			return nil, err
+		}
+		link.EnableVnetHdr()
+	}
 	var ep gstack.LinkEndpoint = link
 	if cfg.Pcap != nil {
 		sn, err := sniffer.NewWithWriter(link, cfg.Pcap, uint32(cfg.MTU)+header.EthernetMinimumSize)

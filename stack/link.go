@@ -14,9 +14,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// maxFrame is the largest Ethernet frame a TAP delivers: a 64 KiB IP
-// packet plus the Ethernet header.
-const maxFrame = 65535 + header.EthernetMinimumSize
+// maxFrame is the largest read from a TAP: a 64 KiB IP packet plus the
+// Ethernet and virtio-net headers.
+const maxFrame = VnetHdrSize + header.EthernetMinimumSize + 65535
 
 // TapEndpoint is a gVisor link endpoint on a TAP fd: Ethernet frames in
 // and out, one read or writev per frame.
@@ -42,6 +42,9 @@ type TapEndpoint struct {
 	onReadError func(error)
 	// ownsIPv4 says which addresses the stack may claim in ARP replies.
 	ownsIPv4 func(tcpip.Address) bool
+	// vnet: every frame carries a virtio-net header (IFF_VNET_HDR), and
+	// TCP goes both ways as 64 KiB super-frames.
+	vnet bool
 	closed   atomic.Bool
 
 	stats LinkStats
@@ -64,6 +67,27 @@ func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadErro
 	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError, ownsIPv4: ownsIPv4}
 	e.mtu.Store(mtu)
 	return e, nil
+}
+
+// EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
+// offloads set (tap.SetOffload). Call it before the NIC is created.
+func (e *TapEndpoint) EnableVnetHdr() { e.vnet = true }
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *TapEndpoint) GSOMaxSize() uint32 {
+	if e.vnet {
+		return gsoMaxSize
+	}
+	return 0
+}
+
+// SupportedGSO implements stack.GSOEndpoint: with virtio-net headers the
+// kernel segments and checksums what the stack sends.
+func (e *TapEndpoint) SupportedGSO() stack.SupportedGSO {
+	if e.vnet {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
 }
 
 // MTU implements stack.LinkEndpoint.
@@ -148,7 +172,14 @@ func (e *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Erro
 			n++
 			continue
 		}
-		if err := e.writev(pkt.AsSlices()); err != nil {
+		iovs := pkt.AsSlices()
+		if e.vnet {
+			var hdr [VnetHdrSize]byte
+			h := vnetHdrFor(pkt)
+			h.encode(hdr[:])
+			iovs = append([][]byte{hdr[:]}, iovs...)
+		}
+		if err := e.writev(iovs); err != nil {
 			e.stats.TxErrors.Add(1)
 			if errors.Is(err, os.ErrClosed) {
 				return n, &tcpip.ErrClosedForSend{}
@@ -180,6 +211,10 @@ func (e *TapEndpoint) isForeignARPReply(pkt *stack.PacketBuffer) bool {
 // WriteFrame sends one whole Ethernet frame to the container, bypassing
 // the stack (ICMP errors and echo replies built by the forwarder).
 func (e *TapEndpoint) WriteFrame(frame []byte) error {
+	if e.vnet {
+		var none [VnetHdrSize]byte
+		return e.writev([][]byte{none[:], frame})
+	}
 	return e.writev([][]byte{frame})
 }
 
@@ -218,7 +253,18 @@ func (e *TapEndpoint) readLoop() {
 			}
 			return
 		}
-		e.deliver(buf[:n])
+		frame := buf[:n]
+		if e.vnet {
+			// Checksums may be partial (the kernel leaves them to the
+			// receiver: RX checksum offload covers that) and TCP may
+			// come as one super-frame, which the stack takes whole.
+			if n < VnetHdrSize {
+				e.stats.RxDropped.Add(1)
+				continue
+			}
+			frame = frame[VnetHdrSize:]
+		}
+		e.deliver(frame)
 	}
 }
 

@@ -160,7 +160,7 @@ func attachCommand(args []string) error {
 		netns.Close()
 		return err
 	}
-	req := launcher.SetupRequest{Tap: o.tapName, Configure: configure, MTU: o.mtu, MAC: o.macAddress}
+	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress}
 	if configure {
 		req.Address = o.addressing.GuestPrefix().String()
 		req.Gateway = o.addressing.Gateway.String()

@@ -29,6 +29,7 @@ type options struct {
 	publish             []string
 	apiSocket           string
 	outboundAddr        string
+	offload             bool
 
 	addressing stack.Addressing
 	ports      []portfwd.Spec
@@ -47,6 +48,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&o.publish, "publish", "p", nil, "publish a port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)")
 	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket")
 	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "bind outgoing IPv4 connections to this address or interface")
+	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 
 // validate checks the flags and derives the addressing.

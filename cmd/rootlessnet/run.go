@@ -41,6 +41,7 @@ func runCommand(args []string) (int, error) {
 
 	req := launcher.SetupRequest{
 		Tap:       o.tapName,
+		VnetHdr:   o.offload,
 		Configure: true,
 		MTU:       o.mtu,
 		MAC:       o.macAddress,

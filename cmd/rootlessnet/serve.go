@@ -26,6 +26,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File) (*network.Netw
 		Addressing:          o.addressing,
 		DisableHostLoopback: o.disableHostLoopback,
 		DisableDNS:          o.disableDNS,
+		VnetHdr:             o.offload,
 		Log:                 log,
 	}
 	if !o.disableDNS {

@@ -158,6 +158,10 @@ func TestOutboundTCPHalfClose(t *testing.T) {
 	forEachVariant(t, func(t *testing.T, e *env) {
 		echo := e.w.TCPEcho(t, "198.51.100.1:0")
 		e.mustOK([]string{"--mtu", "1500"}, "tcp-halfclose", echo.String())
+		// The plain path, one frame per syscall and no offloads.
+		e.mustOK([]string{"--mtu", "1500", "--offload=false"}, "tcp-halfclose", echo.String())
+		sink := e.w.TCPSink(t, "198.51.100.1:0")
+		e.mustOK([]string{"--offload=false"}, "tcp-sink", sink.String(), fmt.Sprint(16<<20))
 	})
 }
 

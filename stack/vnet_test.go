@@ -1,0 +1,51 @@
+package stack
+
+import (
+	"bytes"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+func TestVnetHdrFor(t *testing.T) {
+	tcp4 := stack.GSO{Type: stack.GSOTCPv4, NeedsCsum: true, CsumOffset: 16, MSS: 1460, L3HdrLen: 20}
+	tcp6 := stack.GSO{Type: stack.GSOTCPv6, NeedsCsum: true, CsumOffset: 16, MSS: 1440, L3HdrLen: 40}
+	for _, tc := range []struct {
+		name    string
+		gso     stack.GSO
+		l3      int
+		payload int
+		want    vnetHdr
+	}{
+		{"no gso", stack.GSO{}, 20, 3000, vnetHdr{}},
+		{"tcp4 super-frame", tcp4, 20, 3000, vnetHdr{flags: 1, gsoType: vnetGSOTCPv4, hdrLen: 54, gsoSize: 1460, csumStart: 34, csumOffset: 16}},
+		{"tcp4 one segment: checksum only", tcp4, 20, 1000, vnetHdr{flags: 1, hdrLen: 54, csumStart: 34, csumOffset: 16}},
+		{"tcp4 exactly MSS", tcp4, 20, 1460, vnetHdr{flags: 1, hdrLen: 54, csumStart: 34, csumOffset: 16}},
+		{"tcp6 super-frame", tcp6, 40, 60000, vnetHdr{flags: 1, gsoType: vnetGSOTCPv6, hdrLen: 74, gsoSize: 1440, csumStart: 54, csumOffset: 16}},
+	} {
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+			ReserveHeaderBytes: 128,
+			Payload:            buffer.MakeWithData(make([]byte, tc.payload)),
+		})
+		pkt.TransportHeader().Push(20)
+		pkt.NetworkHeader().Push(tc.l3)
+		pkt.LinkHeader().Push(14)
+		pkt.GSOOptions = tc.gso
+		if got := vnetHdrFor(pkt); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
+		pkt.DecRef()
+	}
+}
+
+func TestVnetHdrEncode(t *testing.T) {
+	h := vnetHdr{flags: 1, gsoType: 4, hdrLen: 0x0102, gsoSize: 0x0304, csumStart: 0x0506, csumOffset: 0x0708}
+	var b [VnetHdrSize]byte
+	h.encode(b[:])
+	// Little-endian, as virtio 1.0 and the TAP (without TUNSETVNETBE) use.
+	want := []byte{1, 4, 0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07}
+	if !bytes.Equal(b[:], want) {
+		t.Errorf("encode = % x, want % x", b, want)
+	}
+}
