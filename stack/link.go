@@ -44,8 +44,8 @@ type TapEndpoint struct {
 	ownsIPv4 func(tcpip.Address) bool
 	// vnet: every frame carries a virtio-net header (IFF_VNET_HDR), and
 	// TCP goes both ways as 64 KiB super-frames.
-	vnet bool
-	closed   atomic.Bool
+	vnet   bool
+	closed atomic.Bool
 
 	stats LinkStats
 }
