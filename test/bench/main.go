@@ -1,243 +1,417 @@
 // Command bench measures rootlessnet side by side with slirp4netns and
-// pasta: iperf3 TCP throughput from a namespace to a server on the host's
-// loopback (through each tool's gateway) and back, at two MTUs, runs
-// interleaved, medians printed with ratios. Loopback only.
+// pasta, every tool run as uid 65534 when run as root, runs interleaved,
+// medians printed with the ratio of rootlessnet to each peer, loopback only
+// (all traffic stays on 127.0.0.1 or inside namespaces the bench creates):
+//
+//   - TCP throughput (iperf3) from a namespace to a server on the host's
+//     127.0.0.1 through each tool's gateway, and back (-R), at MTU 65520
+//     and 1500;
+//   - through a published port: host client -> 127.0.0.1:PORT -> iperf3
+//     server in the namespace, both ways;
+//   - UDP throughput and loss (iperf3 -u -l 1400) namespace -> host;
+//   - request/response latency (64-byte ping-pong) and new connections per
+//     second, from a client inside the namespace (this binary, re-executed
+//     through nsenter) to an echo server the bench runs on 127.0.0.1;
+//   - RSS of the stack process idle and with 1500 open connections;
+//   - CPU seconds of the stack process per GB moved;
+//   - plain host loopback TCP throughput as the ceiling.
+//
+// Usage:
 //
 //	go build -o /tmp/rootlessnet ./cmd/rootlessnet && go run ./test/bench -rootlessnet /tmp/rootlessnet
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"math"
 	"os"
 	"os/exec"
+	"os/signal"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 )
 
-type tool struct {
-	name string
-	// start serves the namespace of pid; the returned command is killed
-	// after the measurement.
-	start   func(pid int, mtu int) (*exec.Cmd, error)
-	gateway string
+// verbose reports progress on stderr (-v).
+var verbose bool
+
+type figure struct {
+	id, label string
+	format    string
+	// tput: a TCP throughput, also compared with plain host loopback.
+	tput bool
+}
+
+var figures = []figure{
+	{"tcp-out-65520", "TCP ns->host MTU 65520, Gbit/s", "%.2f", true},
+	{"tcp-in-65520", "TCP host->ns MTU 65520, Gbit/s", "%.2f", true},
+	{"tcp-out-1500", "TCP ns->host MTU 1500, Gbit/s", "%.2f", true},
+	{"tcp-in-1500", "TCP host->ns MTU 1500, Gbit/s", "%.2f", true},
+	{"pub-in", "published port host->ns, Gbit/s", "%.2f", true},
+	{"pub-out", "published port ns->host (-R), Gbit/s", "%.2f", true},
+	{"udp-out", "UDP ns->host received, Gbit/s", "%.2f", false},
+	{"udp-loss", "UDP ns->host loss, % (lower is better)", "%.1f", false},
+	{"lat-p50", "TCP 64 B round trip p50, µs (lower is better)", "%.0f", false},
+	{"lat-p99", "TCP 64 B round trip p99, µs (lower is better)", "%.0f", false},
+	{"connrate", "new TCP connections ns->host, conn/s", "%.0f", false},
+	{"rss-idle", "RSS idle, MiB (lower is better)", "%.1f", false},
+	{"rss-hold", "RSS with 1500 connections, MiB (lower is better)", "%.1f", false},
+	{"cpu-out", "CPU per GB ns->host MTU 65520, s (lower is better)", "%.2f", false},
+	{"cpu-in", "CPU per GB host->ns MTU 65520, s (lower is better)", "%.2f", false},
+}
+
+// recorder collects the figures of every run; failures are reported on
+// stderr at once and end up as "n/a".
+type recorder struct {
+	vals map[[2]string][]float64
+}
+
+func (r *recorder) add(tool, fig string, v float64) {
+	k := [2]string{tool, fig}
+	r.vals[k] = append(r.vals[k], v)
+}
+
+func (r *recorder) fail(tool, fig string, err error) {
+	if stopping.Load() {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "bench: %s: %s: %v\n", tool, fig, err)
+}
+
+func (r *recorder) median(tool, fig string) float64 {
+	return median(r.vals[[2]string{tool, fig}])
 }
 
 func main() {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(helperMain(os.Args[1:]))
+	}
 	bin := flag.String("rootlessnet", "./rootlessnet", "rootlessnet binary")
 	runs := flag.Int("runs", 3, "runs per figure (median reported)")
-	secs := flag.Int("t", 4, "seconds per iperf3 run")
+	secs := flag.Int("t", 3, "seconds per iperf3 run")
 	out := flag.String("o", "", "append the dated table to this markdown file")
+	rtts := flag.Int("rtts", 2000, "round trips of the latency figure")
+	connSecs := flag.Float64("conn-t", 2, "seconds of the connections-per-second loop")
+	hold := flag.Int("conns", 1500, "open connections for the RSS figure")
+	udpRate := flag.String("udp-b", "0", "iperf3 -b for UDP (0: as fast as the sender can)")
+	flag.BoolVar(&verbose, "v", false, "report progress and timings on stderr")
 	flag.Parse()
-	for _, need := range []string{"iperf3", "unshare", "nsenter", "slirp4netns", "pasta"} {
+	if *runs < 1 || *secs < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -runs and -t must be at least 1")
+		os.Exit(2)
+	}
+	raiseNofile()
+	ensureTools()
+	for _, need := range []string{"unshare", "nsenter", "iperf3"} {
 		if _, err := exec.LookPath(need); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: %s not found (apt-get install iperf3 slirp4netns passt util-linux)\n", need)
+			fmt.Fprintf(os.Stderr, "bench: %s not found (apt-get install iperf3 util-linux)\n", need)
 			os.Exit(1)
 		}
 	}
-	srv := exec.Command("iperf3", "-s", "-B", "127.0.0.1", "-p", "5299")
-	if err := srv.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	if abs, err := filepath.Abs(*bin); err == nil {
+		*bin = abs
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	var cleanups []func()
+	cleanup := func() {
+		stopping.Store(true)
+		killAll()
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "bench: %v: stopping\n", s)
+		cleanup()
+		os.Exit(130)
+	}()
+	fatal := func(err error) {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		cleanup()
 		os.Exit(1)
 	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	time.Sleep(300 * time.Millisecond)
 
-	tools := []tool{
-		{name: "rootlessnet", gateway: "10.0.2.2", start: func(pid, mtu int) (*exec.Cmd, error) {
-			return startAndWait(unprivileged(exec.Command(*bin, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--mtu", fmt.Sprint(mtu), "--log-level", "error")), "serving")
-		}},
-		{name: "slirp4netns", gateway: "10.0.2.2", start: func(pid, mtu int) (*exec.Cmd, error) {
-			return startReadyFD(unprivileged(exec.Command("slirp4netns", "--configure", fmt.Sprintf("--mtu=%d", mtu), "--ready-fd=3", fmt.Sprint(pid), "tap0")))
-		}},
-		{name: "pasta", gateway: "", start: func(pid, mtu int) (*exec.Cmd, error) {
-			c := unprivileged(exec.Command("pasta", "--config-net", "--mtu", fmt.Sprint(mtu), "-f", "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none", fmt.Sprint(pid)))
-			if err := c.Start(); err != nil {
-				return nil, err
-			}
-			time.Sleep(time.Second)
-			return c, nil
-		}},
+	tmp, err := os.MkdirTemp("", "rnbench-")
+	if err == nil {
+		// uid 65534 reaches its session directories and the helper.
+		err = os.Chmod(tmp, 0o755)
 	}
-	type key struct{ tool, fig string }
-	results := map[key][]float64{}
-	var figs []string
-	for _, mtu := range []int{65520, 1500} {
-		for _, dir := range []string{"ns->host", "host->ns"} {
-			figs = append(figs, fmt.Sprintf("%s MTU %d", dir, mtu))
-		}
+	if err != nil {
+		fatal(err)
 	}
+	cleanups = append(cleanups, func() { os.RemoveAll(tmp) })
+	helper, err := installHelper(tmp)
+	if err != nil {
+		fatal(fmt.Errorf("copying the bench binary for the namespace client: %w", err))
+	}
+
+	hostPort, err := freePort()
+	if err != nil {
+		fatal(err)
+	}
+	srv, _, err := startWithLine(exec.Command("iperf3", "-s", "--forceflush", "-B", "127.0.0.1", "-p", fmt.Sprint(hostPort)), "listening", 10*time.Second)
+	if err != nil {
+		fatal(err)
+	}
+	cleanups = append(cleanups, func() { srv.stop(time.Second) })
+
+	cfg := &config{tmp: tmp, secs: *secs, hostPort: hostPort, helper: helper, rtts: *rtts, connSecs: *connSecs, holdConns: *hold, udpRate: *udpRate}
+	tools := newTools(*bin)
+	rec := &recorder{vals: map[[2]string][]float64{}}
+	desc := fmt.Sprintf("Machine: %s. Tools: %s.", machine(), versions(*bin))
+	start := time.Now()
 	for r := 0; r < *runs; r++ {
-		for _, mtu := range []int{65520, 1500} {
-			for _, t := range tools {
-				gbps, err := measure(t, mtu, *secs)
-				if err != nil {
-					fmt.Fprintf(os.Stderr, "bench: %s MTU %d: %v\n", t.name, mtu, err)
-					continue
+		// The ceiling: client and server both on the host's 127.0.0.1.
+		if res, err := iperfHost(*secs, "-c", "127.0.0.1", "-p", fmt.Sprint(hostPort), "-t", fmt.Sprint(*secs)); err != nil {
+			rec.fail("loopback", "tcp", err)
+		} else {
+			rec.add("loopback", "tcp", res.End.SumReceived.BitsPerSecond/1e9)
+		}
+		for _, kind := range []string{kindRSS, kindMain, kind1500} {
+			// Interleaved, and each run starts with another tool.
+			for i := range tools {
+				if stopping.Load() {
+					select {} // the signal handler exits
 				}
-				results[key{t.name, fmt.Sprintf("ns->host MTU %d", mtu)}] = append(results[key{t.name, fmt.Sprintf("ns->host MTU %d", mtu)}], gbps[0])
-				results[key{t.name, fmt.Sprintf("host->ns MTU %d", mtu)}] = append(results[key{t.name, fmt.Sprintf("host->ns MTU %d", mtu)}], gbps[1])
+				t := tools[(i+r)%len(tools)]
+				t0 := time.Now()
+				runSession(cfg, t, kind, rec)
+				if verbose {
+					fmt.Fprintf(os.Stderr, "bench: run %d/%d, %s, %s figures: %.1f s\n", r+1, *runs, t.name, kind, time.Since(t0).Seconds())
+				}
 			}
 		}
 	}
-	var b strings.Builder
-	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "\n## %s, %s, %d CPUs, iperf3 -t %d, median of %d\n\n", time.Now().Format("2006-01-02"), host, numCPU(), *secs, *runs)
-	fmt.Fprintf(&b, "| TCP Gbit/s | rootlessnet | slirp4netns | pasta | rootlessnet/slirp4netns | rootlessnet/pasta |\n|---|---|---|---|---|---|\n")
-	for _, f := range figs {
-		rn, sl, pa := median(results[key{"rootlessnet", f}]), median(results[key{"slirp4netns", f}]), median(results[key{"pasta", f}])
-		fmt.Fprintf(&b, "| %s | %.2f | %.2f | %.2f | %s | %s |\n", f, rn, sl, pa, ratio(rn, sl), ratio(rn, pa))
-	}
-	fmt.Print(b.String())
+	cleanup()
+	elapsed := time.Since(start)
+
+	table := render(rec, cfg, *runs, desc, elapsed)
+	fmt.Print(table)
 	if *out != "" {
 		f, err := os.OpenFile(*out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 		if err == nil {
-			f.WriteString(b.String())
-			f.Close()
+			_, err = f.WriteString(table)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
 		}
-	}
-}
-
-// measure starts a namespace and the tool, then runs iperf3 both ways.
-func measure(t tool, mtu, secs int) ([2]float64, error) {
-	var res [2]float64
-	ns := unprivileged(exec.Command("unshare", "--user", "--map-root-user", "--net", "sleep", "300"))
-	if err := ns.Start(); err != nil {
-		return res, err
-	}
-	defer func() { ns.Process.Kill(); ns.Wait() }()
-	time.Sleep(200 * time.Millisecond)
-	pid := ns.Process.Pid
-	c, err := t.start(pid, mtu)
-	if err != nil {
-		return res, err
-	}
-	defer func() { c.Process.Signal(syscall.SIGTERM); c.Wait() }()
-	gw := t.gateway
-	if gw == "" {
-		gw, err = defaultGateway(pid)
 		if err != nil {
-			return res, err
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
 		}
 	}
-	for i, reverse := range []bool{false, true} {
-		args := []string{"--preserve-credentials", "-U", "-n", "-t", fmt.Sprint(pid), "iperf3", "-c", gw, "-p", "5299", "-t", fmt.Sprint(secs), "-J"}
-		if reverse {
-			args = append(args, "-R")
-		}
-		out, err := exec.Command("nsenter", args...).Output()
-		if err != nil {
-			return res, fmt.Errorf("iperf3: %w: %s", err, firstLine(out))
-		}
-		var r struct {
-			End struct {
-				SumReceived struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-			Error string `json:"error"`
-		}
-		if err := json.Unmarshal(out, &r); err != nil || r.Error != "" {
-			return res, fmt.Errorf("iperf3: %v %s", err, r.Error)
-		}
-		res[i] = r.End.SumReceived.BitsPerSecond / 1e9
-	}
-	return res, nil
 }
 
-func defaultGateway(pid int) (string, error) {
-	out, err := exec.Command("nsenter", "--preserve-credentials", "-U", "-n", "-t", fmt.Sprint(pid), "ip", "-4", "route", "show", "default").Output()
-	if err != nil {
-		return "", err
-	}
-	f := strings.Fields(string(out))
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "via" {
-			return f[i+1], nil
+func render(rec *recorder, cfg *config, runs int, desc string, elapsed time.Duration) string {
+	secs, hold, udpRate := cfg.secs, cfg.holdConns, cfg.udpRate
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## %s, median of %d runs, iperf3 -t %d\n\n", time.Now().Format("2006-01-02"), runs, secs)
+	fmt.Fprintf(&b, "%s\n\n", desc)
+	ceil := rec.median("loopback", "tcp")
+	fmt.Fprintf(&b, "Plain host loopback (iperf3 client and server on 127.0.0.1): %s Gbit/s.\n\n", fmtVal("%.2f", ceil))
+	fmt.Fprintf(&b, "| figure | rootlessnet | slirp4netns | pasta | rootlessnet/slirp4netns | rootlessnet/pasta | rootlessnet/loopback |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
+	for _, f := range figures {
+		v := map[string]float64{}
+		fmt.Fprintf(&b, "| %s |", f.label)
+		for _, name := range []string{"rootlessnet", "slirp4netns", "pasta"} {
+			v[name] = rec.median(name, f.id)
+			cell := fmtVal(f.format, v[name])
+			if f.id == "rss-hold" && !math.IsNaN(v[name]) {
+				if held := rec.median(name, "held"); held < float64(hold) {
+					cell += fmt.Sprintf(" (%.0f held)", held)
+				}
+			}
+			fmt.Fprintf(&b, " %s |", cell)
 		}
+		lb := ""
+		if f.tput {
+			lb = ratio(v["rootlessnet"], ceil)
+		}
+		fmt.Fprintf(&b, " %s | %s | %s |\n", ratio(v["rootlessnet"], v["slirp4netns"]), ratio(v["rootlessnet"], v["pasta"]), lb)
 	}
-	return "", errors.New("no default route in the namespace")
+	udp := "-b " + udpRate
+	if udpRate == "0" {
+		udp = "-b 0 (unlimited)"
+	}
+	fmt.Fprintf(&b, `
+Notes (whole run %.0f s):
+- Every tool serves a fresh user+network namespace (unshare -Urn, as uid 65534) for each of three sessions per run (RSS; everything else at MTU 65520; TCP at MTU 1500); sessions are interleaved and each run starts with the next tool. rootlessnet and slirp4netns are reached at 10.0.2.2, pasta at the namespace's default gateway, which it maps to the host's 127.0.0.1; pasta's figures are therefore its tap path.
+- TCP: iperf3 -t %d in the namespace (nsenter) against iperf3 -s on the host's 127.0.0.1, received rate; host->ns is -R.
+- Published port: iperf3 -s on port %d in the namespace; host client to 127.0.0.1:PORT (rootlessnet -p, slirp4netns add_hostfwd on its API socket, pasta -t); host->ns is the client sending. pasta serves loopback clients of its forwards by splicing to the namespace's loopback (no TCP/IP stack in the path).
+- UDP: iperf3 -u %s -l 1400 ns->host; the received rate and the loss reported by the server.
+- Latency: one TCP connection (TCP_NODELAY) from a client in the namespace (this binary re-executed through nsenter) to an echo server of the bench on 127.0.0.1; 100 warm-up then %d round trips of 64 bytes; p50/p99 of the round-trip times.
+- Connections per second: the same client connects, writes 1 byte, reads it back and closes, one at a time, for a fixed time.
+- RSS: VmRSS of the stack process (and any children), 0.5 s after it is ready, and with %d connections to the echo server open (opened by 8 parallel dialers, each one echoed once), in a session of its own with no other traffic.
+- CPU per GB: utime+stime of the stack process across the iperf3 run (/proc/PID/stat, 10 ms ticks), divided by the GB (1e9 bytes) received.
+- Ratios are rootlessnet/peer of the medians; for the "lower is better" rows a ratio below 1 favours rootlessnet. n/a: the figure failed (reason on stderr).
+`, elapsed.Seconds(), secs, guestPort, udp, cfg.rtts, hold)
+	return b.String()
 }
 
-func startAndWait(c *exec.Cmd, word string) (*exec.Cmd, error) {
-	out, err := c.StdoutPipe()
-	if err != nil {
-		return nil, err
+func fmtVal(format string, v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
 	}
-	if err := c.Start(); err != nil {
-		return nil, err
-	}
-	line, _ := bufio.NewReader(out).ReadString('\n')
-	if !strings.Contains(line, word) {
-		c.Process.Kill()
-		c.Wait()
-		return nil, fmt.Errorf("%s did not start: %q", c.Path, line)
-	}
-	return c, nil
-}
-
-func startReadyFD(c *exec.Cmd) (*exec.Cmd, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	c.ExtraFiles = []*os.File{w}
-	if err := c.Start(); err != nil {
-		w.Close()
-		return nil, err
-	}
-	w.Close()
-	buf := make([]byte, 1)
-	if _, err := r.Read(buf); err != nil {
-		c.Process.Kill()
-		c.Wait()
-		return nil, fmt.Errorf("%s never became ready", c.Path)
-	}
-	return c, nil
+	return fmt.Sprintf(format, v)
 }
 
 func median(v []float64) float64 {
 	if len(v) == 0 {
-		return 0
+		return math.NaN()
 	}
 	s := append([]float64(nil), v...)
 	sort.Float64s(s)
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
 }
 
 func ratio(a, b float64) string {
-	if b == 0 {
+	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
 		return "n/a"
 	}
 	return fmt.Sprintf("%.2fx", a/b)
 }
 
 func firstLine(b []byte) string {
-	s, _, _ := strings.Cut(string(b), "\n")
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
 	return s
 }
 
-func numCPU() int {
-	n := 0
-	f, err := os.ReadFile("/proc/cpuinfo")
-	if err == nil {
-		n = strings.Count(string(f), "processor\t:")
+// machine describes the host: CPUs, kernel, memory.
+func machine() string {
+	cpus := "? CPUs"
+	if out, err := output(5*time.Second, "nproc"); err == nil {
+		cpus = strings.TrimSpace(string(out)) + " CPUs"
 	}
-	return n
+	kernel := "Linux ?"
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		kernel = "Linux " + utsString(u.Release[:])
+	}
+	mem := "? GiB"
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+				if f := strings.Fields(rest); len(f) > 0 {
+					kb, _ := strconv.ParseFloat(f[0], 64)
+					mem = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+				}
+			}
+		}
+	}
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(l, "model name"); ok {
+				model = ", " + strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(rest), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s%s, %s, %s RAM", cpus, model, kernel, mem)
 }
 
-// unprivileged runs c as uid/gid 65534 when the benchmark runs as root:
-// every tool is measured as the rootless user it is meant for.
-func unprivileged(c *exec.Cmd) *exec.Cmd {
-	if os.Geteuid() == 0 {
-		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp"}
+func utsString(a []int8) string {
+	var s []byte
+	for _, c := range a {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
 	}
-	return c
+	return string(s)
+}
+
+// versions names the tools measured.
+func versions(bin string) string {
+	var parts []string
+	if out, err := output(5*time.Second, bin, "--version"); err == nil {
+		parts = append(parts, firstLine(out))
+	} else {
+		parts = append(parts, "rootlessnet (version unknown)")
+	}
+	for _, pkg := range [][2]string{{"slirp4netns", "slirp4netns"}, {"passt", "pasta (passt)"}, {"iperf3", "iperf3"}} {
+		if out, err := output(5*time.Second, "dpkg-query", "-W", "-f", "${Version}", pkg[0]); err == nil && len(out) > 0 {
+			parts = append(parts, pkg[1]+" "+string(out))
+		} else if p, err := exec.LookPath(strings.Fields(pkg[1])[0]); err == nil {
+			parts = append(parts, p)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// ensureTools installs missing peers and iperf3 from Debian's packages
+// when running as root with apt-get; otherwise the missing tool's figures
+// are n/a.
+func ensureTools() {
+	var missing []string
+	for _, t := range [][2]string{{"iperf3", "iperf3"}, {"slirp4netns", "slirp4netns"}, {"pasta", "passt"}, {"nsenter", "util-linux"}, {"unshare", "util-linux"}} {
+		if _, err := exec.LookPath(t[0]); err != nil {
+			missing = append(missing, t[1])
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil || os.Geteuid() != 0 {
+		fmt.Fprintf(os.Stderr, "bench: missing %s (apt-get install %s); their figures will be n/a\n", strings.Join(missing, ", "), strings.Join(missing, " "))
+		return
+	}
+	fmt.Fprintf(os.Stderr, "bench: installing %s\n", strings.Join(missing, " "))
+	if _, err := output(5*time.Minute, "apt-get", "update", "-qq"); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	}
+	args := append([]string{"install", "-y", "-qq", "--no-install-recommends"}, missing...)
+	if _, err := output(5*time.Minute, "apt-get", args...); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	}
+}
+
+// installHelper copies this binary into dir (mode 0755) so that the
+// in-namespace client can be executed whatever the build cache's modes.
+func installHelper(dir string) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "rnbench")
+	if err := copyFile(exe, path); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if err := os.Chmod(dst, 0o755); err != nil {
+		return errors.Join(err, os.Remove(dst))
+	}
+	return nil
 }

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// config is what every session needs.
+type config struct {
+	secs      int     // seconds per iperf3 run
+	hostPort  int     // the host iperf3 server on 127.0.0.1
+	helper    string  // the bench binary, executable by anyone
+	tmp       string  // scratch directory, removed at the end
+	rtts      int     // latency round trips
+	connSecs  float64 // seconds of the connection-rate loop
+	holdConns int     // connections held for the RSS figure
+	udpRate   string  // iperf3 -b for UDP
+}
+
+// session is one namespace served by one tool.
+type session struct {
+	t        *tool
+	mtu      int
+	pid      int // the namespace's process
+	stack    *proc
+	gw       string
+	hostPort int    // published port on 127.0.0.1 (0: none)
+	dir      string // scratch directory readable by uid 65534
+	stderr   *tailBuffer
+}
+
+// Session kinds: each serves a fresh namespace, so that one figure's
+// leftovers (1500 closed connections, grown buffers) do not weigh on the
+// next.
+const (
+	kindRSS  = "rss"  // RSS idle and with cfg.holdConns connections, MTU 65520
+	kindMain = "main" // everything else at MTU 65520
+	kind1500 = "1500" // TCP throughput at MTU 1500
+)
+
+var kindFigures = map[string][]string{
+	kindRSS:  {"rss-idle", "rss-hold"},
+	kindMain: {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "lat-p50", "lat-p99", "connrate"},
+	kind1500: {"tcp-out-1500", "tcp-in-1500"},
+}
+
+// runSession serves a fresh namespace with t and records the figures of
+// kind; a failure costs only the figures it concerns.
+func runSession(cfg *config, t *tool, kind string, rec *recorder) {
+	mtu := 65520
+	if kind == kind1500 {
+		mtu = 1500
+	}
+	failAll := func(err error) {
+		rec.fail(t.name, strings.Join(kindFigures[kind], ", "), err)
+	}
+	if t.bin != "" {
+		if _, err := exec.LookPath(t.bin); err != nil {
+			failAll(err)
+			return
+		}
+	}
+	dir, err := os.MkdirTemp(cfg.tmp, t.name+"-")
+	if err != nil {
+		failAll(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	if os.Geteuid() == 0 {
+		os.Chown(dir, 65534, 65534)
+	}
+	ns, err := startNamespace()
+	if err != nil {
+		failAll(fmt.Errorf("namespace: %w", err))
+		return
+	}
+	defer ns.stop(time.Second)
+
+	s := &session{t: t, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}}
+	if kind == kindMain {
+		if s.hostPort, err = freePort(); err != nil {
+			failAll(err)
+			return
+		}
+	}
+	s.stack, err = t.start(s)
+	if err != nil {
+		failAll(fmt.Errorf("start: %w", err))
+		return
+	}
+	defer s.stack.stop(3 * time.Second)
+	s.gw = t.gateway
+	if s.gw == "" {
+		if s.gw, err = defaultGateway(s.pid); err != nil {
+			failAll(err)
+			return
+		}
+	}
+
+	switch kind {
+	case kindRSS:
+		time.Sleep(500 * time.Millisecond)
+		if v, err := rssMiB(s.stack.pid()); err != nil {
+			rec.fail(t.name, "rss-idle", err)
+		} else {
+			rec.add(t.name, "rss-idle", v)
+		}
+		withEcho(s, rec, []string{"rss-hold"}, func(addr string) { measureHold(cfg, s, addr, rec) })
+	case kindMain:
+		withEcho(s, rec, []string{"lat-p50", "lat-p99", "connrate"}, func(addr string) {
+			measureLatency(cfg, s, addr, rec)
+			measureConnRate(cfg, s, addr, rec)
+		})
+		measureTCP(cfg, s, rec, true)
+		measurePublished(cfg, s, rec)
+		measureUDP(cfg, s, rec)
+	case kind1500:
+		measureTCP(cfg, s, rec, false)
+	}
+}
+
+// withEcho runs f with the address (through the gateway) of a fresh echo
+// server on the host's 127.0.0.1.
+func withEcho(s *session, rec *recorder, figs []string, f func(addr string)) {
+	echo, err := newEchoServer()
+	if err != nil {
+		for _, fig := range figs {
+			rec.fail(s.t.name, fig, err)
+		}
+		return
+	}
+	defer echo.close()
+	f(net.JoinHostPort(s.gw, fmt.Sprint(echo.port())))
+}
+
+// measureTCP runs iperf3 in the namespace against the host's server on
+// 127.0.0.1 through the gateway, both ways, and with cpu the CPU seconds
+// of the stack per GB received.
+func measureTCP(cfg *config, s *session, rec *recorder, cpu bool) {
+	for _, dir := range []string{"out", "in"} {
+		fig := fmt.Sprintf("tcp-%s-%d", dir, s.mtu)
+		args := []string{"-c", s.gw, "-p", fmt.Sprint(cfg.hostPort), "-t", fmt.Sprint(cfg.secs)}
+		if dir == "in" {
+			args = append(args, "-R")
+		}
+		cpu0, cerr := cpuSeconds(s.stack.pid())
+		r, err := iperfNS(s.pid, cfg.secs, args...)
+		cpu1, cerr2 := cpuSeconds(s.stack.pid())
+		if err != nil {
+			rec.fail(s.t.name, fig, err)
+			if cpu {
+				rec.fail(s.t.name, "cpu-"+dir, err)
+			}
+			continue
+		}
+		rec.add(s.t.name, fig, r.End.SumReceived.BitsPerSecond/1e9)
+		if !cpu {
+			continue
+		}
+		switch {
+		case cerr != nil || cerr2 != nil:
+			rec.fail(s.t.name, "cpu-"+dir, fmt.Errorf("cpu: %v %v", cerr, cerr2))
+		case r.End.SumReceived.Bytes <= 0:
+			rec.fail(s.t.name, "cpu-"+dir, fmt.Errorf("no bytes moved"))
+		default:
+			rec.add(s.t.name, "cpu-"+dir, (cpu1-cpu0)/(r.End.SumReceived.Bytes/1e9))
+		}
+	}
+}
+
+// measureUDP: iperf3 -u from the namespace to the host's server.
+func measureUDP(cfg *config, s *session, rec *recorder) {
+	r, err := iperfNS(s.pid, cfg.secs, "-c", s.gw, "-p", fmt.Sprint(cfg.hostPort), "-t", fmt.Sprint(cfg.secs), "-u", "-b", cfg.udpRate, "-l", "1400")
+	if err != nil {
+		rec.fail(s.t.name, "udp-out", err)
+		rec.fail(s.t.name, "udp-loss", err)
+		return
+	}
+	rec.add(s.t.name, "udp-out", r.End.SumReceived.BitsPerSecond/1e9)
+	rec.add(s.t.name, "udp-loss", r.End.SumReceived.LostPercent)
+}
+
+// startNamespace starts a process in new user and network namespaces
+// (uid 65534 mapped to root when run as root) and waits until they exist.
+func startNamespace() (*proc, error) {
+	p, err := startProc(unprivileged(exec.Command("unshare", "--user", "--map-root-user", "--net", "sleep", "900")))
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.pid()))
+		if strings.TrimSpace(string(b)) == "sleep" {
+			return p, nil
+		}
+		if p.exited() || time.Now().After(deadline) {
+			p.stop(time.Second)
+			return nil, fmt.Errorf("unshare did not set up the namespaces: %v", p.err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+type iperfResult struct {
+	End struct {
+		SumReceived struct {
+			Bytes         float64 `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+			LostPercent   float64 `json:"lost_percent"`
+		} `json:"sum_received"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+func parseIperf(out []byte, runErr error) (*iperfResult, error) {
+	var r iperfResult
+	jerr := json.Unmarshal(out, &r)
+	if r.Error != "" {
+		return nil, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if runErr != nil {
+		return nil, runErr
+	}
+	if jerr != nil {
+		return nil, fmt.Errorf("iperf3 output: %v", jerr)
+	}
+	if r.End.SumReceived.BitsPerSecond <= 0 {
+		return nil, fmt.Errorf("iperf3: nothing received")
+	}
+	return &r, nil
+}
+
+// iperfNS runs an iperf3 client inside the namespace of pid.
+func iperfNS(pid, secs int, args ...string) (*iperfResult, error) {
+	args = append([]string{"iperf3"}, append(args, "-J", "--connect-timeout", "5000")...)
+	out, err := output(time.Duration(secs+20)*time.Second, "nsenter", nsenterArgs(pid, args...)...)
+	return parseIperf(out, err)
+}
+
+// iperfHost runs an iperf3 client in the host's namespace.
+func iperfHost(secs int, args ...string) (*iperfResult, error) {
+	out, err := output(time.Duration(secs+20)*time.Second, "iperf3", append(args, "-J", "--connect-timeout", "5000")...)
+	return parseIperf(out, err)
+}
+
+// measurePublished runs iperf3's server inside the namespace on port 5201
+// and a host client against the published 127.0.0.1 port, both ways.
+func measurePublished(cfg *config, s *session, rec *recorder) {
+	srv, _, err := startWithLine(exec.Command("nsenter", nsenterArgs(s.pid, "iperf3", "-s", "--forceflush", "-p", fmt.Sprint(guestPort))...), "listening", 10*time.Second)
+	if err != nil {
+		rec.fail(s.t.name, "pub-in", err)
+		rec.fail(s.t.name, "pub-out", err)
+		return
+	}
+	defer srv.stop(time.Second)
+	for _, dir := range []string{"in", "out"} {
+		args := []string{"-c", "127.0.0.1", "-p", fmt.Sprint(s.hostPort), "-t", fmt.Sprint(cfg.secs)}
+		if dir == "out" {
+			args = append(args, "-R")
+		}
+		r, err := iperfHost(cfg.secs, args...)
+		if err != nil {
+			rec.fail(s.t.name, "pub-"+dir, err)
+			continue
+		}
+		rec.add(s.t.name, "pub-"+dir, r.End.SumReceived.BitsPerSecond/1e9)
+	}
+}
+
+// helperCmd runs the bench binary inside the namespace as a client.
+func helperCmd(ctx context.Context, s *session, cfg *config, args ...string) *exec.Cmd {
+	c := exec.CommandContext(ctx, "nsenter", nsenterArgs(s.pid, append([]string{cfg.helper}, args...)...)...)
+	c.Env = append(os.Environ(), helperEnv+"=1")
+	return c
+}
+
+func runHelper(s *session, cfg *config, timeout time.Duration, v any, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := runOutput(ctx, helperCmd(ctx, s, cfg, args...))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(out, v)
+}
+
+func measureLatency(cfg *config, s *session, addr string, rec *recorder) {
+	var r latencyResult
+	if err := runHelper(s, cfg, 60*time.Second, &r, "latency", addr, fmt.Sprint(cfg.rtts), "64"); err != nil {
+		rec.fail(s.t.name, "lat-p50", err)
+		rec.fail(s.t.name, "lat-p99", err)
+		return
+	}
+	rec.add(s.t.name, "lat-p50", r.P50us)
+	rec.add(s.t.name, "lat-p99", r.P99us)
+}
+
+func measureConnRate(cfg *config, s *session, addr string, rec *recorder) {
+	var r connRateResult
+	if err := runHelper(s, cfg, time.Duration(cfg.connSecs*float64(time.Second))+30*time.Second, &r, "connrate", addr, fmt.Sprint(cfg.connSecs)); err != nil {
+		rec.fail(s.t.name, "connrate", err)
+		return
+	}
+	if r.Err != "" {
+		fmt.Fprintf(os.Stderr, "bench: %s: connection rate: stopped after %d connections: %s\n", s.t.name, r.Conns, r.Err)
+	}
+	rec.add(s.t.name, "connrate", float64(r.Conns)/r.Seconds)
+}
+
+// measureHold has the in-namespace client open cfg.holdConns connections
+// to the host echo server, reads the stack's RSS while they are open, then
+// lets the client close them.
+func measureHold(cfg *config, s *session, addr string, rec *recorder) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	c := helperCmd(ctx, s, cfg, "hold", addr, fmt.Sprint(cfg.holdConns))
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		rec.fail(s.t.name, "rss-hold", err)
+		return
+	}
+	defer stdinW.Close()
+	c.Stdin = stdinR
+	lr, w, err := newLineReader()
+	if err != nil {
+		stdinR.Close()
+		rec.fail(s.t.name, "rss-hold", err)
+		return
+	}
+	c.Stdout = w
+	stderr := &tailBuffer{}
+	c.Stderr = stderr
+	p, err := startProc(c)
+	stdinR.Close()
+	w.Close()
+	if err != nil {
+		rec.fail(s.t.name, "rss-hold", err)
+		return
+	}
+	defer p.stop(2 * time.Second)
+	t0 := time.Now()
+	line, err := lr.waitFor("held", 75*time.Second)
+	if err != nil {
+		rec.fail(s.t.name, "rss-hold", fmt.Errorf("hold: %v: %s", err, stderr.tail()))
+		return
+	}
+	var r holdResult
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		rec.fail(s.t.name, "rss-hold", err)
+		return
+	}
+	if r.Held < cfg.holdConns {
+		fmt.Fprintf(os.Stderr, "bench: %s: held %d of %d connections: %s\n", s.t.name, r.Held, cfg.holdConns, r.Err)
+	}
+	if verbose {
+		fmt.Fprintf(os.Stderr, "bench: %s: %d connections open after %.1f s\n", s.t.name, r.Held, time.Since(t0).Seconds())
+	}
+	time.Sleep(500 * time.Millisecond)
+	v, err := rssMiB(s.stack.pid())
+	if err != nil {
+		rec.fail(s.t.name, "rss-hold", err)
+		return
+	}
+	rec.add(s.t.name, "rss-hold", v)
+	rec.add(s.t.name, "held", float64(r.Held))
+	stdinW.Close()
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+}
