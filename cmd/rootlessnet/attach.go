@@ -28,9 +28,7 @@ type attachOptions struct {
 	netns, userns, netnsType   string
 	configure                  bool
 	readyFD, exitFD            int
-	enableIPv6                 bool
 	enableSandbox, enableSecco bool
-	outboundAddr6              string
 	version                    bool
 }
 
@@ -45,10 +43,8 @@ func newAttachFlags(o *attachOptions) *pflag.FlagSet {
 	fs.StringVar(&o.netnsType, "netns-type", "pid", "slirp4netns form: whether the argument is a PID or a PATH (pid|path)")
 	fs.IntVarP(&o.readyFD, "ready-fd", "r", -1, "write \"1\" to this fd and close it once ready")
 	fs.IntVarP(&o.exitFD, "exit-fd", "e", -1, "exit when this fd is closed by its other end")
-	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "IPv6 (accepted; not implemented yet: the container gets IPv4 only)")
 	fs.BoolVar(&o.enableSandbox, "enable-sandbox", false, "confine the process (accepted; not enforced yet)")
 	fs.BoolVar(&o.enableSecco, "enable-seccomp", false, "restrict system calls (accepted; not enforced yet)")
-	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "bind outgoing IPv6 connections to this address or interface (accepted; IPv6 is not implemented yet)")
 	fs.BoolVarP(&o.version, "version", "v", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage:
@@ -122,9 +118,6 @@ func attachCommand(args []string) error {
 	}
 	if o.enableSandbox || o.enableSecco {
 		log.Warn("--enable-sandbox and --enable-seccomp are accepted but not enforced yet")
-	}
-	if o.enableIPv6 {
-		log.Warn("--enable-ipv6 is accepted but IPv6 is not implemented yet: the container gets IPv4 only")
 	}
 
 	for _, fd := range []struct {

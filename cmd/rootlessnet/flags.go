@@ -30,9 +30,13 @@ type options struct {
 	apiSocket           string
 	outboundAddr        string
 	offload             bool
+	enableIPv6          bool
+	cidr6               string
+	outboundAddr6       string
 
-	addressing stack.Addressing
-	ports      []portfwd.Spec
+	addressing  stack.Addressing
+	addressing6 stack.Addressing6 // invalid unless --enable-ipv6
+	ports       []portfwd.Spec
 }
 
 func (o *options) register(fs *pflag.FlagSet) {
@@ -48,6 +52,9 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&o.publish, "publish", "p", nil, "publish a port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)")
 	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket")
 	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "bind outgoing IPv4 connections to this address or interface")
+	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: guest ::100, gateway ::2 (the host's ::1), DNS ::3 in --cidr6")
+	fs.StringVar(&o.cidr6, "cidr6", stack.DefaultCIDR6, "IPv6 /64 network of the container, with --enable-ipv6")
+	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "bind outgoing IPv6 connections to this address or interface")
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 
@@ -61,6 +68,13 @@ func (o *options) validate() error {
 		return usageError{err}
 	}
 	o.addressing = a
+	if o.enableIPv6 {
+		a6, err := stack.ParseCIDR6(o.cidr6)
+		if err != nil {
+			return usageError{err}
+		}
+		o.addressing6 = a6
+	}
 	if o.macAddress != "" {
 		mac, err := net.ParseMAC(o.macAddress)
 		if err != nil || len(mac) != 6 {
