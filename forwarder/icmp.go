@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -56,10 +57,55 @@ func (f *Forwarder) HandleICMP4(_ stack.TransportEndpointID, pkt *stack.PacketBu
 	return true
 }
 
+// HandleICMP6 is HandleICMP4 for ICMPv6. gVisor answers IPv6 echo for
+// every destination unless this returns true, so it does for all but the
+// stack's own addresses.
+func (f *Forwarder) HandleICMP6(_ stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	ih := header.ICMPv6(pkt.TransportHeader().Slice())
+	if len(ih) < header.ICMPv6EchoMinimumSize || ih.Type() != header.ICMPv6EchoRequest {
+		return false
+	}
+	nh := header.IPv6(pkt.NetworkHeader().Slice())
+	dst := addrPortOf(nh.DestinationAddress(), 0).Addr()
+	src := addrPortOf(nh.SourceAddress(), 0).Addr()
+	p := f.cfg.Policy
+	if (p.Gateway6.IsValid() && dst == p.Gateway6) || (p.DNS6.IsValid() && dst == p.DNS6) || dst.IsLinkLocalUnicast() {
+		// The stack's own addresses (link-local ones included, which
+		// never leave the link): it answers them itself.
+		return false
+	}
+	if f.cfg.Guest == nil {
+		return true
+	}
+	if v, _ := p.Translate(netip.AddrPortFrom(dst, 1)); v != Dial {
+		return true
+	}
+	select {
+	case f.pingSlots <- struct{}{}:
+	default:
+		return true
+	}
+	ident, seq := ih.Ident(), ih.Sequence()
+	data := pkt.Data().AsRange().ToSlice()
+	if !f.goFlow(func() {
+		defer func() { <-f.pingSlots }()
+		f.ping(src, dst, ident, seq, data)
+	}) {
+		<-f.pingSlots
+	}
+	return true
+}
+
 // ping sends one echo through a ping socket and relays the reply with the
 // container's own identifier (Linux rewrites it to the socket's).
 func (f *Forwarder) ping(src, dst netip.Addr, ident, seq uint16, data []byte) {
-	c, err := icmp.ListenPacket("udp4", "0.0.0.0")
+	network, laddr, proto := "udp4", "0.0.0.0", 1
+	var echoType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	if dst.Is6() {
+		network, laddr, proto = "udp6", "::", 58
+		echoType, replyType = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	}
+	c, err := icmp.ListenPacket(network, laddr)
 	if err != nil {
 		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EPROTONOSUPPORT) {
 			f.pingWarnOnce.Do(func() {
@@ -72,7 +118,7 @@ func (f *Forwarder) ping(src, dst netip.Addr, ident, seq uint16, data []byte) {
 		return
 	}
 	defer c.Close()
-	msg := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(ident), Seq: int(seq), Data: data}}
+	msg := icmp.Message{Type: echoType, Body: &icmp.Echo{ID: int(ident), Seq: int(seq), Data: data}}
 	b, err := msg.Marshal(nil)
 	if err != nil {
 		return
@@ -92,13 +138,23 @@ func (f *Forwarder) ping(src, dst netip.Addr, ident, seq uint16, data []byte) {
 		if err != nil || f.ctx.Err() != nil {
 			return
 		}
-		rm, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || rm.Type != ipv4.ICMPTypeEchoReply {
+		rm, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || rm.Type != replyType {
 			continue
 		}
 		echo, ok := rm.Body.(*icmp.Echo)
 		if !ok || echo.Seq != int(seq) {
 			continue
+		}
+		if dst.Is6() {
+			reply := make([]byte, header.ICMPv6EchoMinimumSize+len(echo.Data))
+			ih := header.ICMPv6(reply)
+			ih.SetType(header.ICMPv6EchoReply)
+			ih.SetIdent(ident)
+			ih.SetSequence(seq)
+			copy(reply[header.ICMPv6EchoMinimumSize:], echo.Data)
+			f.cfg.Guest.WriteToGuest(buildICMPv6(dst, src, reply))
+			return
 		}
 		reply := make([]byte, header.ICMPv4MinimumSize+len(echo.Data))
 		ih := header.ICMPv4(reply)
@@ -115,7 +171,11 @@ func (f *Forwarder) ping(src, dst netip.Addr, ident, seq uint16, data []byte) {
 // portUnreachable reports to the container that the host's peer refused
 // the flow src->dst, quoting a header like the datagram it sent.
 func (f *Forwarder) portUnreachable(src, dst netip.AddrPort, lastLen int) {
-	if f.cfg.Guest == nil || !src.Addr().Is4() {
+	if f.cfg.Guest == nil {
+		return
+	}
+	if src.Addr().Is6() {
+		f.portUnreachable6(src, dst, lastLen)
 		return
 	}
 	quoted := buildIPv4(src.Addr(), dst.Addr(), header.UDPProtocolNumber, make([]byte, header.UDPMinimumSize+lastLen))
@@ -130,6 +190,44 @@ func (f *Forwarder) portUnreachable(src, dst netip.AddrPort, lastLen int) {
 	copy(msg[header.ICMPv4MinimumSize:], quoted)
 	ih.SetChecksum(^checksum.Checksum(msg, 0))
 	f.cfg.Guest.WriteToGuest(buildIPv4(dst.Addr(), src.Addr(), header.ICMPv4ProtocolNumber, msg))
+}
+
+func (f *Forwarder) portUnreachable6(src, dst netip.AddrPort, lastLen int) {
+	// Quote the IPv6 and UDP headers of a datagram like the last one.
+	quoted := make([]byte, header.IPv6MinimumSize+header.UDPMinimumSize)
+	header.IPv6(quoted).Encode(&header.IPv6Fields{
+		PayloadLength:     uint16(header.UDPMinimumSize + lastLen),
+		TransportProtocol: header.UDPProtocolNumber,
+		HopLimit:          64,
+		SrcAddr:           tcpip.AddrFrom16(src.Addr().As16()),
+		DstAddr:           tcpip.AddrFrom16(dst.Addr().As16()),
+	})
+	header.UDP(quoted[header.IPv6MinimumSize:]).Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(header.UDPMinimumSize + lastLen)})
+	msg := make([]byte, header.ICMPv6DstUnreachableMinimumSize+len(quoted))
+	ih := header.ICMPv6(msg)
+	ih.SetType(header.ICMPv6DstUnreachable)
+	ih.SetCode(header.ICMPv6PortUnreachable)
+	copy(msg[header.ICMPv6DstUnreachableMinimumSize:], quoted)
+	f.cfg.Guest.WriteToGuest(buildICMPv6(dst.Addr(), src.Addr(), msg))
+}
+
+// buildICMPv6 makes an IPv6 packet around an ICMPv6 message, computing
+// its checksum.
+func buildICMPv6(src, dst netip.Addr, msg []byte) []byte {
+	s, d := tcpip.AddrFrom16(src.As16()), tcpip.AddrFrom16(dst.As16())
+	ih := header.ICMPv6(msg)
+	ih.SetChecksum(0)
+	ih.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: ih, Src: s, Dst: d}))
+	pkt := make([]byte, header.IPv6MinimumSize+len(msg))
+	header.IPv6(pkt).Encode(&header.IPv6Fields{
+		PayloadLength:     uint16(len(msg)),
+		TransportProtocol: header.ICMPv6ProtocolNumber,
+		HopLimit:          64,
+		SrcAddr:           s,
+		DstAddr:           d,
+	})
+	copy(pkt[header.IPv6MinimumSize:], msg)
+	return pkt
 }
 
 // buildIPv4 makes an IPv4 packet around payload.

@@ -20,6 +20,8 @@ const (
 // side does. It is pure, so that the access rules can be tested alone.
 type Policy struct {
 	Gateway, DNS        netip.Addr
+	// Gateway6 and DNS6 are the IPv6 counterparts (zero without IPv6).
+	Gateway6, DNS6      netip.Addr
 	Network             netip.Prefix
 	DisableHostLoopback bool
 	DisableDNS          bool
@@ -29,7 +31,7 @@ type Policy struct {
 func (p Policy) Translate(dst netip.AddrPort) (Verdict, netip.AddrPort) {
 	a := dst.Addr().Unmap()
 	switch {
-	case a == p.Gateway:
+	case a == p.Gateway || (p.Gateway6.IsValid() && a == p.Gateway6):
 		if p.DisableHostLoopback {
 			return Refuse, netip.AddrPort{}
 		}
@@ -38,14 +40,14 @@ func (p Policy) Translate(dst netip.AddrPort) (Verdict, netip.AddrPort) {
 			lo = netip.IPv6Loopback()
 		}
 		return Dial, netip.AddrPortFrom(lo, dst.Port())
-	case a == p.DNS:
+	case a == p.DNS || (p.DNS6.IsValid() && a == p.DNS6):
 		// Only port 53, and only to the upstreams: never a way to the
 		// host's loopback.
 		if dst.Port() == 53 && !p.DisableDNS {
 			return DNS, dst
 		}
 		return Refuse, netip.AddrPort{}
-	case a.IsLoopback(), a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
+	case a.IsLoopback(), a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast(), a.Is6() && a.IsLinkLocalUnicast():
 		return Refuse, netip.AddrPort{}
 	case a.Is4() && a == broadcast(p.Network):
 		return Refuse, netip.AddrPort{}

@@ -10,6 +10,8 @@ func TestPolicyTranslate(t *testing.T) {
 		Gateway: netip.MustParseAddr("10.0.2.2"),
 		DNS:     netip.MustParseAddr("10.0.2.3"),
 		Network: netip.MustParsePrefix("10.0.2.0/24"),
+		Gateway6: netip.MustParseAddr("fd00::2"),
+		DNS6:     netip.MustParseAddr("fd00::3"),
 	}
 	noLoop := base
 	noLoop.DisableHostLoopback = true
@@ -34,6 +36,14 @@ func TestPolicyTranslate(t *testing.T) {
 		{"limited broadcast", base, "255.255.255.255:67", Refuse, ""},
 		{"multicast", base, "224.0.0.251:5353", Refuse, ""},
 		{"port zero", base, "198.51.100.1:0", Refuse, ""},
+		{"ipv6 gateway to host ::1", base, "[fd00::2]:8080", Dial, "[::1]:8080"},
+		{"ipv6 gateway refused without host loopback", noLoop, "[fd00::2]:8080", Refuse, ""},
+		{"ipv6 dns port 53", base, "[fd00::3]:53", DNS, "[fd00::3]:53"},
+		{"ipv6 dns other port", base, "[fd00::3]:22", Refuse, ""},
+		{"ipv6 outside", base, "[2001:db8::1]:80", Dial, "[2001:db8::1]:80"},
+		{"ipv6 loopback", base, "[::1]:80", Refuse, ""},
+		{"ipv6 link-local", base, "[fe80::1]:80", Refuse, ""},
+		{"ipv6 multicast", base, "[ff02::fb]:5353", Refuse, ""},
 	} {
 		v, to := tc.p.Translate(netip.MustParseAddrPort(tc.dst))
 		if v != tc.verdict {

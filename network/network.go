@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -26,9 +27,14 @@ import (
 // Config describes one container's network.
 type Config struct {
 	// Tap is the TAP fd, non-blocking; the network owns it from New on.
-	Tap                 *os.File
-	MTU                 int
-	Addressing          stack.Addressing
+	Tap        *os.File
+	MTU        int
+	Addressing stack.Addressing
+	// IPv6 is the container's IPv6 network, off unless Enabled.
+	IPv6 stack.Addressing6
+	// RouterAdverts announces the IPv6 prefix, route and DNS server so
+	// that a container nobody configured autoconfigures (SLAAC).
+	RouterAdverts       bool
 	DisableHostLoopback bool
 	DisableDNS          bool
 	Nameservers         []netip.AddrPort
@@ -52,6 +58,11 @@ type Network struct {
 	done      chan struct{}
 	doneErr   error
 	closeOnce sync.Once
+
+	// solicited wakes the router advertiser; raStop ends it.
+	solicited chan struct{}
+	raStop    chan struct{}
+	raDone    chan struct{}
 }
 
 // New starts the data path on cfg.Tap.
@@ -67,14 +78,31 @@ func New(cfg Config) (*Network, error) {
 			close(n.done)
 		})
 	}
-	gw, dns := tcpip.AddrFrom4(cfg.Addressing.Gateway.As4()), tcpip.AddrFrom4(cfg.Addressing.DNS.As4())
-	owns := func(a tcpip.Address) bool { return a == gw || a == dns }
+	owned := map[tcpip.Address]bool{
+		tcpip.AddrFrom4(cfg.Addressing.Gateway.As4()): true,
+		tcpip.AddrFrom4(cfg.Addressing.DNS.As4()):     true,
+	}
+	if cfg.IPv6.Enabled() {
+		for _, a := range []netip.Addr{cfg.IPv6.Gateway, cfg.IPv6.DNS, stack.LinkLocal(stack.GatewayMAC(cfg.Addressing))} {
+			owned[tcpip.AddrFrom16(a.As16())] = true
+		}
+	}
+	owns := func(a tcpip.Address) bool { return owned[a] }
 	link, err := stack.NewTapEndpoint(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError, owns)
 	if err != nil {
 		cfg.Tap.Close()
 		return nil, err
 	}
 	n.Link = link
+	if cfg.IPv6.Enabled() && cfg.RouterAdverts {
+		n.solicited = make(chan struct{}, 1)
+		link.OnRouterSolicit(func() {
+			select {
+			case n.solicited <- struct{}{}:
+			default:
+			}
+		})
+	}
 	if cfg.VnetHdr {
 		if err := tap.SetOffload(cfg.Tap); err != nil {
 			link.Close()
@@ -96,6 +124,8 @@ func New(cfg Config) (*Network, error) {
 		Policy: forwarder.Policy{
 			Gateway:             a.Gateway,
 			DNS:                 a.DNS,
+			Gateway6:            cfg.IPv6.Gateway,
+			DNS6:                cfg.IPv6.DNS,
 			Network:             a.Network,
 			DisableHostLoopback: cfg.DisableHostLoopback,
 			DisableDNS:          cfg.DisableDNS,
@@ -108,10 +138,12 @@ func New(cfg Config) (*Network, error) {
 	s, err := stack.New(stack.Config{
 		Link:       ep,
 		Addressing: a,
+		IPv6:       cfg.IPv6,
 		Handlers: stack.Handlers{
 			TCP:   n.Forwarder.HandleTCP,
 			UDP:   n.Forwarder.HandleUDP,
 			ICMP4: n.Forwarder.HandleICMP4,
+			ICMP6: n.Forwarder.HandleICMP6,
 		},
 	})
 	if err != nil {
@@ -121,7 +153,41 @@ func New(cfg Config) (*Network, error) {
 	}
 	n.Stack = s
 	n.Forwarder.Attach(s)
+	if n.solicited != nil {
+		n.raStop, n.raDone = make(chan struct{}), make(chan struct{})
+		go n.advertise()
+	}
 	return n, nil
+}
+
+// raInterval re-announces the prefix well within its lifetimes.
+const raInterval = 10 * time.Minute
+
+// advertise sends router advertisements at start, on every solicitation
+// and periodically, until Close.
+func (n *Network) advertise() {
+	defer close(n.raDone)
+	ra := stack.RouterAdvert(stack.GatewayMAC(n.cfg.Addressing), n.cfg.IPv6.Network, uint32(n.cfg.MTU), n.dns6())
+	tick := time.NewTicker(raInterval)
+	defer tick.Stop()
+	for {
+		if err := n.Link.WriteFrame(ra); err != nil {
+			n.cfg.Log.Debug("router advertisement", "err", err)
+		}
+		select {
+		case <-n.raStop:
+			return
+		case <-n.solicited:
+		case <-tick.C:
+		}
+	}
+}
+
+func (n *Network) dns6() netip.Addr {
+	if n.cfg.DisableDNS {
+		return netip.Addr{}
+	}
+	return n.cfg.IPv6.DNS
 }
 
 // Done is closed when the data path stopped on its own (the TAP went
@@ -134,6 +200,10 @@ func (n *Network) Err() error { return n.doneErr }
 // Close stops the stack, every flow and the TAP.
 func (n *Network) Close() {
 	n.closeOnce.Do(func() {
+		if n.raStop != nil {
+			close(n.raStop)
+			<-n.raDone
+		}
 		n.Link.Close()
 		n.Forwarder.Close()
 		n.Stack.Close()
@@ -155,8 +225,15 @@ func (g guestWriter) WriteToGuest(ip []byte) error {
 	if !ok {
 		return errNoGuestMAC
 	}
+	if len(ip) == 0 {
+		return errors.New("empty packet")
+	}
+	proto := header.IPv4ProtocolNumber
+	if ip[0]>>4 == 6 {
+		proto = header.IPv6ProtocolNumber
+	}
 	frame := make([]byte, header.EthernetMinimumSize+len(ip))
-	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: g.mac, DstAddr: dst, Type: header.IPv4ProtocolNumber})
+	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: g.mac, DstAddr: dst, Type: proto})
 	copy(frame[header.EthernetMinimumSize:], ip)
 	return g.link.WriteFrame(frame)
 }

@@ -40,8 +40,12 @@ type TapEndpoint struct {
 
 	// onReadError is told why the read loop ended, unless Close ended it.
 	onReadError func(error)
-	// ownsIPv4 says which addresses the stack may claim in ARP replies.
-	ownsIPv4 func(tcpip.Address) bool
+	// owns says which addresses the stack may claim in ARP replies and
+	// neighbour advertisements.
+	owns func(tcpip.Address) bool
+	// onRouterSolicit is called (on the read loop: it must not block)
+	// when the container asks for router advertisements.
+	onRouterSolicit func()
 	// vnet: every frame carries a virtio-net header (IFF_VNET_HDR), and
 	// TCP goes both ways as 64 KiB super-frames.
 	vnet   bool
@@ -58,16 +62,21 @@ type LinkStats struct {
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
 
 // NewTapEndpoint wraps a non-blocking TAP fd. The endpoint owns file and
-// closes it in Close. onReadError and ownsIPv4 may be nil.
-func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), ownsIPv4 func(tcpip.Address) bool) (*TapEndpoint, error) {
+// closes it in Close. onReadError and owns may be nil.
+func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), owns func(tcpip.Address) bool) (*TapEndpoint, error) {
 	raw, err := file.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError, ownsIPv4: ownsIPv4}
+	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError, owns: owns}
 	e.mtu.Store(mtu)
 	return e, nil
 }
+
+// OnRouterSolicit sets the function told of router solicitations from
+// the container: gVisor is no router and would ignore them. Call it
+// before the NIC is created.
+func (e *TapEndpoint) OnRouterSolicit(fn func()) { e.onRouterSolicit = fn }
 
 // EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
 // offloads set (tap.SetOffload). Call it before the NIC is created.
@@ -168,7 +177,7 @@ func (e *TapEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
 func (e *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		if e.isForeignARPReply(pkt) {
+		if e.isForeignClaim(pkt) {
 			n++
 			continue
 		}
@@ -193,19 +202,38 @@ func (e *TapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Erro
 	return n, nil
 }
 
-// isForeignARPReply reports an ARP reply for an address the stack does
-// not own. With spoofing on, gVisor answers ARP for every address, the
-// container's own address conflict probes included; only the gateway and
-// DNS addresses are really here.
-func (e *TapEndpoint) isForeignARPReply(pkt *stack.PacketBuffer) bool {
-	if pkt.NetworkProtocolNumber != header.ARPProtocolNumber || e.ownsIPv4 == nil {
+// isForeignClaim reports an ARP reply or neighbour advertisement for an
+// address the stack does not own. With spoofing on, gVisor answers for
+// every address, the container's own duplicate address detection
+// included (its IPv6 addresses would end up dadfailed); only the gateway
+// and DNS addresses are really here.
+func (e *TapEndpoint) isForeignClaim(pkt *stack.PacketBuffer) bool {
+	if e.owns == nil {
 		return false
 	}
-	arp := header.ARP(pkt.NetworkHeader().Slice())
-	if !arp.IsValid() || arp.Op() != header.ARPReply {
-		return false
+	switch pkt.NetworkProtocolNumber {
+	case header.ARPProtocolNumber:
+		arp := header.ARP(pkt.NetworkHeader().Slice())
+		if !arp.IsValid() || arp.Op() != header.ARPReply {
+			return false
+		}
+		return !e.owns(tcpip.AddrFrom4Slice(arp.ProtocolAddressSender()))
+	case header.IPv6ProtocolNumber:
+		ip := header.IPv6(pkt.NetworkHeader().Slice())
+		if len(ip) < header.IPv6MinimumSize || ip.TransportProtocol() != header.ICMPv6ProtocolNumber {
+			return false
+		}
+		icmp := header.ICMPv6(pkt.TransportHeader().Slice())
+		if len(icmp) == 0 {
+			icmp = pkt.Data().AsRange().ToSlice()
+		}
+		if len(icmp) < header.ICMPv6NeighborAdvertMinimumSize || icmp.Type() != header.ICMPv6NeighborAdvert {
+			return false
+		}
+		na := header.NDPNeighborAdvert(icmp.MessageBody())
+		return !e.owns(na.TargetAddress())
 	}
-	return !e.ownsIPv4(tcpip.AddrFrom4Slice(arp.ProtocolAddressSender()))
+	return false
 }
 
 // WriteFrame sends one whole Ethernet frame to the container, bypassing
@@ -286,6 +314,9 @@ func (e *TapEndpoint) deliver(frame []byte) {
 			e.guestMAC.Store(&src)
 		}
 	}
+	if e.onRouterSolicit != nil && isRouterSolicit(frame) {
+		e.onRouterSolicit()
+	}
 	e.mu.RLock()
 	d := e.dispatcher
 	e.mu.RUnlock()
@@ -306,3 +337,14 @@ func (e *TapEndpoint) deliver(frame []byte) {
 
 // SetOnCloseAction implements stack.LinkEndpoint; the TAP needs no action.
 func (e *TapEndpoint) SetOnCloseAction(func()) {}
+
+// isRouterSolicit spots an ICMPv6 router solicitation (no extension
+// headers, as hosts send them).
+func isRouterSolicit(frame []byte) bool {
+	const icmpOff = header.EthernetMinimumSize + header.IPv6MinimumSize
+	if len(frame) < icmpOff+header.ICMPv6MinimumSize || header.Ethernet(frame).Type() != header.IPv6ProtocolNumber {
+		return false
+	}
+	ip := header.IPv6(frame[header.EthernetMinimumSize:])
+	return ip.NextHeader() == uint8(header.ICMPv6ProtocolNumber) && header.ICMPv6(frame[icmpOff:]).Type() == header.ICMPv6RouterSolicit
+}

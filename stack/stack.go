@@ -5,6 +5,7 @@ package stack
 
 import (
 	"fmt"
+	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -31,16 +32,20 @@ func GatewayMAC(a Addressing) tcpip.LinkAddress {
 type Handlers struct {
 	TCP func(*tcp.ForwarderRequest)
 	UDP func(*udp.ForwarderRequest) bool
-	// ICMP4 sees ICMPv4 packets no endpoint claimed; returning true stops
-	// the stack from answering an echo request itself.
+	// ICMP4 and ICMP6 see the ICMP packets no endpoint claimed;
+	// returning true stops the stack from answering an echo request
+	// itself (gVisor answers IPv6 echo for every address otherwise).
 	ICMP4 func(stack.TransportEndpointID, *stack.PacketBuffer) bool
+	ICMP6 func(stack.TransportEndpointID, *stack.PacketBuffer) bool
 }
 
 // Config is everything New needs.
 type Config struct {
 	Link       stack.LinkEndpoint
 	Addressing Addressing
-	Handlers   Handlers
+	// IPv6 is the IPv6 network; off when not Enabled.
+	IPv6     Addressing6
+	Handlers Handlers
 	// MaxInFlight bounds half-open TCP connections awaiting the
 	// handler; SYNs beyond it are dropped (the guest retransmits).
 	MaxInFlight int
@@ -57,7 +62,12 @@ const (
 // exists, so that no early packet finds the stack unprepared.
 func New(cfg Config) (*stack.Stack, error) {
 	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol, arp.NewProtocol},
+		NetworkProtocols: []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocolWithOptions(ipv6.Options{
+			// The stack's addresses are its own by construction: no
+			// duplicate address detection delaying them, and no router
+			// solicitations of its own.
+			DADConfigs: stack.DADConfigurations{DupAddrDetectTransmits: 0},
+		}), arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		HandleLocal:        false,
 	})
@@ -99,6 +109,9 @@ func New(cfg Config) (*stack.Stack, error) {
 	if cfg.Handlers.ICMP4 != nil {
 		s.SetTransportProtocolHandler(icmp.ProtocolNumber4, cfg.Handlers.ICMP4)
 	}
+	if cfg.Handlers.ICMP6 != nil {
+		s.SetTransportProtocolHandler(icmp.ProtocolNumber6, cfg.Handlers.ICMP6)
+	}
 
 	if err := s.CreateNIC(NICID, cfg.Link); err != nil {
 		return fail("creating the NIC", err)
@@ -120,6 +133,21 @@ func New(cfg Config) (*stack.Stack, error) {
 		}
 		if err := s.AddProtocolAddress(NICID, pa, stack.AddressProperties{}); err != nil {
 			return fail("adding "+addr.String(), err)
+		}
+	}
+	if v6 := cfg.IPv6; v6.Enabled() {
+		for _, p := range []netip.Prefix{
+			netip.PrefixFrom(v6.Gateway, v6.Network.Bits()),
+			netip.PrefixFrom(v6.DNS, v6.Network.Bits()),
+			netip.PrefixFrom(LinkLocal(GatewayMAC(a)), 64),
+		} {
+			pa := tcpip.ProtocolAddress{
+				Protocol:          ipv6.ProtocolNumber,
+				AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpip.AddrFrom16(p.Addr().As16()), PrefixLen: p.Bits()},
+			}
+			if err := s.AddProtocolAddress(NICID, pa, stack.AddressProperties{}); err != nil {
+				return fail("adding "+p.String(), err)
+			}
 		}
 	}
 	s.SetRouteTable([]tcpip.Route{
