@@ -23,7 +23,10 @@ func main() {
 	if conn, role, ok := userns.ChildConn(); ok {
 		os.Exit(launcher.ChildMain(conn, role))
 	}
-	os.Exit(realMain(os.Args[1:]))
+	stopProfiles := startProfiles()
+	status := realMain(os.Args[1:])
+	stopProfiles()
+	os.Exit(status)
 }
 
 // usageError is a bad command line: exit status 2, as flag parsers do.

@@ -100,11 +100,21 @@ func main() {
 	connSecs := flag.Float64("conn-t", 2, "seconds of the connections-per-second loop")
 	hold := flag.Int("conns", 1500, "open connections for the RSS figure")
 	udpRate := flag.String("udp-b", "0", "iperf3 -b for UDP (0: as fast as the sender can)")
+	toolList := flag.String("tools", "rootlessnet,slirp4netns,pasta", "tools to measure, comma-separated")
+	binB := flag.String("b", "", "A/B: a second rootlessnet binary, measured interleaved as rootlessnet-b")
+	only := flag.String("figures", "", "measure only these figures (comma-separated ids: tcp-out-65520, pub-in, udp-out, lat-p50, connrate, rss-idle, ...)")
+	profile := flag.String("profile", "", "directory for pprof CPU and allocation profiles of every rootlessnet session (RLN_CPUPROFILE, RLN_MEMPROFILE)")
 	flag.BoolVar(&verbose, "v", false, "report progress and timings on stderr")
 	flag.Parse()
 	if *runs < 1 || *secs < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -runs and -t must be at least 1")
 		os.Exit(2)
+	}
+	selected := map[string]bool{}
+	for _, f := range strings.Split(*only, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			selected[f] = true
+		}
 	}
 	raiseNofile()
 	ensureTools()
@@ -114,8 +124,13 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	if abs, err := filepath.Abs(*bin); err == nil {
-		*bin = abs
+	for _, p := range []*string{bin, binB, profile} {
+		if *p == "" {
+			continue
+		}
+		if abs, err := filepath.Abs(*p); err == nil {
+			*p = abs
+		}
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -164,8 +179,11 @@ func main() {
 	}
 	cleanups = append(cleanups, func() { srv.stop(time.Second) })
 
-	cfg := &config{tmp: tmp, secs: *secs, hostPort: hostPort, helper: helper, rtts: *rtts, connSecs: *connSecs, holdConns: *hold, udpRate: *udpRate}
-	tools := newTools(*bin)
+	cfg := &config{tmp: tmp, secs: *secs, hostPort: hostPort, helper: helper, rtts: *rtts, connSecs: *connSecs, holdConns: *hold, udpRate: *udpRate, figures: selected, profileDir: *profile}
+	tools, err := pickTools(newTools(*bin, *binB, cfg), *toolList, *binB != "")
+	if err != nil {
+		fatal(err)
+	}
 	rec := &recorder{vals: map[[2]string][]float64{}}
 	desc := fmt.Sprintf("Machine: %s. Tools: %s.", machine(), versions(*bin))
 	start := time.Now()
@@ -177,6 +195,9 @@ func main() {
 			rec.add("loopback", "tcp", res.End.SumReceived.BitsPerSecond/1e9)
 		}
 		for _, kind := range []string{kindRSS, kindMain, kind1500} {
+			if !cfg.wantAny(kindFigures[kind]...) {
+				continue
+			}
 			// Interleaved, and each run starts with another tool.
 			for i := range tools {
 				if stopping.Load() {
@@ -194,7 +215,11 @@ func main() {
 	cleanup()
 	elapsed := time.Since(start)
 
-	table := render(rec, cfg, *runs, desc, elapsed)
+	names := make([]string, len(tools))
+	for i, t := range tools {
+		names[i] = t.name
+	}
+	table := render(rec, cfg, names, *runs, desc, elapsed)
 	fmt.Print(table)
 	if *out != "" {
 		f, err := os.OpenFile(*out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
@@ -211,19 +236,54 @@ func main() {
 	}
 }
 
-func render(rec *recorder, cfg *config, runs int, desc string, elapsed time.Duration) string {
+// pickTools keeps the named tools, in the default order; with an A/B
+// binary, rootlessnet-b comes right after rootlessnet.
+func pickTools(all []*tool, list string, ab bool) ([]*tool, error) {
+	want := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			want[n] = true
+		}
+	}
+	if ab {
+		want["rootlessnet-b"] = true
+	}
+	var out []*tool
+	for _, t := range all {
+		if want[t.name] {
+			out = append(out, t)
+			delete(want, t.name)
+		}
+	}
+	for n := range want {
+		return nil, fmt.Errorf("-tools: unknown tool %q", n)
+	}
+	if len(out) == 0 || out[0].name != "rootlessnet" {
+		return nil, errors.New("-tools must include rootlessnet")
+	}
+	return out, nil
+}
+
+func render(rec *recorder, cfg *config, names []string, runs int, desc string, elapsed time.Duration) string {
 	secs, hold, udpRate := cfg.secs, cfg.holdConns, cfg.udpRate
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n## %s, median of %d runs, iperf3 -t %d\n\n", time.Now().Format("2006-01-02"), runs, secs)
 	fmt.Fprintf(&b, "%s\n\n", desc)
 	ceil := rec.median("loopback", "tcp")
 	fmt.Fprintf(&b, "Plain host loopback (iperf3 client and server on 127.0.0.1): %s Gbit/s.\n\n", fmtVal("%.2f", ceil))
-	fmt.Fprintf(&b, "| figure | rootlessnet | slirp4netns | pasta | rootlessnet/slirp4netns | rootlessnet/pasta | rootlessnet/loopback |\n")
-	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|\n")
+	peers := names[1:]
+	fmt.Fprintf(&b, "| figure | %s |", strings.Join(names, " | "))
+	for _, p := range peers {
+		fmt.Fprintf(&b, " rootlessnet/%s |", p)
+	}
+	fmt.Fprintf(&b, " rootlessnet/loopback |\n|---|%s\n", strings.Repeat("---|", len(names)+len(peers)+1))
 	for _, f := range figures {
+		if !cfg.want(f.id) {
+			continue
+		}
 		v := map[string]float64{}
 		fmt.Fprintf(&b, "| %s |", f.label)
-		for _, name := range []string{"rootlessnet", "slirp4netns", "pasta"} {
+		for _, name := range names {
 			v[name] = rec.median(name, f.id)
 			cell := fmtVal(f.format, v[name])
 			if f.id == "rss-hold" && !math.IsNaN(v[name]) {
@@ -237,7 +297,10 @@ func render(rec *recorder, cfg *config, runs int, desc string, elapsed time.Dura
 		if f.tput {
 			lb = ratio(v["rootlessnet"], ceil)
 		}
-		fmt.Fprintf(&b, " %s | %s | %s |\n", ratio(v["rootlessnet"], v["slirp4netns"]), ratio(v["rootlessnet"], v["pasta"]), lb)
+		for _, p := range peers {
+			fmt.Fprintf(&b, " %s |", ratio(v["rootlessnet"], v[p]))
+		}
+		fmt.Fprintf(&b, " %s |\n", lb)
 	}
 	udp := "-b " + udpRate
 	if udpRate == "0" {

@@ -21,11 +21,29 @@ type config struct {
 	connSecs  float64 // seconds of the connection-rate loop
 	holdConns int     // connections held for the RSS figure
 	udpRate   string  // iperf3 -b for UDP
+	// figures selects what to measure (empty: everything).
+	figures map[string]bool
+	// profileDir receives rootlessnet's CPU and allocation profiles.
+	profileDir string
+	sessions   int // sessions started, for profile names
+}
+
+func (c *config) want(fig string) bool { return len(c.figures) == 0 || c.figures[fig] }
+
+func (c *config) wantAny(figs ...string) bool {
+	for _, f := range figs {
+		if c.want(f) {
+			return true
+		}
+	}
+	return false
 }
 
 // session is one namespace served by one tool.
 type session struct {
 	t        *tool
+	kind     string
+	seq      int // session number, for profile names
 	mtu      int
 	pid      int // the namespace's process
 	stack    *proc
@@ -82,8 +100,9 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 	}
 	defer ns.stop(time.Second)
 
-	s := &session{t: t, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}}
-	if kind == kindMain {
+	cfg.sessions++
+	s := &session{t: t, kind: kind, seq: cfg.sessions, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}}
+	if kind == kindMain && cfg.wantAny("pub-in", "pub-out") {
 		if s.hostPort, err = freePort(); err != nil {
 			failAll(err)
 			return
@@ -111,15 +130,29 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 		} else {
 			rec.add(t.name, "rss-idle", v)
 		}
-		withEcho(s, rec, []string{"rss-hold"}, func(addr string) { measureHold(cfg, s, addr, rec) })
+		if cfg.want("rss-hold") {
+			withEcho(s, rec, []string{"rss-hold"}, func(addr string) { measureHold(cfg, s, addr, rec) })
+		}
 	case kindMain:
-		withEcho(s, rec, []string{"lat-p50", "lat-p99", "connrate"}, func(addr string) {
-			measureLatency(cfg, s, addr, rec)
-			measureConnRate(cfg, s, addr, rec)
-		})
-		measureTCP(cfg, s, rec, true)
-		measurePublished(cfg, s, rec)
-		measureUDP(cfg, s, rec)
+		if cfg.wantAny("lat-p50", "lat-p99", "connrate") {
+			withEcho(s, rec, []string{"lat-p50", "lat-p99", "connrate"}, func(addr string) {
+				if cfg.wantAny("lat-p50", "lat-p99") {
+					measureLatency(cfg, s, addr, rec)
+				}
+				if cfg.want("connrate") {
+					measureConnRate(cfg, s, addr, rec)
+				}
+			})
+		}
+		if cfg.wantAny("tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in") {
+			measureTCP(cfg, s, rec, true)
+		}
+		if cfg.wantAny("pub-in", "pub-out") {
+			measurePublished(cfg, s, rec)
+		}
+		if cfg.wantAny("udp-out", "udp-loss") {
+			measureUDP(cfg, s, rec)
+		}
 	case kind1500:
 		measureTCP(cfg, s, rec, false)
 	}

@@ -30,27 +30,50 @@ type tool struct {
 	gateway string
 }
 
-func newTools(rootlessnet string) []*tool {
+func newTools(rootlessnet, rootlessnetB string, cfg *config) []*tool {
+	tools := []*tool{
+		rootlessnetTool("rootlessnet", rootlessnet, cfg),
+	}
+	if rootlessnetB != "" {
+		tools = append(tools, rootlessnetTool("rootlessnet-b", rootlessnetB, cfg))
+	}
+	return append(tools, peerTools()...)
+}
+
+// rootlessnetTool runs bin; with cfg.profileDir it writes a CPU and an
+// allocation profile per session there (uid 65534 must be able to).
+func rootlessnetTool(name, bin string, cfg *config) *tool {
+	return &tool{name: name, bin: bin, gateway: "10.0.2.2", start: func(s *session) (*proc, error) {
+		args := []string{"--netns", fmt.Sprintf("/proc/%d/ns/net", s.pid), "--mtu", fmt.Sprint(s.mtu), "--log-level", "error"}
+		if s.hostPort != 0 {
+			args = append(args, "-p", fmt.Sprintf("127.0.0.1:%d:%d/tcp", s.hostPort, guestPort))
+		}
+		c := unprivileged(exec.Command(bin, args...))
+		if cfg.profileDir != "" {
+			if c.Env == nil {
+				c.Env = os.Environ()
+			}
+			base := filepath.Join(cfg.profileDir, fmt.Sprintf("%s-%s-%d", name, s.kind, s.seq))
+			c.Env = append(c.Env, "RLN_CPUPROFILE="+base+".cpu", "RLN_MEMPROFILE="+base+".allocs")
+		}
+		c.Stderr = s.stderr
+		p, _, err := startWithLine(c, "serving", 15*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("%v: %s", err, s.stderr.tail())
+		}
+		if s.hostPort != 0 {
+			if err := waitHostListening(s.hostPort, 5*time.Second); err != nil {
+				p.stop(time.Second)
+				return nil, err
+			}
+		}
+		return p, nil
+	}}
+}
+
+// peerTools are the stacks rootlessnet is compared with.
+func peerTools() []*tool {
 	return []*tool{
-		{name: "rootlessnet", bin: rootlessnet, gateway: "10.0.2.2", start: func(s *session) (*proc, error) {
-			args := []string{"--netns", fmt.Sprintf("/proc/%d/ns/net", s.pid), "--mtu", fmt.Sprint(s.mtu), "--log-level", "error"}
-			if s.hostPort != 0 {
-				args = append(args, "-p", fmt.Sprintf("127.0.0.1:%d:%d/tcp", s.hostPort, guestPort))
-			}
-			c := unprivileged(exec.Command(rootlessnet, args...))
-			c.Stderr = s.stderr
-			p, _, err := startWithLine(c, "serving", 15*time.Second)
-			if err != nil {
-				return nil, fmt.Errorf("%v: %s", err, s.stderr.tail())
-			}
-			if s.hostPort != 0 {
-				if err := waitHostListening(s.hostPort, 5*time.Second); err != nil {
-					p.stop(time.Second)
-					return nil, err
-				}
-			}
-			return p, nil
-		}},
 		{name: "slirp4netns", bin: "slirp4netns", gateway: "10.0.2.2", start: func(s *session) (*proc, error) {
 			api := filepath.Join(s.dir, "api.sock")
 			c := unprivileged(exec.Command("slirp4netns", "--configure", fmt.Sprintf("--mtu=%d", s.mtu), "--ready-fd=3", "--api-socket", api, fmt.Sprint(s.pid), "tap0"))
