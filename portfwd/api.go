@@ -2,6 +2,7 @@ package portfwd
 
 import (
 	"bytes"
+	"container/list"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +46,14 @@ const (
 	defaultConnTimeout = 5 * time.Second
 	// maxSunPath is the longest path a sockaddr_un holds (108 bytes with NUL).
 	maxSunPath = 107
+	// maxWaiting bounds the connections whose handler waits on the client
+	// (for its request, or for its EOF after the reply). At the bound the
+	// oldest is dropped for the newcomer, so a client that connects and
+	// sends nothing, or opens connections in a loop, holds at most this many
+	// goroutines and fds and cannot starve one that sends its request
+	// promptly. podman and rootlesskit send one request per connection,
+	// one or a few at a time.
+	maxWaiting = 64
 )
 
 // APIServer serves the slirp4netns JSON API (add_hostfwd, list_hostfwd,
@@ -57,9 +67,52 @@ type APIServer struct {
 
 	timeout time.Duration // per connection, total; tests shorten it
 
-	mu     sync.Mutex
-	closed bool
-	wg     sync.WaitGroup // one per connection handler
+	mu       sync.Mutex
+	closed   bool
+	wg       sync.WaitGroup // one per connection handler
+	waiting  list.List      // of *apiWaiter, oldest first
+	shedding bool           // dropping waiters since the bound was hit
+	shed     int            // waiters dropped in this episode
+}
+
+// apiWaiter is a connection whose handler waits on the client.
+type apiWaiter struct {
+	c       *net.UnixConn
+	dropped atomic.Bool
+	e       *list.Element
+}
+
+// wait registers c as waiting on its client, dropping the oldest waiter
+// if there are maxWaiting already. c's deadline must be set before: the
+// drop works by moving it to the past.
+func (s *APIServer) wait(c *net.UnixConn) *apiWaiter {
+	w := &apiWaiter{c: c}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiting.Len() >= maxWaiting {
+		old := s.waiting.Remove(s.waiting.Front()).(*apiWaiter)
+		old.dropped.Store(true)
+		old.c.SetDeadline(time.Unix(1, 0)) // wakes its read now
+		if !s.shedding {
+			s.shedding = true
+			s.log.Warn("api socket: too many clients waited on; dropping the oldest", "max", maxWaiting)
+		}
+		s.shed++
+	}
+	w.e = s.waiting.PushBack(w)
+	return w
+}
+
+// done unregisters w; the episode of drops ends when half the slots are
+// free again.
+func (s *APIServer) done(w *apiWaiter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waiting.Remove(w.e) // no-op if dropped
+	if s.shedding && s.waiting.Len() <= maxWaiting/2 {
+		s.log.Info("api socket: clients no longer dropped", "dropped", s.shed)
+		s.shedding, s.shed = false, 0
+	}
 }
 
 // NewAPIServer creates the API socket at path with mode 0600 and returns a
@@ -299,11 +352,16 @@ func (s *APIServer) handle(c *net.UnixConn) {
 	c.SetDeadline(deadline)
 
 	var reply []byte
+	w := s.wait(c)
 	req, err := readRequest(c)
+	s.done(w)
 	switch {
 	case errors.Is(err, errTooLarge), errors.Is(err, errParse):
 		s.log.Warn("api request refused", "err", err)
 		reply = errorReply("bad request: " + err.Error())
+	case err != nil && w.dropped.Load():
+		s.log.Debug("api request not read: dropped for a newer client")
+		return
 	case err != nil:
 		// Timeout or connection error: nobody to answer, or too late to.
 		s.log.Warn("api request not read", "err", err)
@@ -320,7 +378,9 @@ func (s *APIServer) handle(c *net.UnixConn) {
 	// meet unread data: on Linux that makes the peer's next read fail with
 	// ECONNRESET instead of EOF, and a ReadAll client would lose the reply.
 	c.CloseWrite()
+	w = s.wait(c)
 	io.Copy(io.Discard, io.LimitReader(c, maxDrain))
+	s.done(w)
 }
 
 // readRequest reads one request: until a complete JSON value has been read
@@ -328,49 +388,70 @@ func (s *APIServer) handle(c *net.UnixConn) {
 // (rootlesskit half-closes). Bytes after the value that arrived with it must be
 // whitespace. Reaching maxRequest bytes is errTooLarge, invalid or incomplete
 // JSON is errParse; other errors are I/O errors (e.g. the deadline).
+//
+// The work is linear in the bytes received: json.Decoder scans each byte
+// once, keeping its scanner state across reads, however the client splits
+// its writes (re-parsing the whole buffer after every read was quadratic
+// for a client trickling a byte at a time).
 func readRequest(r io.Reader) ([]byte, error) {
-	buf := make([]byte, 0, maxRequest)
-	for {
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if len(buf) >= maxRequest {
-			return nil, errTooLarge
-		}
-		if n > 0 {
-			v, complete, perr := completeValue(buf)
-			if perr != nil {
-				return nil, perr
-			}
-			if complete {
-				return v, nil
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			return nil, errParse // empty or incomplete
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-}
-
-// completeValue reports whether buf holds one complete JSON value followed
-// only by whitespace, and returns that value.
-func completeValue(buf []byte) (json.RawMessage, bool, error) {
-	dec := json.NewDecoder(bytes.NewReader(buf))
+	cr := &chunkedReader{r: r}
+	dec := json.NewDecoder(cr)
 	var v json.RawMessage
+	var syn *json.SyntaxError
 	switch err := dec.Decode(&v); {
 	case err == nil:
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return nil, false, nil
+	case errors.Is(err, errTooLarge):
+		return nil, errTooLarge
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.As(err, &syn):
+		return nil, errParse // empty, incomplete or invalid
 	default:
-		return nil, false, errParse
+		return nil, err
 	}
-	if len(bytes.TrimSpace(buf[dec.InputOffset():])) != 0 {
-		return nil, false, errParse
+	// What arrived after the value: in the decoder's buffer and in ours.
+	rest, _ := io.ReadAll(dec.Buffered())
+	if len(bytes.TrimSpace(rest)) != 0 || len(bytes.TrimSpace(cr.pending())) != 0 {
+		return nil, errParse
 	}
-	return v, true, nil
+	return v, nil
 }
+
+// chunkedReader reads from r into one buffer of maxRequest bytes, a whole
+// read at a time, and hands that out to the decoder. Reaching maxRequest is
+// errTooLarge as soon as the read that reached it returns, before the
+// decoder sees any of it, however the decoder sizes its own reads: so a
+// request's fate depends only on what the client sent, and in which pieces
+// the kernel delivered it, as with a plain 4096-byte buffer.
+type chunkedReader struct {
+	r     io.Reader
+	buf   [maxRequest]byte
+	total int // bytes read from r
+	off   int // bytes of buf[:total] handed out
+	err   error
+}
+
+func (c *chunkedReader) Read(p []byte) (int, error) {
+	if c.off == c.total {
+		if c.err != nil {
+			return 0, c.err
+		}
+		n, err := c.r.Read(c.buf[c.total:])
+		c.total += n
+		if c.total >= maxRequest {
+			c.err = errTooLarge
+			return 0, c.err
+		}
+		c.err = err
+		if n == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, c.buf[c.off:c.total])
+	c.off += n
+	return n, nil
+}
+
+// pending returns the bytes read from r not yet handed out.
+func (c *chunkedReader) pending() []byte { return c.buf[c.off:c.total] }
 
 type errorBody struct {
 	Error struct {
