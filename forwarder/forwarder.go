@@ -46,6 +46,8 @@ type Forwarder struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	lim limits // flow cap and fd exhaustion (limits.go)
+
 	pingWarnOnce sync.Once
 	pingSlots    chan struct{}
 	dnsSlots     chan struct{}

@@ -26,6 +26,14 @@ func (f *Forwarder) HandleTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	dst := addrPortOf(id.LocalAddress, id.LocalPort)
 	verdict, to := f.cfg.Policy.Translate(dst)
+	if verdict != Refuse {
+		if !f.startFlow("tcp") {
+			r.Complete(true) // RST: the application fails now, not after SYN retries
+			return
+		}
+		// This goroutine carries the flow to its end.
+		defer f.endFlow()
+	}
 	switch verdict {
 	case Refuse:
 		f.log.Debug("tcp refused", "dst", dst)
@@ -47,10 +55,13 @@ func (f *Forwarder) HandleTCP(r *tcp.ForwarderRequest) {
 	c, err := f.cfg.Dialer.DialContext(ctx, "tcp", to.String())
 	cancel()
 	if err != nil {
-		f.log.Debug("tcp connect failed", "dst", dst, "to", to, "err", err)
+		if !f.hostSocketFailed(err) {
+			f.log.Debug("tcp connect failed", "dst", dst, "to", to, "err", err)
+		}
 		r.Complete(true)
 		return
 	}
+	f.hostSocketMade()
 	f.acceptTCP(r, c.(*net.TCPConn))
 }
 

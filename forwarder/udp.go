@@ -30,19 +30,27 @@ func (f *Forwarder) HandleUDP(r *udp.ForwarderRequest) bool {
 		f.log.Debug("udp refused", "dst", dst)
 		return false
 	}
+	if !f.startFlow("udp") {
+		return false // port unreachable: the application fails now
+	}
 	var host net.Conn
 	if verdict == Dial {
 		var err error
 		host, err = f.cfg.Dialer.Dial("udp", to.String())
 		if err != nil {
-			f.log.Debug("udp connect failed", "dst", dst, "err", err)
+			f.endFlow()
+			if !f.hostSocketFailed(err) {
+				f.log.Debug("udp connect failed", "dst", dst, "err", err)
+			}
 			return false
 		}
+		f.hostSocketMade()
 	}
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
 		f.log.Debug("udp endpoint", "err", terr)
+		f.endFlow()
 		if host != nil {
 			host.Close()
 		}
@@ -51,11 +59,12 @@ func (f *Forwarder) HandleUDP(r *udp.ForwarderRequest) bool {
 	guest := gonet.NewUDPConn(&wq, ep)
 	var started bool
 	if verdict == DNS {
-		started = f.goFlow(func() { f.serveDNS(guest) })
+		started = f.goFlow(func() { defer f.endFlow(); f.serveDNS(guest) })
 	} else {
-		started = f.goFlow(func() { f.relayUDP(guest, host.(*net.UDPConn), src, dst) })
+		started = f.goFlow(func() { defer f.endFlow(); f.relayUDP(guest, host.(*net.UDPConn), src, dst) })
 	}
 	if !started {
+		f.endFlow()
 		guest.Close()
 		if host != nil {
 			host.Close()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/rootlessnet/rootlessnet/forwarder"
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
 )
@@ -33,6 +34,7 @@ type options struct {
 	enableIPv6          bool
 	cidr6               string
 	outboundAddr6       string
+	maxFlows            uint
 
 	addressing  stack.Addressing
 	addressing6 stack.Addressing6 // invalid unless --enable-ipv6
@@ -55,6 +57,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: guest ::100, gateway ::2 (the host's ::1), DNS ::3 in --cidr6")
 	fs.StringVar(&o.cidr6, "cidr6", stack.DefaultCIDR6, "IPv6 /64 network of the container, with --enable-ipv6")
 	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "bind outgoing IPv6 connections to this address or interface")
+	fs.UintVar(&o.maxFlows, "max-flows", forwarder.DefaultMaxFlows, "most concurrent TCP and UDP flows from the container; more are refused (TCP RST, ICMP port unreachable); 0: no limit")
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 

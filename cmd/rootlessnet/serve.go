@@ -63,6 +63,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File) (*network.Netw
 		}
 		return nil, nil, err
 	}
+	n.Forwarder.SetMaxFlows(int(o.maxFlows))
 	engine := portfwd.NewEngine(n.Stack, stack.NICID, o.addressing.Guest, o.addressing.Gateway, log)
 	var api *portfwd.APIServer
 	stop := func() {
