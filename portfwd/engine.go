@@ -163,14 +163,34 @@ func (e *Engine) sourceFor(client netip.AddrPort) netip.AddrPort {
 }
 
 func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec) {
+	var backoff time.Duration
+	var warned time.Time
 	for {
 		c, err := l.AcceptTCP()
 		if err != nil {
-			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
-				e.log.Warn("published port stopped accepting", "port", spec.String(), "err", err)
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			if !isTemporaryAccept(err) {
+				e.log.Warn("published port stopped accepting", "port", spec.String(), "err", err)
+				return
+			}
+			// Out of fds or memory: the client stays queued in the
+			// backlog, so retrying at once would spin. Wait, longer
+			// each time up to 1 s, and warn once per episode.
+			if backoff == 0 && time.Since(warned) > 10*time.Second {
+				warned = time.Now()
+				e.log.Warn("published port cannot accept for now; retrying", "port", spec.String(), "err", err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
 		}
+		backoff = 0
 		e.goOwned(func() { e.forwardTCP(ctx, c, spec) })
 	}
 }
