@@ -258,11 +258,20 @@ func (e *TapEndpoint) GuestMAC() (tcpip.LinkAddress, bool) {
 // Stats returns the endpoint's counters.
 func (e *TapEndpoint) Stats() *LinkStats { return &e.stats }
 
+// writev writes one frame, or fails at once with EAGAIN when the TAP
+// cannot take it: the frame is then dropped, as a NIC drops on a full
+// queue. Waiting instead would stall the stack's writer, and with it every
+// flow, behind a container that does not read; TCP retransmits what is
+// lost.
 func (e *TapEndpoint) writev(iovs [][]byte) error {
 	var werr error
 	err := e.raw.Write(func(fd uintptr) bool {
-		_, werr = unix.Writev(int(fd), iovs)
-		return werr != unix.EAGAIN
+		for {
+			_, werr = unix.Writev(int(fd), iovs)
+			if werr != unix.EINTR {
+				return true // never wait for writability
+			}
+		}
 	})
 	if err != nil {
 		return err
