@@ -6,6 +6,7 @@ package stack
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -58,6 +59,9 @@ const (
 	tcpBufferMax     = 8 << 20
 )
 
+// timeWaitTimeout bounds TIME_WAIT in the netstack.
+const timeWaitTimeout = 5 * time.Second
+
 // New builds the stack. Options and handlers are set before the NIC
 // exists, so that no early packet finds the stack unprepared.
 func New(cfg Config) (*stack.Stack, error) {
@@ -92,6 +96,14 @@ func New(cfg Config) (*stack.Stack, error) {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &moderate); err != nil {
 		return fail("receive buffer moderation", err)
+	}
+	// TIME_WAIT guards a 4-tuple against stray old segments; on this
+	// one virtual link, where segments are not delayed in flight, seconds
+	// are enough, and gVisor's 60 s would keep every closed flow's
+	// endpoint for a minute under connection churn.
+	timeWait := tcpip.TCPTimeWaitTimeoutOption(timeWaitTimeout)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &timeWait); err != nil {
+		return fail("TIME_WAIT timeout", err)
 	}
 
 	if cfg.Handlers.TCP != nil {
