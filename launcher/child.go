@@ -83,6 +83,16 @@ func setup(req SetupRequest) (*os.File, []string, error) {
 			f.Close()
 			return nil, nil, err
 		}
+		if req.Address6 != "" {
+			if cfg.Address6, err = netip.ParsePrefix(req.Address6); err != nil {
+				f.Close()
+				return nil, nil, err
+			}
+			if cfg.Gateway6, err = netip.ParseAddr(req.Gateway6); err != nil {
+				f.Close()
+				return nil, nil, err
+			}
+		}
 		if err := tap.Configure(cfg); err != nil {
 			f.Close()
 			return nil, nil, err

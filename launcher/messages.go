@@ -21,6 +21,9 @@ type SetupRequest struct {
 	MAC       string
 	Address   string // guest address with prefix, when Configure
 	Gateway   string // default route, when Configure
+	// Address6 and Gateway6 are the same for IPv6 (empty when off).
+	Address6 string
+	Gateway6 string
 	// ResolvConf is a file to bind-mount over /etc/resolv.conf (run mode).
 	ResolvConf string
 	// Command is what a run-mode child executes after StartRequest.

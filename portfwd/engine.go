@@ -7,8 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -32,11 +36,10 @@ const (
 // (the stack spoofs it), so that the guest sees who connected, as with
 // slirp4netns. Loopback and unspecified clients appear as the gateway.
 type Engine struct {
-	st      *stack.Stack
-	nic     tcpip.NICID
-	guest   netip.Addr
-	gateway netip.Addr
-	log     *slog.Logger
+	st   *stack.Stack
+	nic  tcpip.NICID
+	addr Addresses
+	log  *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -49,13 +52,20 @@ type Engine struct {
 
 var _ Forwards = (*Engine)(nil)
 
+// Addresses are the guest's and the gateway's, per family; the IPv6 ones
+// are invalid when the container has no IPv6.
+type Addresses struct {
+	Guest, Gateway   netip.Addr
+	Guest6, Gateway6 netip.Addr
+}
+
 // NewEngine publishes into stack s, whose NIC nic faces the guest.
-func NewEngine(s *stack.Stack, nic tcpip.NICID, guest, gateway netip.Addr, log *slog.Logger) *Engine {
+func NewEngine(s *stack.Stack, nic tcpip.NICID, addr Addresses, log *slog.Logger) *Engine {
 	if log == nil {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{st: s, nic: nic, guest: guest, gateway: gateway, log: log, ctx: ctx, cancel: cancel, nextID: 1, entries: map[int]*published{}}
+	return &Engine{st: s, nic: nic, addr: addr, log: log, ctx: ctx, cancel: cancel, nextID: 1, entries: map[int]*published{}}
 }
 
 type published struct {
@@ -66,32 +76,56 @@ type published struct {
 // Add implements Forwards: it binds the host side now, so that a port in
 // use is an error to the caller.
 func (e *Engine) Add(spec Spec) (int, error) {
-	if !spec.GuestAddr.IsValid() {
-		spec.GuestAddr = e.guest
-	}
 	if !spec.HostAddr.IsValid() {
 		spec.HostAddr = netip.IPv4Unspecified()
 	}
-	if spec.GuestAddr.Is6() && !spec.GuestAddr.Is4In6() {
-		return 0, fmt.Errorf("guest address %s: IPv6 forwards are not supported yet", spec.GuestAddr)
-	}
+	spec.HostAddr = spec.HostAddr.Unmap()
 	spec.GuestAddr = spec.GuestAddr.Unmap()
+	if !spec.GuestAddr.IsValid() {
+		// An IPv6 host address reaches the guest's IPv6 address when it
+		// has one, else its IPv4 address.
+		spec.GuestAddr = e.addr.Guest
+		if spec.HostAddr.Is6() && e.addr.Guest6.IsValid() {
+			spec.GuestAddr = e.addr.Guest6
+		}
+	}
+	if spec.GuestAddr.Is6() && !e.addr.Gateway6.IsValid() {
+		return 0, fmt.Errorf("guest address %s: the container has no IPv6 (start with --enable-ipv6)", spec.GuestAddr)
+	}
 	host := netip.AddrPortFrom(spec.HostAddr, spec.HostPort)
+	// [::] means IPv6 only, as with docker and podman, so that 0.0.0.0
+	// and [::] can both be published on the same port.
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+		if !strings.HasSuffix(network, "6") {
+			return nil
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	network := "4"
+	if spec.HostAddr.Is6() {
+		network = "6"
+	}
 	p := &published{spec: spec}
 	switch spec.Proto {
 	case "tcp":
-		l, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(host))
+		ln, err := lc.Listen(e.ctx, "tcp"+network, host.String())
 		if err != nil {
 			return 0, err
 		}
+		l := ln.(*net.TCPListener)
 		ctx, cancel := context.WithCancel(e.ctx)
 		p.close = func() { cancel(); l.Close() }
 		e.goOwned(func() { e.acceptLoop(ctx, l, spec) })
 	case "udp":
-		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(host))
+		pc, err := lc.ListenPacket(e.ctx, "udp"+network, host.String())
 		if err != nil {
 			return 0, err
 		}
+		c := pc.(*net.UDPConn)
 		ctx, cancel := context.WithCancel(e.ctx)
 		p.close = func() { cancel(); c.Close() }
 		e.goOwned(func() { e.udpLoop(ctx, c, spec) })
@@ -153,11 +187,17 @@ func (e *Engine) goOwned(fn func()) {
 	}()
 }
 
-// sourceFor is the address the guest sees a client as.
-func (e *Engine) sourceFor(client netip.AddrPort) netip.AddrPort {
-	a := client.Addr().Unmap()
-	if a.IsLoopback() || a.IsUnspecified() || a.Is6() {
-		return netip.AddrPortFrom(e.gateway, 0)
+// sourceFor is the address the guest sees a client as when it connects
+// to dst: its own when it can be one of dst's family, else the gateway's
+// (loopback clients and clients of the other family).
+func (e *Engine) sourceFor(client, dst netip.Addr) netip.AddrPort {
+	a := client.Unmap()
+	gw := e.addr.Gateway
+	if dst.Is6() {
+		gw = e.addr.Gateway6
+	}
+	if a.IsLoopback() || a.IsUnspecified() || a.Is6() != dst.Is6() {
+		return netip.AddrPortFrom(gw, 0)
 	}
 	return netip.AddrPortFrom(a, 0)
 }
@@ -197,8 +237,8 @@ func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec) 
 
 func (e *Engine) forwardTCP(ctx context.Context, host *net.TCPConn, spec Spec) {
 	client := host.RemoteAddr().(*net.TCPAddr).AddrPort()
-	src := e.sourceFor(client)
 	dst := netip.AddrPortFrom(spec.GuestAddr, spec.GuestPort)
+	src := e.sourceFor(client.Addr(), dst.Addr())
 	guest, ep, err := e.dialGuest(ctx, src, dst)
 	if err != nil {
 		e.log.Debug("published port: guest refused", "client", client, "guest", dst, "err", err)
@@ -212,12 +252,8 @@ func (e *Engine) forwardTCP(ctx context.Context, host *net.TCPConn, spec Spec) {
 // dialGuest connects from src (spoofed; port chosen by the stack) to dst
 // inside the netstack and returns the connection with its endpoint.
 func (e *Engine) dialGuest(ctx context.Context, src, dst netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
-	proto := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
-	if dst.Addr().Is6() {
-		proto = ipv6.ProtocolNumber
-	}
 	var wq waiter.Queue
-	ep, terr := e.st.NewEndpoint(tcp.ProtocolNumber, proto, &wq)
+	ep, terr := e.st.NewEndpoint(tcp.ProtocolNumber, protoOf(dst.Addr()), &wq)
 	if terr != nil {
 		return nil, nil, errors.New(terr.String())
 	}
@@ -252,6 +288,13 @@ func (e *Engine) dialGuest(ctx context.Context, src, dst netip.AddrPort) (*gonet
 	return gonet.NewTCPConn(&wq, ep), ep, nil
 }
 
+func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is6() {
+		return ipv6.ProtocolNumber
+	}
+	return ipv4.ProtocolNumber
+}
+
 // udpFlow is one client of a published UDP port.
 type udpFlow struct {
 	guest *gonet.UDPConn
@@ -284,11 +327,11 @@ func (e *Engine) udpLoop(ctx context.Context, host *net.UDPConn, spec Spec) {
 		mu.Lock()
 		f, ok := flows[client]
 		if !ok {
-			src := e.sourceFor(client)
+			src := e.sourceFor(client.Addr(), dst.Addr())
 			g, err := gonet.DialUDP(e.st,
 				&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(src.Addr().AsSlice())},
 				&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()},
-				ipv4.ProtocolNumber)
+				protoOf(dst.Addr()))
 			if err != nil {
 				mu.Unlock()
 				e.log.Debug("published UDP port: guest flow", "err", err)

@@ -50,7 +50,7 @@ func RouterAdvert(mac tcpip.LinkAddress, prefix netip.Prefix, mtu uint32, dns ne
 
 	src := LinkLocal(mac)
 	dst := netip.MustParseAddr("ff02::1")
-	icmpLen := header.ICMPv6MinimumSize + len(body)
+	icmpLen := header.ICMPv6HeaderSize + len(body)
 	frame := make([]byte, header.EthernetMinimumSize+header.IPv6MinimumSize+icmpLen)
 	header.Ethernet(frame).Encode(&header.EthernetFields{
 		SrcAddr: mac,
@@ -67,7 +67,7 @@ func RouterAdvert(mac tcpip.LinkAddress, prefix netip.Prefix, mtu uint32, dns ne
 	})
 	icmp := header.ICMPv6(frame[header.EthernetMinimumSize+header.IPv6MinimumSize:])
 	icmp.SetType(header.ICMPv6RouterAdvert)
-	copy(icmp[header.ICMPv6MinimumSize:], body)
+	copy(icmp[header.ICMPv6HeaderSize:], body)
 	icmp.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
 		Header: icmp,
 		Src:    tcpip.AddrFrom16(src.As16()),

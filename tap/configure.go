@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,7 +21,14 @@ type Config struct {
 	Address netip.Prefix
 	// Gateway is the default route's next hop.
 	Gateway netip.Addr
+	// Address6 and Gateway6 are the same for IPv6; invalid when off.
+	Address6 netip.Prefix
+	Gateway6 netip.Addr
 }
+
+// dadTimeout bounds the wait for duplicate address detection: Linux
+// takes up to a second of random delay plus one retransmit timer (1 s).
+const dadTimeout = 5 * time.Second
 
 // Configure brings lo and the TAP up, sets the MTU, MAC and address, and
 // routes everything through the gateway. It runs inside the namespace.
@@ -46,30 +54,64 @@ func Configure(cfg Config) error {
 			return fmt.Errorf("setting MAC %s on %s: %w", cfg.MAC, cfg.Name, err)
 		}
 	}
-	if cfg.Address.IsValid() {
-		addr := &netlink.Addr{IPNet: prefixToIPNet(cfg.Address)}
-		if cfg.Address.Addr().Is6() {
-			// DAD would delay the address; the stack is the only
-			// other host on this link.
-			addr.Flags = unix.IFA_F_NODAD
+	for _, a := range []netip.Prefix{cfg.Address, cfg.Address6} {
+		if !a.IsValid() {
+			continue
 		}
-		if err := netlink.AddrReplace(link, addr); err != nil {
-			return fmt.Errorf("adding %s to %s: %w", cfg.Address, cfg.Name, err)
+		if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(a)}); err != nil {
+			return fmt.Errorf("adding %s to %s: %w", a, cfg.Name, err)
 		}
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bringing %s up: %w", cfg.Name, err)
 	}
-	if cfg.Gateway.IsValid() {
-		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: cfg.Gateway.AsSlice()}
-		if cfg.Gateway.Is6() {
+	for _, gw := range []netip.Addr{cfg.Gateway, cfg.Gateway6} {
+		if !gw.IsValid() {
+			continue
+		}
+		route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.AsSlice()}
+		if gw.Is6() {
 			route.Family = netlink.FAMILY_V6
 		}
 		if err := netlink.RouteReplace(route); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("adding the default route via %s: %w", cfg.Gateway, err)
+			return fmt.Errorf("adding the default route via %s: %w", gw, err)
 		}
 	}
+	if cfg.Address6.IsValid() {
+		// The address runs duplicate address detection like any other,
+		// and is unusable (tentative) until it succeeds: a command started
+		// before that could not connect over IPv6.
+		return waitDAD(link, cfg.Address6.Addr())
+	}
 	return nil
+}
+
+// waitDAD waits until addr on link is no longer tentative.
+func waitDAD(link netlink.Link, addr netip.Addr) error {
+	deadline := time.Now().Add(dadTimeout)
+	for {
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("listing addresses of %s: %w", link.Attrs().Name, err)
+		}
+		state := "missing"
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && ip == addr {
+				switch {
+				case a.Flags&unix.IFA_F_DADFAILED != 0:
+					return fmt.Errorf("%s on %s: duplicate address detection failed: another host on the link claims it", addr, link.Attrs().Name)
+				case a.Flags&unix.IFA_F_TENTATIVE != 0:
+					state = "tentative"
+				default:
+					return nil
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s on %s: still %s after %v", addr, link.Attrs().Name, state, dadTimeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

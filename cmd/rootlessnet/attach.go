@@ -157,6 +157,10 @@ func attachCommand(args []string) error {
 	if configure {
 		req.Address = o.addressing.GuestPrefix().String()
 		req.Gateway = o.addressing.Gateway.String()
+		if o.addressing6.Enabled() {
+			req.Address6 = o.addressing6.GuestPrefix().String()
+			req.Gateway6 = o.addressing6.Gateway.String()
+		}
 	}
 	tapFile, warnings, err := launcher.Attach(netns, user, req)
 	netns.Close()
@@ -169,7 +173,7 @@ func attachCommand(args []string) error {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	n, stop, err := startNetwork(&o.options, log, tapFile)
+	n, stop, err := startNetwork(&o.options, log, tapFile, configure)
 	if err != nil {
 		return err
 	}
@@ -182,8 +186,12 @@ func attachCommand(args []string) error {
 			return fmt.Errorf("--ready-fd %d: %w", o.readyFD, err)
 		}
 	}
-	fmt.Printf("rootlessnet: serving %s on %s: address %s, gateway %s, DNS %s, MTU %d\n",
-		netnsPath, o.tapName, o.addressing.GuestPrefix(), o.addressing.Gateway, o.addressing.DNS, o.mtu)
+	v6 := ""
+	if a6 := o.addressing6; a6.Enabled() {
+		v6 = fmt.Sprintf("; IPv6 address %s, gateway %s, DNS %s", a6.GuestPrefix(), a6.Gateway, a6.DNS)
+	}
+	fmt.Printf("rootlessnet: serving %s on %s: address %s, gateway %s, DNS %s, MTU %d%s\n",
+		netnsPath, o.tapName, o.addressing.GuestPrefix(), o.addressing.Gateway, o.addressing.DNS, o.mtu, v6)
 
 	tick := time.NewTicker(nsPollInterval)
 	defer tick.Stop()

@@ -49,6 +49,10 @@ func runCommand(args []string) (int, error) {
 		Gateway:   o.addressing.Gateway.String(),
 		Command:   fs.Args(),
 	}
+	if o.addressing6.Enabled() {
+		req.Address6 = o.addressing6.GuestPrefix().String()
+		req.Gateway6 = o.addressing6.Gateway.String()
+	}
 	if !o.disableDNS {
 		dir, err := os.MkdirTemp("", "rootlessnet-")
 		if err != nil {
@@ -57,7 +61,11 @@ func runCommand(args []string) (int, error) {
 		// The bind mount keeps the file alive; the directory goes now.
 		defer os.RemoveAll(dir)
 		req.ResolvConf = filepath.Join(dir, "resolv.conf")
-		if err := os.WriteFile(req.ResolvConf, []byte("nameserver "+o.addressing.DNS.String()+"\n"), 0o644); err != nil {
+		conf := "nameserver " + o.addressing.DNS.String() + "\n"
+		if o.addressing6.Enabled() {
+			conf += "nameserver " + o.addressing6.DNS.String() + "\n"
+		}
+		if err := os.WriteFile(req.ResolvConf, []byte(conf), 0o644); err != nil {
 			return 0, err
 		}
 	}
@@ -68,7 +76,7 @@ func runCommand(args []string) (int, error) {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	n, stop, err := startNetwork(&o, log, tapFile)
+	n, stop, err := startNetwork(&o, log, tapFile, true)
 	if err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -18,12 +19,15 @@ import (
 )
 
 // startNetwork wires the data path on an open TAP. The returned closer
-// stops it and flushes the pcap file.
-func startNetwork(o *options, log *slog.Logger, tapFile *os.File) (*network.Network, func(), error) {
+// stops it and flushes the pcap file. A container whose interface was
+// not configured learns its IPv6 network from router advertisements.
+func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool) (*network.Network, func(), error) {
 	cfg := network.Config{
 		Tap:                 tapFile,
 		MTU:                 o.mtu,
 		Addressing:          o.addressing,
+		IPv6:                o.addressing6,
+		RouterAdverts:       !configured,
 		DisableHostLoopback: o.disableHostLoopback,
 		DisableDNS:          o.disableDNS,
 		VnetHdr:             o.offload,
@@ -38,8 +42,8 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File) (*network.Netw
 		}
 		cfg.Nameservers = ns
 	}
-	if o.outboundAddr != "" {
-		d, err := outboundDialer(o.outboundAddr)
+	if o.outboundAddr != "" || o.outboundAddr6 != "" {
+		d, err := outboundDialer(o.outboundAddr, o.outboundAddr6)
 		if err != nil {
 			tapFile.Close()
 			return nil, nil, err
@@ -64,7 +68,10 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File) (*network.Netw
 		return nil, nil, err
 	}
 	n.Forwarder.SetMaxFlows(int(o.maxFlows))
-	engine := portfwd.NewEngine(n.Stack, stack.NICID, o.addressing.Guest, o.addressing.Gateway, log)
+	engine := portfwd.NewEngine(n.Stack, stack.NICID, portfwd.Addresses{
+		Guest: o.addressing.Guest, Gateway: o.addressing.Gateway,
+		Guest6: o.addressing6.Guest, Gateway6: o.addressing6.Gateway,
+	}, log)
 	var api *portfwd.APIServer
 	stop := func() {
 		if api != nil {
@@ -100,32 +107,63 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File) (*network.Netw
 }
 
 // outboundDialer binds host-side connections to an address, or to an
-// interface by name (SO_BINDTODEVICE).
-func outboundDialer(v string) (*net.Dialer, error) {
-	if a, err := netip.ParseAddr(v); err == nil {
-		if !a.Is4() {
-			return nil, fmt.Errorf("invalid --outbound-addr %q: want an IPv4 address", v)
+// interface by name (SO_BINDTODEVICE): v4 for IPv4 flows, v6 for IPv6.
+// Either may be empty.
+func outboundDialer(v4, v6 string) (*net.Dialer, error) {
+	bind4, err := outboundBinder(v4, "--outbound-addr", false)
+	if err != nil {
+		return nil, err
+	}
+	bind6, err := outboundBinder(v6, "--outbound-addr6", true)
+	if err != nil {
+		return nil, err
+	}
+	// Bound in Control rather than with LocalAddr, which would tie the
+	// dialer to one of TCP and UDP and one family.
+	return &net.Dialer{Control: func(network, _ string, c syscall.RawConn) error {
+		bind := bind4
+		if strings.HasSuffix(network, "6") {
+			bind = bind6
 		}
-		// Bound in Control rather than with LocalAddr, which would tie
-		// the dialer to one of TCP and UDP.
-		return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) { serr = unix.Bind(int(fd), &unix.SockaddrInet4{Addr: a.As4()}) })
-			if err != nil {
-				return err
-			}
-			return serr
-		}}, nil
-	}
-	if _, err := net.InterfaceByName(v); err != nil {
-		return nil, fmt.Errorf("invalid --outbound-addr %q: neither an address nor an interface", v)
-	}
-	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		if bind == nil {
+			return nil
+		}
 		var serr error
-		err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), v) })
-		if err != nil {
+		if err := c.Control(func(fd uintptr) { serr = bind(int(fd)) }); err != nil {
 			return err
 		}
 		return serr
 	}}, nil
+}
+
+// outboundBinder parses one --outbound-addr value: nil when empty.
+func outboundBinder(v, flag string, want6 bool) (func(fd int) error, error) {
+	if v == "" {
+		return nil, nil
+	}
+	if a, err := netip.ParseAddr(v); err == nil {
+		switch {
+		case want6 && (!a.Is6() || a.Is4In6()):
+			return nil, usageError{fmt.Errorf("invalid %s %q: want an IPv6 address", flag, v)}
+		case !want6 && !a.Is4():
+			return nil, usageError{fmt.Errorf("invalid %s %q: want an IPv4 address", flag, v)}
+		case want6:
+			sa := &unix.SockaddrInet6{Addr: a.As16()}
+			if a.Zone() != "" {
+				ifi, err := net.InterfaceByName(a.Zone())
+				if err != nil {
+					return nil, usageError{fmt.Errorf("invalid %s %q: %w", flag, v, err)}
+				}
+				sa.ZoneId = uint32(ifi.Index)
+			}
+			return func(fd int) error { return unix.Bind(fd, sa) }, nil
+		default:
+			sa := &unix.SockaddrInet4{Addr: a.As4()}
+			return func(fd int) error { return unix.Bind(fd, sa) }, nil
+		}
+	}
+	if _, err := net.InterfaceByName(v); err != nil {
+		return nil, usageError{fmt.Errorf("invalid %s %q: neither an address nor an interface", flag, v)}
+	}
+	return func(fd int) error { return unix.BindToDevice(fd, v) }, nil
 }

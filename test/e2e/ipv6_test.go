@@ -1,0 +1,523 @@
+package e2e
+
+// IPv6 (-6): NAT66 through host sockets, the gateway to the host's ::1,
+// DNS over fd00::3 with AAAA answers and an IPv6 upstream, ICMPv6 echo
+// without forged replies, prompt refusals when the host has no route,
+// published ports on IPv6 host addresses with the source kept, duplicate
+// address detection that succeeds, and SLAAC from router advertisements.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/test/world"
+)
+
+const (
+	guest6   = "fd00::100"
+	gateway6 = "fd00::2"
+	dns6     = "fd00::3"
+)
+
+func init() {
+	// v6-suite ECHO UDPECHO LOECHOPORT LOUDPPORT: every outbound check
+	// over IPv6, in one container.
+	extraHelpers["v6-suite"] = v6Suite
+	// ping6 ADDR: an ICMPv6 echo round trip through a raw socket.
+	extraHelpers["ping6"] = func(args []string) error { return ping6(args[0]) }
+	// dns6 SERVER: AAAA example.test. over UDP and TCP.
+	extraHelpers["dns6"] = func(args []string) error { return dnsAAAA(args[0]) }
+	// v6-whoami-server: serve [::]:8080 (both families) with the peer's
+	// address until stdin's EOF.
+	extraHelpers["v6-whoami-server"] = func([]string) error { return v6WhoamiServer() }
+	// newns6 ECHO: new user+net namespaces running slaac-client.
+	extraHelpers["newns6"] = func(args []string) error { return newNSMode("slaac-client") }
+	// slaac-client ECHO: print PID, bring tap0 up unconfigured, wait for
+	// a SLAAC address and a default route from router advertisements,
+	// then a TCP round trip to ECHO.
+	extraHelpers["slaac-client"] = slaacClient
+}
+
+// v6Env is an env with the servers of the IPv6 tests.
+type v6Env struct {
+	*env
+	echo, udpEcho, loEcho, loUDP netip.AddrPort
+	resolv                       string
+	dnsLog                       *world.DNSLog
+}
+
+func TestIPv6Outbound(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		v := newV6Env(t, e)
+		out := e.mustOK([]string{"-6", "--resolv-conf", v.resolv}, "v6-suite",
+			v.echo.String(), v.udpEcho.String(), fmt.Sprint(v.loEcho.Port()), fmt.Sprint(v.loUDP.Port()))
+		for _, want := range []string{
+			"udp rcode=NOERROR AAAA=" + world.DNSAddrV6.String(),
+			"tcp rcode=NOERROR AAAA=" + world.DNSAddrV6.String(),
+			"resolv.conf has " + dns6,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("want %q in:\n%s", want, out)
+			}
+		}
+		if v.dnsLog.Len() < 2 {
+			t.Errorf("the IPv6 upstream saw %d queries, want 2", v.dnsLog.Len())
+		}
+		// The gateway's ::1 is closed by --disable-host-loopback, TCP
+		// and UDP alike.
+		e.mustOK([]string{"-6", "--disable-host-loopback"}, "tcp-refused", fmt.Sprintf("[%s]:%d", gateway6, v.loEcho.Port()))
+		e.mustOK([]string{"-6", "--disable-host-loopback"}, "udp-refused", fmt.Sprintf("[%s]:%d", gateway6, v.loUDP.Port()))
+	})
+}
+
+// newV6Env adds to e's world the -6 servers: echoes on 2001:db8::1 and on
+// the world's ::1, and a DNS server reached over IPv6 as the only
+// upstream.
+func newV6Env(t *testing.T, e *env) *v6Env {
+	v := &v6Env{env: e}
+	v.echo = e.w.TCPEcho(t, "[2001:db8::1]:0")
+	v.udpEcho = e.w.UDPEcho(t, "[2001:db8::1]:0")
+	v.loEcho = e.w.TCPEcho(t, "[::1]:0")
+	v.loUDP = e.w.UDPEcho(t, "[::1]:0")
+	_, v.dnsLog = e.w.DNS(t, "[2001:db8::1]:53")
+	v.resolv = filepath.Join(e.scratch, "resolv6.conf")
+	if err := os.WriteFile(v.resolv, []byte("nameserver "+world.UplinkV6+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestIPv6PingNoForgedRepliesAndNoRoute(t *testing.T) {
+	e := newEnv(t, world.Nobody)
+	// A dead address on the world's link: no reply may come back.
+	if r := e.run([]string{"-6"}, "ping6", "2001:db8::99"); r.status == 0 {
+		t.Fatalf("ping to a dead IPv6 address got a reply:\n%s", r.stdout)
+	}
+	// Without ping sockets: no reply from a live address either.
+	if err := e.w.SetPingGroupRange(1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.run([]string{"-6"}, "ping6", world.UplinkV6); r.status == 0 {
+		t.Fatalf("ping6 with ping sockets disabled got a reply:\n%s", r.stdout)
+	}
+	// The host has no IPv6 route: refusals arrive at once, no hang.
+	if err := e.w.Do(func() error {
+		up, err := netlink.LinkByName(world.UplinkName)
+		if err != nil {
+			return err
+		}
+		_, all, _ := net.ParseCIDR("::/0")
+		return netlink.RouteDel(&netlink.Route{LinkIndex: up.Attrs().Index, Dst: all, Scope: netlink.SCOPE_LINK})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e.mustOK([]string{"-6"}, "tcp-refused", "[2001:db8:ffff::1]:80")
+	e.mustOK([]string{"-6"}, "udp-refused", "[2001:db8:ffff::1]:53")
+	t.Logf("refusals without an IPv6 route took %v (two runs)", time.Since(start))
+}
+
+func TestIPv6Publish(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		lo := e.slirpFreePort(t, "[::1]")
+		any := e.slirpFreePort(t, "[::]")
+		v4 := e.slirpFreePort(t, "0.0.0.0")
+		sock := filepath.Join(e.scratch, "api.sock")
+		p, in := e.v6RunServer(t, ctx, "-6", "-a", sock,
+			"-p", fmt.Sprintf("[::1]:%d:8080", lo),
+			"-p", fmt.Sprintf("[::]:%d:8080", any),
+			"-p", fmt.Sprintf("%d:8080", v4))
+
+		check := func(addr, local, wantPrefix string) {
+			t.Helper()
+			got, err := e.slirpWhoami(addr, local)
+			if err != nil {
+				t.Fatalf("dialing %s: %v\n%s", addr, err, p.output())
+			}
+			if !strings.HasPrefix(got, wantPrefix) {
+				t.Errorf("through %s (from %q) the container saw %q, want %sPORT", addr, local, got, wantPrefix)
+			}
+		}
+		// A loopback client appears as the IPv6 gateway.
+		check(fmt.Sprintf("[::1]:%d", lo), "", "["+gateway6+"]:")
+		// A client with a real IPv6 address keeps it.
+		check(fmt.Sprintf("[%s]:%d", world.UplinkV6, any), world.UplinkV6, "["+world.UplinkV6+"]:")
+		// IPv4 forwards are as before: no host address means 0.0.0.0.
+		check(fmt.Sprintf("%s:%d", world.UplinkV4, v4), world.UplinkV4, world.UplinkV4+":")
+		if _, err := e.slirpWhoami(fmt.Sprintf("[::1]:%d", v4), ""); err == nil {
+			t.Errorf("-p %d:8080 also listens on IPv6; want 0.0.0.0 only, as slirp4netns", v4)
+		}
+
+		// The API takes IPv6 host and guest addresses.
+		apiPort := e.slirpFreePort(t, "[::1]")
+		req := fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":%d,"guest_addr":%q,"guest_port":8080}}`, apiPort, guest6)
+		if m, raw, err := slirpAPICall(sock, req); err != nil || m["return"] == nil {
+			t.Fatalf("add_hostfwd with IPv6 addresses: %v %s", err, raw)
+		}
+		check(fmt.Sprintf("[::1]:%d", apiPort), "", "["+gateway6+"]:")
+		// An IPv6 host address into the IPv4 guest address, by request.
+		v4gPort := e.slirpFreePort(t, "[::1]")
+		req = fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":%d,"guest_addr":"10.0.2.100","guest_port":8080}}`, v4gPort)
+		if m, raw, err := slirpAPICall(sock, req); err != nil || m["return"] == nil {
+			t.Fatalf("add_hostfwd [::1] -> 10.0.2.100: %v %s", err, raw)
+		}
+		check(fmt.Sprintf("[::1]:%d", v4gPort), "", "10.0.2.2:")
+		slirpFinish(t, p, in)
+	})
+}
+
+// v6RunServer is slirpRunServer with the v6-whoami-server helper.
+func (e *env) v6RunServer(t *testing.T, ctx context.Context, flags ...string) (*slirpProc, io.WriteCloser) {
+	t.Helper()
+	full := append([]string{"run", "--resolv-conf", e.w.ResolvConf()}, flags...)
+	full = append(full, "--", e.helper)
+	cmd := e.command(ctx, full...)
+	cmd.Env = append(cmd.Env, helperEnv+"=v6-whoami-server")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e.slirpStart(t, cmd)
+	t.Cleanup(func() { in.Close() })
+	if !p.stdout.waitFor("READY", p, 30*time.Second) {
+		t.Fatalf("the container server never got ready\n%s", p.output())
+	}
+	return p, in
+}
+
+func TestIPv6GuestAddressWithoutIPv6(t *testing.T) {
+	e := newEnv(t, nil)
+	sock := filepath.Join(e.scratch, "api.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, in := e.v6RunServer(t, ctx, "-a", sock)
+	port := e.slirpFreePort(t, "[::1]")
+	req := fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":%d,"guest_addr":%q,"guest_port":8080}}`, port, guest6)
+	m, raw, err := slirpAPICall(sock, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["error"] == nil || !strings.Contains(raw, "--enable-ipv6") {
+		t.Errorf("an IPv6 guest address without -6 replied %s; want an error naming --enable-ipv6", raw)
+	}
+	// An IPv6 host address reaches the IPv4 guest when there is no IPv6.
+	port = e.slirpFreePort(t, "[::1]")
+	slirpAddHostfwd(t, sock, "::1", port, 8080)
+	got, err := e.slirpWhoami(fmt.Sprintf("[::1]:%d", port), "")
+	if err != nil || !strings.HasPrefix(got, "10.0.2.2:") {
+		t.Errorf("[::1] -> IPv4 guest: %q, %v", got, err)
+	}
+	slirpFinish(t, p, in)
+}
+
+func TestIPv6SLAAC(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		echo := e.w.TCPEcho(t, "[2001:db8::1]:0")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		ctr := e.command(ctx)
+		ctr.Path, ctr.Args = e.helper, []string{e.helper}
+		ctr.Env = append(ctr.Env, helperEnv+"=newns6", "RLN_ARGS="+echo.String())
+		ctrOut, _ := ctr.StdoutPipe()
+		var ctrErr bytes.Buffer
+		ctr.Stderr = &ctrErr
+		if err := e.w.Start(ctr); err != nil {
+			t.Fatal(err)
+		}
+		rd := bufio.NewReader(ctrOut)
+		line, _ := rd.ReadString('\n')
+		var pid int
+		if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
+			ctr.Process.Kill()
+			ctr.Wait()
+			t.Fatalf("container said %q: %s", line, ctrErr.String())
+		}
+		// Nothing is configured: the container autoconfigures.
+		rn := e.command(ctx, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--configure=false", "-6", "--resolv-conf", e.w.ResolvConf())
+		var rnOut, rnErr bytes.Buffer
+		rn.Stdout, rn.Stderr = &rnOut, &rnErr
+		if err := e.w.Start(rn); err != nil {
+			t.Fatal(err)
+		}
+		rest, _ := io.ReadAll(rd)
+		ctrWait := ctr.Wait()
+		rn.Process.Signal(syscall.SIGTERM)
+		rnWait := rn.Wait()
+		if ctrWait != nil || !strings.Contains(string(rest), "OK") {
+			t.Fatalf("container: %v %q\n%s\nrootlessnet (%v):\n%s", ctrWait, rest, ctrErr.String(), rnWait, rnErr.String())
+		}
+		t.Logf("container: %s", bytes.TrimSpace(rest))
+	})
+}
+
+// ---------------------------------------------------------------------
+// Container side.
+
+func v6Suite(args []string) error {
+	echo, udpAddr, loTCP, loUDP := args[0], args[1], args[2], args[3]
+	// Duplicate address detection ran and succeeded on every address,
+	// the link-local one included (it may still be running).
+	if err := waitAddrsSettled("tap0", 5*time.Second); err != nil {
+		return err
+	}
+	steps := []struct {
+		name string
+		fn   func() error
+	}{
+		{"tcp to the world", func() error { return tcpHalfClose(echo) }},
+		{"udp to the world", func() error { return udpEcho(udpAddr) }},
+		{"tcp refused", func() error { return tcpRefused(fmt.Sprintf("[%s]:9", world.UplinkV6)) }},
+		{"udp refused", func() error { return udpRefused(fmt.Sprintf("[%s]:9", world.UplinkV6)) }},
+		{"tcp to the host's ::1", func() error { return tcpHalfClose(fmt.Sprintf("[%s]:%s", gateway6, loTCP)) }},
+		{"udp to the host's ::1", func() error { return udpEcho(fmt.Sprintf("[%s]:%s", gateway6, loUDP)) }},
+		{"dns port 80 refused", func() error { return tcpRefused(fmt.Sprintf("[%s]:80", dns6)) }},
+		{"dns", func() error { return dnsAAAA(fmt.Sprintf("[%s]:53", dns6)) }},
+		{"ping the gateway", func() error { return ping6(gateway6) }},
+		{"ping the dns address", func() error { return ping6(dns6) }},
+		{"ping the world", func() error { return ping6(world.UplinkV6) }},
+	}
+	for _, s := range steps {
+		if err := s.fn(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	conf, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return err
+	}
+	if strings.Contains(string(conf), "nameserver "+dns6) {
+		fmt.Println("resolv.conf has " + dns6)
+	}
+	return nil
+}
+
+// waitAddrsSettled fails if an IPv6 address of link failed duplicate
+// address detection, or is still tentative after timeout.
+func waitAddrsSettled(link string, timeout time.Duration) error {
+	l, err := netlink.LinkByName(link)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		tentative := ""
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_DADFAILED != 0 {
+				return fmt.Errorf("%s: duplicate address detection failed", a.IPNet)
+			}
+			if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+				tentative = a.IPNet.String()
+			}
+		}
+		if tentative == "" && len(addrs) >= 2 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("addresses not settled after %v: %v (tentative %q)", timeout, addrs, tentative)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ping6 sends ICMPv6 echo through a raw socket and waits for the matching
+// reply from addr.
+func ping6(addr string) error {
+	dst := netip.MustParseAddr(addr)
+	c, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	id := os.Getpid() & 0xffff
+	for seq := 1; seq <= 3; seq++ {
+		m := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("rootlessnet6")}}
+		b, _ := m.Marshal(nil) // the kernel fills in the ICMPv6 checksum
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			n, peer, err := c.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			rm, err := icmp.ParseMessage(58, buf[:n])
+			if err != nil || rm.Type != ipv6.ICMPTypeEchoReply {
+				continue
+			}
+			e := rm.Body.(*icmp.Echo)
+			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet6" && peer.String() == dst.String() {
+				return nil
+			}
+		}
+	}
+	return errors.New("no echo reply")
+}
+
+// dnsAAAA asks server for AAAA example.test. over UDP and TCP.
+func dnsAAAA(server string) error {
+	for _, network := range []string{"udp", "tcp"} {
+		cl := &dns.Client{Net: network, Timeout: 5 * time.Second}
+		q := new(dns.Msg)
+		q.SetQuestion(world.DNSName, dns.TypeAAAA)
+		r, _, err := cl.Exchange(q, server)
+		if err != nil {
+			return fmt.Errorf("%s: %w", network, err)
+		}
+		var parts []string
+		for _, rr := range r.Answer {
+			if a, ok := rr.(*dns.AAAA); ok {
+				parts = append(parts, "AAAA="+a.AAAA.String())
+			}
+		}
+		fmt.Printf("%s rcode=%s %s\n", network, dns.RcodeToString[r.Rcode], strings.Join(parts, " "))
+	}
+	return nil
+}
+
+func v6WhoamiServer() error {
+	l, err := net.Listen("tcp", ":8080")
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				slirpServeWhoami(c)
+			}()
+		}
+	}()
+	fmt.Println("READY")
+	eof := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, os.Stdin)
+		eof <- err
+	}()
+	var res error
+	select {
+	case err := <-eof:
+		res = err
+	case <-time.After(90 * time.Second):
+		res = errors.New("stdin never reached EOF")
+	}
+	l.Close()
+	wg.Wait()
+	return res
+}
+
+// newNSMode re-executes the test binary as mode in new user and network
+// namespaces made by this (possibly unprivileged) process.
+func newNSMode(mode string) error {
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		Pdeathsig:   syscall.SIGKILL,
+	}
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", mode, err)
+	}
+	os.Exit(0)
+	return nil
+}
+
+func slaacClient(args []string) error {
+	fmt.Printf("PID %d\n", os.Getpid())
+	deadline := time.Now().Add(30 * time.Second)
+	var tap netlink.Link
+	for {
+		var err error
+		if tap, err = netlink.LinkByName("tap0"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("tap0 never appeared")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// What a container's own tooling would do: bring the links up and
+	// let the kernel autoconfigure.
+	lo, _ := netlink.LinkByName("lo")
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(tap); err != nil {
+		return err
+	}
+	prefix := netip.MustParsePrefix("fd00::/64")
+	var got netip.Addr
+	for got = (netip.Addr{}); !got.IsValid(); {
+		addrs, _ := netlink.AddrList(tap, netlink.FAMILY_V6)
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_DADFAILED != 0 {
+				return fmt.Errorf("%s: duplicate address detection failed", a.IPNet)
+			}
+			ip, _ := netip.AddrFromSlice(a.IP)
+			if prefix.Contains(ip) && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				got = ip
+			}
+		}
+		if time.Now().After(deadline) {
+			snmp, _ := os.ReadFile("/proc/net/snmp6")
+			return fmt.Errorf("no SLAAC address in %s: %v\n%s", prefix, addrs, snmp)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var gw net.IP
+	for gw == nil {
+		routes, _ := netlink.RouteList(tap, netlink.FAMILY_V6)
+		for _, r := range routes {
+			if r.Dst == nil || r.Dst.String() == "::/0" {
+				gw = r.Gw
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no default route from router advertisements: %v", routes)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := waitAddrsSettled("tap0", 5*time.Second); err != nil {
+		return err
+	}
+	fmt.Printf("address %s via %s\n", got, gw)
+	return tcpHalfClose(args[0])
+}
