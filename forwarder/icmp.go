@@ -69,10 +69,13 @@ func (f *Forwarder) HandleICMP6(_ stack.TransportEndpointID, pkt *stack.PacketBu
 	dst := addrPortOf(nh.DestinationAddress(), 0).Addr()
 	src := addrPortOf(nh.SourceAddress(), 0).Addr()
 	p := f.cfg.Policy
-	if (p.Gateway6.IsValid() && dst == p.Gateway6) || (p.DNS6.IsValid() && dst == p.DNS6) || dst.IsLinkLocalUnicast() {
-		// The stack's own addresses (link-local ones included, which
-		// never leave the link): it answers them itself.
+	if p.Gateway6.IsValid() && (dst == p.Gateway6 || dst == p.DNS6 || dst == p.LinkLocal6) {
+		// The stack's own addresses: it answers them itself.
 		return false
+	}
+	if dst.IsLinkLocalUnicast() {
+		// Another link-local address: nobody else is on this link.
+		return true
 	}
 	if f.cfg.Guest == nil {
 		return true

@@ -19,12 +19,13 @@ const (
 // Policy maps a destination the container asked for to what the host
 // side does. It is pure, so that the access rules can be tested alone.
 type Policy struct {
-	Gateway, DNS        netip.Addr
-	// Gateway6 and DNS6 are the IPv6 counterparts (zero without IPv6).
-	Gateway6, DNS6      netip.Addr
-	Network             netip.Prefix
-	DisableHostLoopback bool
-	DisableDNS          bool
+	Gateway, DNS netip.Addr
+	// Gateway6 and DNS6 are the IPv6 counterparts, LinkLocal6 the
+	// stack's fe80:: address (all zero without IPv6).
+	Gateway6, DNS6, LinkLocal6 netip.Addr
+	Network                    netip.Prefix
+	DisableHostLoopback        bool
+	DisableDNS                 bool
 }
 
 // Translate decides the fate of a flow to dst.

@@ -120,12 +120,17 @@ func New(cfg Config) (*Network, error) {
 		ep = sn
 	}
 	a := cfg.Addressing
+	var linkLocal6 netip.Addr
+	if cfg.IPv6.Enabled() {
+		linkLocal6 = stack.LinkLocal(stack.GatewayMAC(a))
+	}
 	n.Forwarder = forwarder.New(forwarder.Config{
 		Policy: forwarder.Policy{
 			Gateway:             a.Gateway,
 			DNS:                 a.DNS,
 			Gateway6:            cfg.IPv6.Gateway,
 			DNS6:                cfg.IPv6.DNS,
+			LinkLocal6:          linkLocal6,
 			Network:             a.Network,
 			DisableHostLoopback: cfg.DisableHostLoopback,
 			DisableDNS:          cfg.DisableDNS,

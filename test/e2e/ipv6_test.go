@@ -37,6 +37,9 @@ const (
 	guest6   = "fd00::100"
 	gateway6 = "fd00::2"
 	dns6     = "fd00::3"
+	// gatewayLinkLocal is the stack's fe80:: address, from its MAC
+	// 52:55:0a:00:02:02 (EUI-64).
+	gatewayLinkLocal = "fe80::5055:aff:fe00:202"
 )
 
 func init() {
@@ -142,13 +145,15 @@ func TestIPv6Publish(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		lo := e.slirpFreePort(t, "[::1]")
+		loUDP := e.slirpFreePort(t, "[::1]") // free for TCP; almost surely for UDP too
 		any := e.slirpFreePort(t, "[::]")
 		v4 := e.slirpFreePort(t, "0.0.0.0")
 		sock := filepath.Join(e.scratch, "api.sock")
 		p, in := e.v6RunServer(t, ctx, "-6", "-a", sock,
 			"-p", fmt.Sprintf("[::1]:%d:8080", lo),
 			"-p", fmt.Sprintf("[::]:%d:8080", any),
-			"-p", fmt.Sprintf("%d:8080", v4))
+			"-p", fmt.Sprintf("%d:8080", v4),
+			"-p", fmt.Sprintf("[::1]:%d:8081/udp", loUDP))
 
 		check := func(addr, local, wantPrefix string) {
 			t.Helper()
@@ -166,6 +171,28 @@ func TestIPv6Publish(t *testing.T) {
 		check(fmt.Sprintf("[%s]:%d", world.UplinkV6, any), world.UplinkV6, "["+world.UplinkV6+"]:")
 		// IPv4 forwards are as before: no host address means 0.0.0.0.
 		check(fmt.Sprintf("%s:%d", world.UplinkV4, v4), world.UplinkV4, world.UplinkV4+":")
+		// UDP over IPv6: a loopback client appears as the gateway.
+		var got string
+		err := e.w.Do(func() error {
+			c, err := net.Dial("udp", fmt.Sprintf("[::1]:%d", loUDP))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			buf := make([]byte, 512)
+			for i := 0; i < 5; i++ {
+				c.Write([]byte("who?"))
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				if n, err := c.Read(buf); err == nil {
+					got = string(buf[:n])
+					return nil
+				}
+			}
+			return errors.New("no reply")
+		})
+		if err != nil || !strings.HasPrefix(got, "["+gateway6+"]:") {
+			t.Errorf("published UDP [::1]:%d: got %q, %v; want [%s]:PORT", loUDP, got, err, gateway6)
+		}
 		if _, err := e.slirpWhoami(fmt.Sprintf("[::1]:%d", v4), ""); err == nil {
 			t.Errorf("-p %d:8080 also listens on IPv6; want 0.0.0.0 only, as slirp4netns", v4)
 		}
@@ -297,6 +324,19 @@ func v6Suite(args []string) error {
 		{"ping the gateway", func() error { return ping6(gateway6) }},
 		{"ping the dns address", func() error { return ping6(dns6) }},
 		{"ping the world", func() error { return ping6(world.UplinkV6) }},
+		{"ping the gateway's link-local address", func() error { return ping6(gatewayLinkLocal + "%tap0") }},
+		{"no forged reply from another link-local address", func() error {
+			if ping6("fe80::1%tap0") == nil {
+				return errors.New("fe80::1 answered: the reply was forged")
+			}
+			return nil
+		}},
+		{"no forged reply from a dead address", func() error {
+			if ping6("2001:db8::99") == nil {
+				return errors.New("2001:db8::99 answered: the reply was forged")
+			}
+			return nil
+		}},
 	}
 	for _, s := range steps {
 		if err := s.fn(); err != nil {
@@ -358,7 +398,7 @@ func ping6(addr string) error {
 	for seq := 1; seq <= 3; seq++ {
 		m := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("rootlessnet6")}}
 		b, _ := m.Marshal(nil) // the kernel fills in the ICMPv6 checksum
-		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice(), Zone: dst.Zone()}); err != nil {
 			return err
 		}
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -373,7 +413,7 @@ func ping6(addr string) error {
 				continue
 			}
 			e := rm.Body.(*icmp.Echo)
-			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet6" && peer.String() == dst.String() {
+			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet6" && peer.(*net.IPAddr).IP.Equal(dst.AsSlice()) {
 				return nil
 			}
 		}
@@ -407,7 +447,26 @@ func v6WhoamiServer() error {
 	if err != nil {
 		return err
 	}
+	// UDP on 8081 answers each datagram with its sender's address.
+	pc, err := net.ListenPacket("udp", ":8081")
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer pc.Close()
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(from.String()), from)
+		}
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -437,6 +496,7 @@ func v6WhoamiServer() error {
 		res = errors.New("stdin never reached EOF")
 	}
 	l.Close()
+	pc.Close()
 	wg.Wait()
 	return res
 }
