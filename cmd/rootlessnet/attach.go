@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -25,11 +26,11 @@ const slirpDefaultMTU = 1500
 // attachOptions are the flags of the attach form and the slirp4netns form.
 type attachOptions struct {
 	options
-	netns, userns, netnsType   string
-	configure                  bool
-	readyFD, exitFD            int
-	enableSandbox, enableSecco bool
-	version                    bool
+	netns, userns, netnsType string
+	configure                bool
+	readyFD, exitFD          int
+	sandbox                  sandboxOptions
+	version                  bool
 }
 
 func newAttachFlags(o *attachOptions) *pflag.FlagSet {
@@ -43,8 +44,7 @@ func newAttachFlags(o *attachOptions) *pflag.FlagSet {
 	fs.StringVar(&o.netnsType, "netns-type", "pid", "slirp4netns form: whether the argument is a PID or a PATH (pid|path)")
 	fs.IntVarP(&o.readyFD, "ready-fd", "r", -1, "write \"1\" to this fd and close it once ready")
 	fs.IntVarP(&o.exitFD, "exit-fd", "e", -1, "exit when this fd is closed by its other end")
-	fs.BoolVar(&o.enableSandbox, "enable-sandbox", false, "confine the process (accepted; not enforced yet)")
-	fs.BoolVar(&o.enableSecco, "enable-seccomp", false, "restrict system calls (accepted; not enforced yet)")
+	o.sandbox.register(fs, false)
 	fs.BoolVarP(&o.version, "version", "v", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage:
@@ -116,10 +116,6 @@ func attachCommand(args []string) error {
 			return usageError{fmt.Errorf("invalid --netns-type %q: want pid or path", o.netnsType)}
 		}
 	}
-	if o.enableSandbox || o.enableSecco {
-		log.Warn("--enable-sandbox and --enable-seccomp are accepted but not enforced yet")
-	}
-
 	for _, fd := range []struct {
 		name string
 		n    int
@@ -139,41 +135,18 @@ func attachCommand(args []string) error {
 		exitFD = watchExitFD(o.exitFD)
 	}
 
-	netns, err := userns.OpenNetNS(netnsPath)
-	if err != nil {
-		return err
-	}
-	nsID, err := userns.StatNS(netnsPath)
-	if err != nil {
-		netns.Close()
-		return err
-	}
-	user, err := userToJoin(netns, userPath, joinOwner)
-	if err != nil {
-		netns.Close()
-		return err
-	}
-	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress}
-	if configure {
-		req.Address = o.addressing.GuestPrefix().String()
-		req.Gateway = o.addressing.Gateway.String()
-		if o.addressing6.Enabled() {
-			req.Address6 = o.addressing6.GuestPrefix().String()
-			req.Gateway6 = o.addressing6.Gateway.String()
-		}
-	}
-	tapFile, warnings, err := launcher.Attach(netns, user, req)
-	netns.Close()
-	if user != nil {
-		user.Close()
+	tapFile, err := inheritedTap()
+	if err == nil && tapFile == nil {
+		tapFile, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
 	}
 	if err != nil {
 		return err
-	}
-	for _, w := range warnings {
-		log.Warn(w)
 	}
 	n, stop, err := startNetwork(&o.options, log, tapFile, configure)
+	if err != nil {
+		return err
+	}
+	stop, ns, err := confine(&o.sandbox, &o.options, log, stop, netnsPath)
 	if err != nil {
 		return err
 	}
@@ -206,12 +179,51 @@ func attachCommand(args []string) error {
 		case <-n.Done():
 			return n.Err()
 		case <-tick.C:
-			if id, err := userns.StatNS(netnsPath); err != nil || id != nsID {
+			if ns.gone() {
 				log.Info("the namespace is gone; exiting", "netns", netnsPath)
 				return nil
 			}
 		}
 	}
+}
+
+// attachNamespace opens the TAP in the namespace at netnsPath through a
+// helper that joins it. With the sandbox it then re-executes rootlessnet
+// with the TAP's fd (sandbox.go), and returns only if that fails.
+func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (*os.File, error) {
+	netns, err := userns.OpenNetNS(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	user, err := userToJoin(netns, userPath, joinOwner)
+	if err != nil {
+		netns.Close()
+		return nil, err
+	}
+	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress}
+	if configure {
+		req.Address = o.addressing.GuestPrefix().String()
+		req.Gateway = o.addressing.Gateway.String()
+		if o.addressing6.Enabled() {
+			req.Address6 = o.addressing6.GuestPrefix().String()
+			req.Gateway6 = o.addressing6.Gateway.String()
+		}
+	}
+	tapFile, warnings, err := launcher.Attach(netns, user, req)
+	netns.Close()
+	if user != nil {
+		user.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	if o.sandbox.sandbox {
+		return nil, reexecWithTap(tapFile)
+	}
+	return tapFile, nil
 }
 
 // watchExitFD returns a channel closed when the other end of fd closes.

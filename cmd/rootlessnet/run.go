@@ -17,6 +17,8 @@ func runCommand(args []string) (int, error) {
 	fs := pflag.NewFlagSet("rootlessnet run", pflag.ContinueOnError)
 	fs.SetInterspersed(false)
 	o.register(fs)
+	var so sandboxOptions
+	so.register(fs, runSandboxDefault)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: rootlessnet run [flags] -- CMD [ARGS...]\n\nRuns CMD in new user, network and mount namespaces with connectivity through rootlessnet.\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -31,6 +33,9 @@ func runCommand(args []string) (int, error) {
 	}
 	log, err := newLogger(o.logLevel)
 	if err != nil {
+		return 0, err
+	}
+	if err := sandboxStart(fs, &so, log); err != nil {
 		return 0, err
 	}
 
@@ -73,11 +78,21 @@ func runCommand(args []string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if req.ResolvConf != "" {
+		// The child's bind mount holds the file; the sandbox would hide
+		// the directory from the deferred removal.
+		os.RemoveAll(filepath.Dir(req.ResolvConf))
+	}
 	for _, w := range warnings {
 		log.Warn(w)
 	}
 	n, stop, err := startNetwork(&o, log, tapFile, true)
 	if err != nil {
+		c.Signal(syscall.SIGKILL)
+		c.Wait()
+		return 0, err
+	}
+	if stop, _, err = confine(&so, &o, log, stop, ""); err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()
 		return 0, err

@@ -1,0 +1,227 @@
+package main
+
+// Wiring of --enable-sandbox and --enable-seccomp (package sandbox).
+//
+// The sandbox's namespaces must exist before the Go runtime starts
+// threads, so rootlessnet re-executes itself in place (same pid) with the
+// sandbox package's constructor making them:
+//   - attach and slirp4netns forms: once the TAP fd is in hand, which it
+//     passes on. Opening the TAP needs a helper that joins the container's
+//     user namespace, which a process already in the sandbox's own user
+//     namespace may not do.
+//   - run: first thing, since the command's process is a child that would
+//     not survive the exec; it is then made from inside the sandbox's
+//     namespaces (its user namespace nested in ours).
+//
+// After that, everything is set up as without the sandbox (API socket,
+// published ports, resolv.conf), then confine enters the empty root and
+// loads the seccomp filter, before ready-fd is written or the command runs.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/sandbox"
+	"github.com/rootlessnet/rootlessnet/userns"
+)
+
+// tapFDEnv passes the TAP's fd number to the re-executed process.
+const tapFDEnv = "_ROOTLESSNET_SANDBOX_TAP"
+
+// sandboxOptions are --enable-sandbox and --enable-seccomp.
+type sandboxOptions struct {
+	sandbox, seccomp bool
+	// explicit: --enable-sandbox was given, so failing to create the
+	// sandbox is an error rather than a warning.
+	explicit bool
+}
+
+func (s *sandboxOptions) register(fs *pflag.FlagSet, def bool) {
+	fs.BoolVar(&s.sandbox, "enable-sandbox", def, "confine the running stack: an empty read-only root in its own mount namespace, every capability dropped but CAP_NET_BIND_SERVICE")
+	fs.BoolVar(&s.seccomp, "enable-seccomp", def, "restrict the running stack's system calls to an allow-list (seccomp)")
+}
+
+// sandboxStart runs first in `run`: it re-executes rootlessnet into the
+// sandbox's namespaces (returning only on error), or, in the re-executed
+// copy, checks that they were made.
+func sandboxStart(fs *pflag.FlagSet, so *sandboxOptions, log *slog.Logger) error {
+	so.explicit = fs.Changed("enable-sandbox")
+	started, err := sandbox.Started()
+	if !started {
+		if so.sandbox {
+			return sandbox.Reexec()
+		}
+		return nil
+	}
+	if err != nil {
+		if so.explicit {
+			return err
+		}
+		log.Warn("running without the sandbox", "err", err)
+		so.sandbox = false
+	}
+	return nil
+}
+
+// inheritedTap returns the TAP that attachNamespace passed to the
+// re-executed rootlessnet, or nil in any other process.
+func inheritedTap() (*os.File, error) {
+	v, ok := os.LookupEnv(tapFDEnv)
+	if !ok {
+		_, err := sandbox.Started() // nothing to check; clears a stray request
+		return nil, err
+	}
+	os.Unsetenv(tapFDEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("sandbox: bad %s=%q", tapFDEnv, v)
+	}
+	unix.CloseOnExec(fd)
+	tap := os.NewFile(uintptr(fd), "tap")
+	if _, err := sandbox.Started(); err != nil {
+		tap.Close()
+		return nil, err
+	}
+	return tap, nil
+}
+
+// reexecWithTap re-executes rootlessnet into the sandbox's namespaces with
+// the TAP's fd; it returns only on error, having closed the TAP.
+func reexecWithTap(tap *os.File) error {
+	defer tap.Close()
+	// Through RawConn: File.Fd would make the fd blocking.
+	rc, err := tap.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var fd uintptr
+	var cerr error
+	if err := rc.Control(func(f uintptr) {
+		fd = f
+		_, cerr = unix.FcntlInt(f, unix.F_SETFD, 0) // survive the exec
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("sandbox: passing the TAP fd: %w", cerr)
+	}
+	return sandbox.Reexec(tapFDEnv + "=" + strconv.Itoa(int(fd)))
+}
+
+// nsWatch tells when the served namespace's path stops naming it.
+type nsWatch struct {
+	path string
+	id   userns.NSID
+	// Inside the sandbox: the path's directory, opened before the root
+	// was emptied, and the entry's identity in it.
+	dir  *sandbox.Dir
+	did  sandbox.FileID
+	link bool
+}
+
+// gone reports whether the namespace is gone. Inside the sandbox only the
+// entry's presence counts for a /proc/PID/ns/net symlink (it vanishes with
+// the process; the kept directory never names a later process of the same
+// PID), and its identity too for any other file (a bind-mounted namespace).
+func (w *nsWatch) gone() bool {
+	if w.dir != nil {
+		id, _, err := w.dir.Lstat()
+		return err != nil || (!w.link && id != w.did)
+	}
+	id, err := userns.StatNS(w.path)
+	return err != nil || id != w.id
+}
+
+func (w *nsWatch) close() {
+	if w != nil && w.dir != nil {
+		w.dir.Close()
+	}
+}
+
+// confine applies the sandbox and seccomp to the process once the network
+// runs, and returns stop extended with what the sandbox needs at exit
+// (removing the API socket through a kept descriptor) and, given the
+// served namespace's path, a watch on it. On error it has called stop.
+func confine(so *sandboxOptions, o *options, log *slog.Logger, stop func(), nsPath string) (func(), *nsWatch, error) {
+	var ns *nsWatch
+	var api *sandbox.Dir
+	var apiID sandbox.FileID
+	fail := func(err error) (func(), *nsWatch, error) {
+		if api != nil {
+			api.Close()
+		}
+		ns.close()
+		stop()
+		return nil, nil, err
+	}
+	if nsPath != "" {
+		ns = &nsWatch{path: nsPath}
+		if so.sandbox {
+			d, err := sandbox.OpenDir(nsPath)
+			if err != nil {
+				return fail(err)
+			}
+			ns.dir = d
+		} else {
+			id, err := userns.StatNS(nsPath)
+			if err != nil {
+				return fail(err)
+			}
+			ns.id = id
+		}
+	}
+	if so.sandbox {
+		if o.apiSocket != "" {
+			d, err := sandbox.OpenDir(o.apiSocket)
+			if err != nil {
+				return fail(err)
+			}
+			api = d
+			if apiID, _, err = d.Lstat(); err != nil {
+				return fail(fmt.Errorf("sandbox: API socket: %w", err))
+			}
+		}
+		if err := sandbox.Enter(); err != nil {
+			return fail(err)
+		}
+		if ns != nil {
+			// From the detached old tree a bind-mounted namespace file
+			// may show the file under the mount: the reference is what
+			// the descriptor sees now.
+			id, link, err := ns.dir.Lstat()
+			if err != nil {
+				return fail(fmt.Errorf("sandbox: %s: %w", nsPath, err))
+			}
+			ns.did, ns.link = id, link
+		}
+		log.Debug("sandbox entered: empty root, capabilities dropped but CAP_NET_BIND_SERVICE")
+	}
+	if so.seccomp {
+		if err := sandbox.ApplySeccomp(); err != nil {
+			return fail(err)
+		}
+		log.Debug("seccomp filter loaded", "allowed_syscalls", sandbox.AllowedCount())
+	}
+	return func() {
+		stop()
+		if api != nil {
+			if err := api.RemoveIf(apiID); err != nil && !errors.Is(err, syscall.ENOENT) {
+				log.Warn("API socket not removed", "path", o.apiSocket, "err", err)
+			}
+			api.Close()
+		}
+		ns.close()
+	}, ns, nil
+}
+
+// runSandboxDefault: `run` confines its stack unless told not to, since
+// neither the sandbox nor seccomp costs measurable throughput (see the
+// sandbox e2e tests and bench figures in the commit).
+const runSandboxDefault = true
