@@ -24,13 +24,16 @@ const DefaultMaxFlows = 65536
 const episodeQuiet = time.Second
 
 // episode reports a stretch of refused flows with one warning when it
-// starts and one line when flows are accepted again.
+// starts and one line once flows are accepted again and none was refused
+// for episodeQuiet.
 type episode struct {
 	on atomic.Bool // fast path for ok
 
 	mu          sync.Mutex
 	refused     int
 	lastRefusal time.Time
+	resumed     bool        // a flow was accepted since the last refusal
+	timer       *time.Timer // reports the end once quiet; fires once
 }
 
 // refuse counts a refused flow; the first of an episode logs msg.
@@ -39,25 +42,49 @@ func (e *episode) refuse(log *slog.Logger, msg string, args ...any) {
 	defer e.mu.Unlock()
 	e.lastRefusal = time.Now()
 	e.refused++
+	e.resumed = false
 	if !e.on.Load() {
 		e.on.Store(true)
 		log.Warn(msg, args...)
 	}
 }
 
-// ok notes a flow accepted (or ended); it closes an episode once nothing
-// was refused for episodeQuiet.
+// ok notes a flow accepted (or ended): the episode ends now if nothing was
+// refused for episodeQuiet, or then, unless a refusal comes first.
 func (e *episode) ok(log *slog.Logger, msg string) {
 	if !e.on.Load() {
 		return
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.on.Load() || time.Since(e.lastRefusal) < episodeQuiet {
+	if !e.on.Load() {
 		return
 	}
+	e.resumed = true
+	e.endIfQuiet(log, msg)
+}
+
+// endIfQuiet ends the episode or arms the timer to look again. e.mu held.
+func (e *episode) endIfQuiet(log *slog.Logger, msg string) {
+	if wait := episodeQuiet - time.Since(e.lastRefusal); wait > 0 {
+		if e.timer == nil {
+			e.timer = time.AfterFunc(wait, func() {
+				e.mu.Lock()
+				defer e.mu.Unlock()
+				e.timer = nil
+				if e.on.Load() && e.resumed {
+					e.endIfQuiet(log, msg)
+				}
+			})
+		}
+		return
+	}
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
 	log.Info(msg, "refused", e.refused)
-	e.refused = 0
+	e.refused, e.resumed = 0, false
 	e.on.Store(false)
 }
 

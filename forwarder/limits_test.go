@@ -105,12 +105,27 @@ func TestHostSocketFailed(t *testing.T) {
 	if n := strings.Count(logs.String(), "out of file descriptors"); n != 1 {
 		t.Fatalf("%d warnings, want 1:\n%s", n, logs)
 	}
-	f.hostSocketMade() // too soon: same episode
+	f.hostSocketMade() // too soon: the end is reported a second later
+	if strings.Contains(logs.String(), "available again") {
+		t.Fatalf("episode ended at once:\n%s", logs)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "available again") {
+		if time.Now().After(deadline) {
+			t.Fatalf("episode not reported over after a success and a quiet second:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.hostSocketFailed(emfile) // a second episode
+	f.hostSocketMade()
 	f.lim.fdEp.mu.Lock()
 	f.lim.fdEp.lastRefusal = time.Now().Add(-2 * episodeQuiet)
 	f.lim.fdEp.mu.Unlock()
 	f.hostSocketMade()
-	if n := strings.Count(logs.String(), "file descriptors available again"); n != 1 {
-		t.Fatalf("%d end lines, want 1:\n%s", n, logs)
+	if n := strings.Count(logs.String(), "file descriptors available again"); n != 2 {
+		t.Fatalf("%d end lines, want 2:\n%s", n, logs)
+	}
+	if n := strings.Count(logs.String(), "out of file descriptors"); n != 2 {
+		t.Fatalf("%d warnings, want 2:\n%s", n, logs)
 	}
 }
