@@ -26,6 +26,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 const helperEnv = "RLN_HELPER"
@@ -54,7 +55,7 @@ func runHelper() (int, bool) {
 	case "udp-refused":
 		err = udpRefused(args[0])
 	case "dns":
-		err = dnsQuery(args[0], args[1])
+		err = dnsQuery(args[0], args[1], dns.TypeA)
 	case "ping":
 		err = ping(args[0])
 	case "signal-wait":
@@ -62,7 +63,7 @@ func runHelper() (int, bool) {
 	case "link":
 		err = linkInfo()
 	case "newns":
-		err = newNS()
+		err = newNSMode("attach-client")
 	case "attach-client":
 		err = attachClient(args)
 	default:
@@ -194,13 +195,13 @@ func udpRefused(addr string) error {
 	return errors.New("no port unreachable arrived")
 }
 
-// dnsQuery asks server for A example.test. over UDP and TCP and prints
-// the answer.
-func dnsQuery(server, name string) error {
+// dnsQuery asks server for name's qtype records over UDP and TCP and
+// prints the answer.
+func dnsQuery(server, name string, qtype uint16) error {
 	for _, network := range []string{"udp", "tcp"} {
 		cl := &dns.Client{Net: network, Timeout: 5 * time.Second}
 		q := new(dns.Msg)
-		q.SetQuestion(name, dns.TypeA)
+		q.SetQuestion(name, qtype)
 		r, _, err := cl.Exchange(q, server)
 		if err != nil {
 			return fmt.Errorf("%s: %w", network, err)
@@ -210,6 +211,8 @@ func dnsQuery(server, name string) error {
 			switch rr := rr.(type) {
 			case *dns.A:
 				parts = append(parts, "A="+rr.A.String())
+			case *dns.AAAA:
+				parts = append(parts, "AAAA="+rr.AAAA.String())
 			case *dns.TXT:
 				parts = append(parts, "TXT="+strings.Join(rr.Txt, ""))
 			}
@@ -219,20 +222,28 @@ func dnsQuery(server, name string) error {
 	return nil
 }
 
-// ping sends ICMP echo through a raw socket (the container's root has
-// CAP_NET_RAW in its own namespace) and waits for the matching reply.
+// ping sends ICMP or ICMPv6 echo through a raw socket (the container's
+// root has CAP_NET_RAW in its own namespace) and waits for the matching
+// reply from addr (a link-local IPv6 address takes a %zone).
 func ping(addr string) error {
 	dst := netip.MustParseAddr(addr)
-	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	network, laddr, proto := "ip4:icmp", "0.0.0.0", 1
+	var echoType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	if dst.Is6() {
+		network, laddr, proto = "ip6:ipv6-icmp", "::", 58
+		echoType, replyType = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	}
+	c, err := icmp.ListenPacket(network, laddr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	id := os.Getpid() & 0xffff
 	for seq := 1; seq <= 3; seq++ {
-		m := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("rootlessnet")}}
+		// The kernel computes the ICMPv6 checksum.
+		m := icmp.Message{Type: echoType, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("rootlessnet")}}
 		b, _ := m.Marshal(nil)
-		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice(), Zone: dst.Zone()}); err != nil {
 			return err
 		}
 		c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -242,12 +253,12 @@ func ping(addr string) error {
 			if err != nil {
 				break
 			}
-			rm, err := icmp.ParseMessage(1, buf[:n])
-			if err != nil || rm.Type != ipv4.ICMPTypeEchoReply {
+			rm, err := icmp.ParseMessage(proto, buf[:n])
+			if err != nil || rm.Type != replyType {
 				continue
 			}
 			e := rm.Body.(*icmp.Echo)
-			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet" && peer.String() == addr {
+			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet" && peer.(*net.IPAddr).IP.Equal(dst.AsSlice()) {
 				return nil
 			}
 		}
@@ -268,11 +279,11 @@ func signalWait() error {
 	return errors.New("no signal arrived")
 }
 
-// newNS re-executes the test binary in new user and network namespaces
-// created by this (possibly unprivileged) process, as attach-client.
-func newNS() error {
+// newNSMode re-executes the test binary as mode in new user and network
+// namespaces made by this (possibly unprivileged) process.
+func newNSMode(mode string) error {
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = append(os.Environ(), helperEnv+"=attach-client")
+	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
@@ -281,7 +292,7 @@ func newNS() error {
 		Pdeathsig:   syscall.SIGKILL,
 	}
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("attach-client: %w", err)
+		return fmt.Errorf("%s: %w", mode, err)
 	}
 	os.Exit(0)
 	return nil

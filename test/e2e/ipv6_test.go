@@ -19,15 +19,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/rootlessnet/rootlessnet/test/world"
@@ -46,19 +43,15 @@ func init() {
 	// v6-suite ECHO UDPECHO LOECHOPORT LOUDPPORT: every outbound check
 	// over IPv6, in one container.
 	extraHelpers["v6-suite"] = v6Suite
-	// ping6 ADDR: an ICMPv6 echo round trip through a raw socket.
-	extraHelpers["ping6"] = func(args []string) error { return ping6(args[0]) }
-	// dns6 SERVER: AAAA example.test. over UDP and TCP.
-	extraHelpers["dns6"] = func(args []string) error { return dnsAAAA(args[0]) }
-	// v6-whoami-server: serve [::]:8080 (both families) with the peer's
-	// address until stdin's EOF.
-	extraHelpers["v6-whoami-server"] = func([]string) error { return v6WhoamiServer() }
 	// newns6 ECHO: new user+net namespaces running slaac-client.
 	extraHelpers["newns6"] = func(args []string) error { return newNSMode("slaac-client") }
 	// slaac-client ECHO: print PID, bring tap0 up unconfigured, wait for
 	// a SLAAC address and a default route from router advertisements,
 	// then a TCP round trip to ECHO.
 	extraHelpers["slaac-client"] = slaacClient
+	// slaac-only ECHO: as slaac-client, in a namespace someone else
+	// (rootlesskit) set up.
+	extraHelpers["slaac-only"] = func(args []string) error { return slaacRoundTrip(args[0], 30*time.Second) }
 }
 
 // v6Env is an env with the servers of the IPv6 tests.
@@ -113,14 +106,14 @@ func newV6Env(t *testing.T, e *env) *v6Env {
 func TestIPv6PingNoForgedRepliesAndNoRoute(t *testing.T) {
 	e := newEnv(t, world.Nobody)
 	// A dead address on the world's link: no reply may come back.
-	if r := e.run([]string{"-6"}, "ping6", "2001:db8::99"); r.status == 0 {
+	if r := e.run([]string{"-6"}, "ping", "2001:db8::99"); r.status == 0 {
 		t.Fatalf("ping to a dead IPv6 address got a reply:\n%s", r.stdout)
 	}
 	// Without ping sockets: no reply from a live address either.
 	if err := e.w.SetPingGroupRange(1, 0); err != nil {
 		t.Fatal(err)
 	}
-	if r := e.run([]string{"-6"}, "ping6", world.UplinkV6); r.status == 0 {
+	if r := e.run([]string{"-6"}, "ping", world.UplinkV6); r.status == 0 {
 		t.Fatalf("ping6 with ping sockets disabled got a reply:\n%s", r.stdout)
 	}
 	// The host has no IPv6 route: refusals arrive at once, no hang.
@@ -149,7 +142,7 @@ func TestIPv6Publish(t *testing.T) {
 		any := e.slirpFreePort(t, "[::]")
 		v4 := e.slirpFreePort(t, "0.0.0.0")
 		sock := filepath.Join(e.scratch, "api.sock")
-		p, in := e.v6RunServer(t, ctx, "-6", "-a", sock,
+		p, in := e.slirpRunServer(t, ctx, "-6", "-a", sock,
 			"-p", fmt.Sprintf("[::1]:%d:8080", lo),
 			"-p", fmt.Sprintf("[::]:%d:8080", any),
 			"-p", fmt.Sprintf("%d:8080", v4),
@@ -215,31 +208,12 @@ func TestIPv6Publish(t *testing.T) {
 	})
 }
 
-// v6RunServer is slirpRunServer with the v6-whoami-server helper.
-func (e *env) v6RunServer(t *testing.T, ctx context.Context, flags ...string) (*slirpProc, io.WriteCloser) {
-	t.Helper()
-	full := append([]string{"run", "--resolv-conf", e.w.ResolvConf()}, flags...)
-	full = append(full, "--", e.helper)
-	cmd := e.command(ctx, full...)
-	cmd.Env = append(cmd.Env, helperEnv+"=v6-whoami-server")
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := e.slirpStart(t, cmd)
-	t.Cleanup(func() { in.Close() })
-	if !p.stdout.waitFor("READY", p, 30*time.Second) {
-		t.Fatalf("the container server never got ready\n%s", p.output())
-	}
-	return p, in
-}
-
 func TestIPv6GuestAddressWithoutIPv6(t *testing.T) {
 	e := newEnv(t, nil)
 	sock := filepath.Join(e.scratch, "api.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p, in := e.v6RunServer(t, ctx, "-a", sock)
+	p, in := e.slirpRunServer(t, ctx, "-a", sock)
 	port := e.slirpFreePort(t, "[::1]")
 	req := fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"::1","host_port":%d,"guest_addr":%q,"guest_port":8080}}`, port, guest6)
 	m, raw, err := slirpAPICall(sock, req)
@@ -299,6 +273,27 @@ func TestIPv6SLAAC(t *testing.T) {
 	})
 }
 
+func TestIPv6Rootlesskit(t *testing.T) {
+	if _, err := exec.LookPath("rootlesskit"); err != nil {
+		t.Skip("rootlesskit is not installed")
+	}
+	// rootlesskit --ipv6 passes -6 and configures only IPv4 itself: the
+	// container autoconfigures from rootlessnet's router advertisements.
+	e := newEnv(t, world.Nobody)
+	echo := e.w.TCPEcho(t, "[2001:db8::1]:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	p := e.slirpStart(t, e.slirpRootlesskit(ctx, "rk6", []string{"--ipv6"}, "slaac-only", echo.String()))
+	status, ok := p.wait(60 * time.Second)
+	if !ok {
+		t.Fatalf("rootlesskit did not exit\n%s", p.output())
+	}
+	if status != 0 || !strings.Contains(p.stdout.String(), "OK") {
+		t.Fatalf("rootlesskit --ipv6 exited %d\n%s", status, p.output())
+	}
+	t.Logf("%s", strings.TrimSpace(p.stdout.String()))
+}
+
 // ---------------------------------------------------------------------
 // Container side.
 
@@ -320,19 +315,19 @@ func v6Suite(args []string) error {
 		{"tcp to the host's ::1", func() error { return tcpHalfClose(fmt.Sprintf("[%s]:%s", gateway6, loTCP)) }},
 		{"udp to the host's ::1", func() error { return udpEcho(fmt.Sprintf("[%s]:%s", gateway6, loUDP)) }},
 		{"dns port 80 refused", func() error { return tcpRefused(fmt.Sprintf("[%s]:80", dns6)) }},
-		{"dns", func() error { return dnsAAAA(fmt.Sprintf("[%s]:53", dns6)) }},
-		{"ping the gateway", func() error { return ping6(gateway6) }},
-		{"ping the dns address", func() error { return ping6(dns6) }},
-		{"ping the world", func() error { return ping6(world.UplinkV6) }},
-		{"ping the gateway's link-local address", func() error { return ping6(gatewayLinkLocal + "%tap0") }},
+		{"dns", func() error { return dnsQuery(fmt.Sprintf("[%s]:53", dns6), world.DNSName, dns.TypeAAAA) }},
+		{"ping the gateway", func() error { return ping(gateway6) }},
+		{"ping the dns address", func() error { return ping(dns6) }},
+		{"ping the world", func() error { return ping(world.UplinkV6) }},
+		{"ping the gateway's link-local address", func() error { return ping(gatewayLinkLocal + "%tap0") }},
 		{"no forged reply from another link-local address", func() error {
-			if ping6("fe80::1%tap0") == nil {
+			if ping("fe80::1%tap0") == nil {
 				return errors.New("fe80::1 answered: the reply was forged")
 			}
 			return nil
 		}},
 		{"no forged reply from a dead address", func() error {
-			if ping6("2001:db8::99") == nil {
+			if ping("2001:db8::99") == nil {
 				return errors.New("2001:db8::99 answered: the reply was forged")
 			}
 			return nil
@@ -385,144 +380,15 @@ func waitAddrsSettled(link string, timeout time.Duration) error {
 	}
 }
 
-// ping6 sends ICMPv6 echo through a raw socket and waits for the matching
-// reply from addr.
-func ping6(addr string) error {
-	dst := netip.MustParseAddr(addr)
-	c, err := icmp.ListenPacket("ip6:ipv6-icmp", "::")
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	id := os.Getpid() & 0xffff
-	for seq := 1; seq <= 3; seq++ {
-		m := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("rootlessnet6")}}
-		b, _ := m.Marshal(nil) // the kernel fills in the ICMPv6 checksum
-		if _, err := c.WriteTo(b, &net.IPAddr{IP: dst.AsSlice(), Zone: dst.Zone()}); err != nil {
-			return err
-		}
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		buf := make([]byte, 1500)
-		for {
-			n, peer, err := c.ReadFrom(buf)
-			if err != nil {
-				break
-			}
-			rm, err := icmp.ParseMessage(58, buf[:n])
-			if err != nil || rm.Type != ipv6.ICMPTypeEchoReply {
-				continue
-			}
-			e := rm.Body.(*icmp.Echo)
-			if e.ID == id && e.Seq == seq && string(e.Data) == "rootlessnet6" && peer.(*net.IPAddr).IP.Equal(dst.AsSlice()) {
-				return nil
-			}
-		}
-	}
-	return errors.New("no echo reply")
-}
-
-// dnsAAAA asks server for AAAA example.test. over UDP and TCP.
-func dnsAAAA(server string) error {
-	for _, network := range []string{"udp", "tcp"} {
-		cl := &dns.Client{Net: network, Timeout: 5 * time.Second}
-		q := new(dns.Msg)
-		q.SetQuestion(world.DNSName, dns.TypeAAAA)
-		r, _, err := cl.Exchange(q, server)
-		if err != nil {
-			return fmt.Errorf("%s: %w", network, err)
-		}
-		var parts []string
-		for _, rr := range r.Answer {
-			if a, ok := rr.(*dns.AAAA); ok {
-				parts = append(parts, "AAAA="+a.AAAA.String())
-			}
-		}
-		fmt.Printf("%s rcode=%s %s\n", network, dns.RcodeToString[r.Rcode], strings.Join(parts, " "))
-	}
-	return nil
-}
-
-func v6WhoamiServer() error {
-	l, err := net.Listen("tcp", ":8080")
-	if err != nil {
-		return err
-	}
-	// UDP on 8081 answers each datagram with its sender's address.
-	pc, err := net.ListenPacket("udp", ":8081")
-	if err != nil {
-		l.Close()
-		return err
-	}
-	defer pc.Close()
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo([]byte(from.String()), from)
-		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				slirpServeWhoami(c)
-			}()
-		}
-	}()
-	fmt.Println("READY")
-	eof := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(io.Discard, os.Stdin)
-		eof <- err
-	}()
-	var res error
-	select {
-	case err := <-eof:
-		res = err
-	case <-time.After(90 * time.Second):
-		res = errors.New("stdin never reached EOF")
-	}
-	l.Close()
-	pc.Close()
-	wg.Wait()
-	return res
-}
-
-// newNSMode re-executes the test binary as mode in new user and network
-// namespaces made by this (possibly unprivileged) process.
-func newNSMode(mode string) error {
-	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-		Pdeathsig:   syscall.SIGKILL,
-	}
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w", mode, err)
-	}
-	os.Exit(0)
-	return nil
-}
-
 func slaacClient(args []string) error {
 	fmt.Printf("PID %d\n", os.Getpid())
-	deadline := time.Now().Add(30 * time.Second)
+	return slaacRoundTrip(args[0], 30*time.Second)
+}
+
+// slaacRoundTrip brings lo and tap0 up, waits for an autoconfigured
+// address in fd00::/64 and a default route, then echoes through echo.
+func slaacRoundTrip(echo string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	var tap netlink.Link
 	for {
 		var err error
@@ -579,5 +445,5 @@ func slaacClient(args []string) error {
 		return err
 	}
 	fmt.Printf("address %s via %s\n", got, gw)
-	return tcpHalfClose(args[0])
+	return tcpHalfClose(echo)
 }

@@ -12,9 +12,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -90,13 +88,20 @@ func slirpServeWhoami(c net.Conn) error {
 	return err
 }
 
+// slirpWhoamiUntilEOF serves the peer's address on TCP :8080 and UDP
+// :8081, both families, until stdin's EOF (at most 90 s).
 func slirpWhoamiUntilEOF() error {
-	l, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", slirpGuestPort))
+	l, err := net.Listen("tcp", fmt.Sprintf(":%d", slirpGuestPort))
 	if err != nil {
 		return err
 	}
+	pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", slirpGuestPort+1))
+	if err != nil {
+		l.Close()
+		return err
+	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		for {
@@ -109,6 +114,17 @@ func slirpWhoamiUntilEOF() error {
 				defer wg.Done()
 				slirpServeWhoami(c)
 			}()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte(from.String()), from)
 		}
 	}()
 	fmt.Println("READY")
@@ -125,27 +141,12 @@ func slirpWhoamiUntilEOF() error {
 		res = errors.New("stdin never reached EOF")
 	}
 	l.Close()
+	pc.Close()
 	wg.Wait()
 	return res
 }
 
-func slirpNewNS([]string) error {
-	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = append(os.Environ(), helperEnv+"=slirp-container")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-		Pdeathsig:   syscall.SIGKILL,
-	}
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("slirp-container: %w", err)
-	}
-	// The inner helper printed OK already.
-	os.Exit(0)
-	return nil
-}
+func slirpNewNS([]string) error { return newNSMode("slirp-container") }
 
 func slirpContainer([]string) error {
 	fmt.Printf("PID %d\n", os.Getpid())
