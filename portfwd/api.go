@@ -47,12 +47,13 @@ const (
 	// maxSunPath is the longest path a sockaddr_un holds (108 bytes with NUL).
 	maxSunPath = 107
 	// maxWaiting bounds the connections whose handler waits on the client
-	// (for its request, or for its EOF after the reply). At the bound the
-	// oldest is dropped for the newcomer, so a client that connects and
-	// sends nothing, or opens connections in a loop, holds at most this many
-	// goroutines and fds and cannot starve one that sends its request
-	// promptly. podman and rootlesskit send one request per connection,
-	// one or a few at a time.
+	// (for its request, or for its EOF after the reply). At the bound one
+	// is dropped for the newcomer: the oldest of the process holding the
+	// most (SO_PEERCRED), so a client that connects and sends nothing, or
+	// opens connections in a loop, holds at most this many goroutines and
+	// fds and only ever drops its own, never another process's request.
+	// podman and rootlesskit send one request per connection, one or a few
+	// at a time.
 	maxWaiting = 64
 )
 
@@ -71,36 +72,80 @@ type APIServer struct {
 	closed   bool
 	wg       sync.WaitGroup // one per connection handler
 	waiting  list.List      // of *apiWaiter, oldest first
+	perPeer  map[int32]int  // waiters by client pid
 	shedding bool           // dropping waiters since the bound was hit
 	shed     int            // waiters dropped in this episode
+	dropped  int            // waiters dropped in all
 }
 
 // apiWaiter is a connection whose handler waits on the client.
 type apiWaiter struct {
 	c       *net.UnixConn
+	pid     int32 // the client's, 0 if unknown
 	dropped atomic.Bool
 	e       *list.Element
 }
 
-// wait registers c as waiting on its client, dropping the oldest waiter
-// if there are maxWaiting already. c's deadline must be set before: the
-// drop works by moving it to the past.
-func (s *APIServer) wait(c *net.UnixConn) *apiWaiter {
-	w := &apiWaiter{c: c}
+// peerPID returns the pid of c's client (0 when it is not known, e.g. in
+// another pid namespace).
+func peerPID(c *net.UnixConn) int32 {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var pid int32
+	rc.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = cred.Pid
+		}
+	})
+	return pid
+}
+
+// wait registers c, whose client is pid, as waiting on its client. With
+// maxWaiting waiters already, it drops the oldest waiter of the client
+// holding the most. c's deadline must be set before: the drop works by
+// moving it to the past.
+func (s *APIServer) wait(c *net.UnixConn, pid int32) *apiWaiter {
+	w := &apiWaiter{c: c, pid: pid}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.perPeer == nil {
+		s.perPeer = map[int32]int{}
+	}
 	if s.waiting.Len() >= maxWaiting {
-		old := s.waiting.Remove(s.waiting.Front()).(*apiWaiter)
-		old.dropped.Store(true)
-		old.c.SetDeadline(time.Unix(1, 0)) // wakes its read now
+		s.perPeer[pid]++ // the newcomer competes too
+		most := 0
+		for _, n := range s.perPeer {
+			most = max(most, n)
+		}
+		s.perPeer[pid]--
+		for e := s.waiting.Front(); e != nil; e = e.Next() {
+			if old := e.Value.(*apiWaiter); s.perPeer[old.pid] == most || (old.pid == pid && s.perPeer[pid]+1 == most) {
+				s.drop(old)
+				break
+			}
+		}
 		if !s.shedding {
 			s.shedding = true
-			s.log.Warn("api socket: too many clients waited on; dropping the oldest", "max", maxWaiting)
+			s.log.Warn("api socket: too many clients waited on; dropping the oldest of the busiest client", "max", maxWaiting, "client_pid", pid)
 		}
 		s.shed++
 	}
 	w.e = s.waiting.PushBack(w)
+	s.perPeer[pid]++
 	return w
+}
+
+// drop unregisters w and wakes its handler. s.mu held.
+func (s *APIServer) drop(w *apiWaiter) {
+	s.waiting.Remove(w.e)
+	if s.perPeer[w.pid]--; s.perPeer[w.pid] == 0 {
+		delete(s.perPeer, w.pid)
+	}
+	w.dropped.Store(true)
+	w.c.SetDeadline(time.Unix(1, 0)) // its read returns now
+	s.dropped++
 }
 
 // done unregisters w; the episode of drops ends when half the slots are
@@ -108,7 +153,12 @@ func (s *APIServer) wait(c *net.UnixConn) *apiWaiter {
 func (s *APIServer) done(w *apiWaiter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.waiting.Remove(w.e) // no-op if dropped
+	if !w.dropped.Load() {
+		s.waiting.Remove(w.e)
+		if s.perPeer[w.pid]--; s.perPeer[w.pid] == 0 {
+			delete(s.perPeer, w.pid)
+		}
+	}
 	if s.shedding && s.waiting.Len() <= maxWaiting/2 {
 		s.log.Info("api socket: clients no longer dropped", "dropped", s.shed)
 		s.shedding, s.shed = false, 0
@@ -352,7 +402,8 @@ func (s *APIServer) handle(c *net.UnixConn) {
 	c.SetDeadline(deadline)
 
 	var reply []byte
-	w := s.wait(c)
+	pid := peerPID(c)
+	w := s.wait(c, pid)
 	req, err := readRequest(c)
 	s.done(w)
 	switch {
@@ -378,7 +429,7 @@ func (s *APIServer) handle(c *net.UnixConn) {
 	// meet unread data: on Linux that makes the peer's next read fail with
 	// ECONNRESET instead of EOF, and a ReadAll client would lose the reply.
 	c.CloseWrite()
-	w = s.wait(c)
+	w = s.wait(c, pid)
 	io.Copy(io.Discard, io.LimitReader(c, maxDrain))
 	s.done(w)
 }

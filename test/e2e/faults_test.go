@@ -44,6 +44,13 @@ func init() {
 	// fault-peer-reset ADDR: stream to ADDR, whose server resets after a
 	// while: the stream must fail with a reset, promptly.
 	extraHelpers["fault-peer-reset"] = faultPeerReset
+	// api-flood SOCK: flood the API socket (see apiFlood) until stdin's EOF.
+	extraHelpers["api-flood"] = func(args []string) error {
+		stop := make(chan struct{})
+		go func() { io.Copy(io.Discard, os.Stdin); close(stop) }()
+		apiFlood(args[0], stop)
+		return nil
+	}
 }
 
 // ---------------------------------------------------------------------
@@ -563,7 +570,8 @@ func TestFaultDNSSilentUpstream(t *testing.T) {
 }
 
 // apiFlood opens silent connections and oversized requests to the API
-// socket until stop is closed; it returns when all are closed.
+// socket, about a thousand a second, until stop is closed; it returns when
+// all are closed.
 func apiFlood(sock string, stop <-chan struct{}) {
 	var conns []net.Conn
 	defer func() { closeAll(conns) }()
@@ -584,6 +592,7 @@ func apiFlood(sock string, stop <-chan struct{}) {
 			continue
 		}
 		c.SetDeadline(time.Now().Add(time.Minute))
+		time.Sleep(time.Millisecond)
 		if i%3 == 0 {
 			c.Write(big)
 		}
@@ -591,8 +600,9 @@ func apiFlood(sock string, stop <-chan struct{}) {
 	}
 }
 
-// TestFaultAPIAndSignals: in the attach form with an API socket, a client
-// flooding the socket or holding connections does not block another; SIGTERM
+// TestFaultAPIAndSignals: in the attach form with an API socket, a process
+// flooding the socket and holding connections does not block another's
+// requests; SIGTERM
 // exits 0 and removes the socket; after a SIGKILL, which leaves the socket
 // file behind, a new instance starts on the same path.
 func TestFaultAPIAndSignals(t *testing.T) {
@@ -640,10 +650,17 @@ func TestFaultAPIAndSignals(t *testing.T) {
 	if !cp.stdout.waitFor("READY", cp, 20*time.Second) {
 		t.Fatalf("the container never saw tap0 configured\n%s\n%s", cp.output(), p1.output())
 	}
-	stop := make(chan struct{})
-	flooded := make(chan struct{})
-	go func() { defer close(flooded); apiFlood(sock, stop) }()
-	time.Sleep(500 * time.Millisecond) // the flood is on
+	flood := exec.CommandContext(ctx, e.helper)
+	flood.Env = []string{helperEnv + "=api-flood", "RLN_ARGS=" + sock}
+	floodIn, err := flood.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := flood.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { floodIn.Close(); flood.Wait() })
+	time.Sleep(time.Second) // the flood is on
 	for i := range 5 {
 		t0 := time.Now()
 		if _, _, err := slirpAPICall(sock, `{"execute":"list_hostfwd"}`); err != nil {
@@ -654,8 +671,13 @@ func TestFaultAPIAndSignals(t *testing.T) {
 		}
 	}
 	whoami(p1)
-	close(stop)
-	<-flooded
+	floodIn.Close()
+	if err := flood.Wait(); err != nil {
+		t.Errorf("flooder: %v", err)
+	}
+	if !strings.Contains(p1.stderr.String(), "dropping the oldest of the busiest client") {
+		t.Errorf("the flood never reached the bound of waited-on connections\n%s", p1.output())
+	}
 
 	// SIGTERM: status 0, socket removed.
 	p1.cmd.Process.Signal(syscall.SIGTERM)
