@@ -9,9 +9,12 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/rootlessnet/rootlessnet/relay"
 )
 
 // DNS forwarding relays the query bytes to the upstreams and the answer
@@ -26,21 +29,21 @@ const (
 
 // serveDNS answers the queries of one container UDP flow to the DNS
 // address until it is idle.
-func (f *Forwarder) serveDNS(guest *gonet.UDPConn) {
+func (f *Forwarder) serveDNS(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter.Queue) {
 	defer guest.Close()
 	stop := context.AfterFunc(f.ctx, func() { guest.Close() })
 	defer stop()
-	buf := make([]byte, maxDNSMessage)
 	for {
-		guest.SetReadDeadline(time.Now().Add(dnsFlowIdle))
-		n, err := guest.Read(buf)
+		// No buffer held while idle (a resolver makes a flow per query).
+		bp, n, err := relay.ReadGuest(guest, ep, wq, time.Now().Add(dnsFlowIdle))
 		if err != nil {
 			return
 		}
+		query := append([]byte(nil), (*bp)[:n]...)
+		relay.PutDatagram(bp)
 		if n < 12 { // shorter than a DNS header: nothing to answer
 			continue
 		}
-		query := append([]byte(nil), buf[:n]...)
 		select {
 		case f.dnsSlots <- struct{}{}:
 		default:

@@ -62,7 +62,7 @@ func (f *Forwarder) HandleUDP(r *udp.ForwarderRequest) bool {
 	guest := gonet.NewUDPConn(&wq, ep)
 	var started bool
 	if verdict == DNS {
-		started = f.goFlow(func() { defer f.endFlow(); f.serveDNS(guest) })
+		started = f.goFlow(func() { defer f.endFlow(); f.serveDNS(guest, ep, &wq) })
 	} else {
 		started = f.goFlow(func() { defer f.endFlow(); f.relayUDP(guest, ep, &wq, host.(*net.UDPConn), src, dst) })
 	}
@@ -111,10 +111,13 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		return
 	}
 	defer stopToHost()
-	buf := make([]byte, maxDatagram)
 	for {
-		host.SetReadDeadline(time.Now().Add(idle))
-		n, err := host.Read(buf)
+		// Due when the flow will have been idle for idle, counting
+		// the other direction's datagrams too (not idle after the last
+		// host datagram: that kept flows up to twice as long).
+		host.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
+		// No buffer held while idle: most flows are, most of the time.
+		bp, n, err := relay.ReadHost(host)
 		if err != nil {
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				// The host got ICMP port unreachable: tell the
@@ -128,7 +131,8 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 			break
 		}
 		touch()
-		guest.Write(buf[:n])
+		guest.Write((*bp)[:n])
+		relay.PutDatagram(bp)
 	}
 	stopToHost()
 }
