@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 )
 
 // Hidden debugging aid, documented in docs/benchmarks.md: with
@@ -13,9 +14,12 @@ import (
 // writes the heap profile (allocs included: go tool pprof -sample_index=
 // alloc_space) at the same moment. Environment variables rather than
 // flags, so that the slirp4netns command line stays untouched.
+// RLN_TRACE=path writes a runtime execution trace (go tool trace,
+// -pprof=sched for scheduling delays).
 const (
 	cpuProfileEnv = "RLN_CPUPROFILE"
 	memProfileEnv = "RLN_MEMPROFILE"
+	traceEnv      = "RLN_TRACE"
 )
 
 // startProfiles starts what the environment asks for and returns the
@@ -31,6 +35,17 @@ func startProfiles() func() {
 			fmt.Fprintf(os.Stderr, "rootlessnet: %s: %v\n", cpuProfileEnv, err)
 		} else {
 			stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
+	if path := os.Getenv(traceEnv); path != "" {
+		f, err := os.Create(path)
+		if err == nil {
+			err = trace.Start(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "rootlessnet: %s: %v\n", traceEnv, err)
+		} else {
+			stops = append(stops, func() { trace.Stop(); f.Close() })
 		}
 	}
 	if path := os.Getenv(memProfileEnv); path != "" {
