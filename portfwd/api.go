@@ -406,6 +406,12 @@ func (s *APIServer) handle(c *net.UnixConn) {
 	w := s.wait(c, pid)
 	req, err := readRequest(c)
 	s.done(w)
+	if w.dropped.Load() && (err == nil || errors.Is(err, errTooLarge) || errors.Is(err, errParse)) {
+		// Dropped after the request was read in full: answer it all the
+		// same (no more drops can reach w after done).
+		c.SetDeadline(deadline)
+		w.dropped.Store(false)
+	}
 	switch {
 	case errors.Is(err, errTooLarge), errors.Is(err, errParse):
 		s.log.Warn("api request refused", "err", err)
