@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -54,11 +55,19 @@ func Configure(cfg Config) error {
 			return fmt.Errorf("setting MAC %s on %s: %w", cfg.MAC, cfg.Name, err)
 		}
 	}
+	optimistic := false
+	if cfg.Address6.IsValid() {
+		optimistic = enableOptimisticDAD(cfg.Name)
+	}
 	for _, a := range []netip.Prefix{cfg.Address, cfg.Address6} {
 		if !a.IsValid() {
 			continue
 		}
-		if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(a)}); err != nil {
+		addr := &netlink.Addr{IPNet: prefixToIPNet(a)}
+		if a.Addr().Is6() && optimistic {
+			addr.Flags = unix.IFA_F_OPTIMISTIC
+		}
+		if err := netlink.AddrReplace(link, addr); err != nil {
 			return fmt.Errorf("adding %s to %s: %w", a, cfg.Name, err)
 		}
 	}
@@ -78,12 +87,26 @@ func Configure(cfg Config) error {
 		}
 	}
 	if cfg.Address6.IsValid() {
-		// The address runs duplicate address detection like any other,
-		// and is unusable (tentative) until it succeeds: a command started
-		// before that could not connect over IPv6.
+		// The address runs duplicate address detection like any other.
+		// A tentative address is unusable, so a command started before
+		// DAD ends (up to 2 s) could not connect over IPv6; an optimistic
+		// one (RFC 4429) is usable at once while DAD goes on.
 		return waitDAD(link, cfg.Address6.Addr())
 	}
 	return nil
+}
+
+// enableOptimisticDAD lets the interface's IPv6 addresses be used while
+// duplicate address detection runs; false if the kernel refused.
+// /proc/sys/net shows the network namespace of the calling thread, which
+// here is the container's.
+func enableOptimisticDAD(name string) bool {
+	for _, knob := range []string{"optimistic_dad", "use_optimistic"} {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/"+knob, []byte("1"), 0); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // waitDAD waits until addr on link is no longer tentative.
@@ -100,6 +123,8 @@ func waitDAD(link netlink.Link, addr netip.Addr) error {
 				switch {
 				case a.Flags&unix.IFA_F_DADFAILED != 0:
 					return fmt.Errorf("%s on %s: duplicate address detection failed: another host on the link claims it", addr, link.Attrs().Name)
+				case a.Flags&unix.IFA_F_OPTIMISTIC != 0:
+					return nil
 				case a.Flags&unix.IFA_F_TENTATIVE != 0:
 					state = "tentative"
 				default:

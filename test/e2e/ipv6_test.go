@@ -299,8 +299,13 @@ func TestIPv6Rootlesskit(t *testing.T) {
 
 func v6Suite(args []string) error {
 	echo, udpAddr, loTCP, loUDP := args[0], args[1], args[2], args[3]
+	// The address is usable at once (optimistic DAD): the command may
+	// connect before duplicate address detection ends.
+	if err := tcpHalfClose(echo); err != nil {
+		return fmt.Errorf("tcp at start: %w", err)
+	}
 	// Duplicate address detection ran and succeeded on every address,
-	// the link-local one included (it may still be running).
+	// the link-local one included.
 	if err := waitAddrsSettled("tap0", 5*time.Second); err != nil {
 		return err
 	}
