@@ -272,10 +272,19 @@ func Started() (bool, error) {
 	return true, nil
 }
 
+// errRefused marks a Started error where the kernel refused the
+// namespaces: the process is unchanged and may go on unconfined.
+var errRefused = errors.New("refused")
+
+// Refused reports whether err, from Started, means that the kernel refused
+// to create the namespaces, leaving the process as it was. Any other
+// failure leaves it half-way (say, in a user namespace without a mapping).
+func Refused(err error) bool { return errors.Is(err, errRefused) }
+
 // explainUnshare names the likely cause of a refused unshare.
 func explainUnshare(err error) error {
-	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) {
-		return fmt.Errorf("%w: the kernel refuses new user or mount namespaces here (kernel.unprivileged_userns_clone, user.max_user_namespaces, AppArmor's apparmor_restrict_unprivileged_userns, or a seccomp policy around rootlessnet); run without --enable-sandbox or allow them", err)
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("%w: the kernel %w new user or mount namespaces here (kernel.unprivileged_userns_clone, user.max_user_namespaces, AppArmor's apparmor_restrict_unprivileged_userns, or a seccomp policy around rootlessnet); run without --enable-sandbox or allow them", err, errRefused)
 	}
 	return err
 }

@@ -61,7 +61,7 @@ func sandboxStart(fs *pflag.FlagSet, so *sandboxOptions, log *slog.Logger) error
 		return nil
 	}
 	if err != nil {
-		if so.explicit {
+		if so.explicit || !sandbox.Refused(err) {
 			return err
 		}
 		log.Warn("running without the sandbox", "err", err)
