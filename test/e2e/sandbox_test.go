@@ -19,6 +19,7 @@ import (
 	"time"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/rootlessnet/rootlessnet/test/world"
 )
@@ -319,3 +320,83 @@ func TestSandboxRefused(t *testing.T) {
 		}
 	})
 }
+
+// TestSandboxNetnsPathGone: podman's form, a bind-mounted namespace file
+// (--netns-type=path). Once podman unmounts and removes it, the confined
+// process, which only sees it through a descriptor of its directory, exits.
+func TestSandboxNetnsPathGone(t *testing.T) {
+	e := newEnv(t, nil) // bind-mounting the namespace file takes root
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ctr := e.command(ctx)
+	ctr.Path, ctr.Args = e.helper, []string{e.helper}
+	ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
+	ctrIn, err := ctr.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := e.slirpStart(t, ctr)
+	t.Cleanup(func() { ctrIn.Close() })
+	if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
+		t.Fatalf("no PID from the container\n%s", cp.output())
+	}
+	var pid int
+	if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
+		t.Fatalf("container said %q: %v", cp.stdout.String(), err)
+	}
+	nsFile := filepath.Join(e.scratch, "netns")
+	if err := os.WriteFile(nsFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/net", pid), nsFile, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind-mounting the namespace: %v", err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			unix.Unmount(nsFile, unix.MNT_DETACH)
+		}
+	})
+
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer readyR.Close()
+	rn := e.command(ctx, "--resolv-conf", e.w.ResolvConf(), "-r", "3", "-c", "--enable-sandbox", "--enable-seccomp",
+		"--netns-type=path", nsFile, "tap0")
+	rn.ExtraFiles = []*os.File{readyW}
+	rp := e.slirpStart(t, rn)
+	readyW.Close()
+	readyR.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if b, err := io.ReadAll(readyR); err != nil || string(b) != "1" {
+		t.Fatalf("ready fd gave %q, %v\n%s", b, err, rp.output())
+	}
+	checkConfinement(t, rn.Process.Pid, true, true)
+	if !cp.stdout.waitFor("READY", cp, 20*time.Second) {
+		t.Fatalf("the container never saw tap0 configured\n%s", rp.output())
+	}
+	// Still there: rootlessnet keeps serving.
+	time.Sleep(3 * nsPollIntervalForTests)
+	if rp.exited() {
+		t.Fatalf("rootlessnet exited while the namespace file was there\n%s", rp.output())
+	}
+	// What podman does on teardown; the container itself lives on.
+	if err := unix.Unmount(nsFile, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	if err := os.Remove(nsFile); err != nil {
+		t.Fatal(err)
+	}
+	status, ok := rp.wait(5 * time.Second)
+	if !ok {
+		t.Fatalf("rootlessnet still runs 5 s after the namespace file went\n%s", rp.output())
+	}
+	if status != 0 || !strings.Contains(rp.stderr.String(), "the namespace is gone") {
+		t.Errorf("rootlessnet exited %d, want 0 after saying the namespace is gone\n%s", status, rp.output())
+	}
+}
+
+// nsPollIntervalForTests is rootlessnet's namespace polling interval.
+const nsPollIntervalForTests = 200 * time.Millisecond
