@@ -7,9 +7,9 @@ import (
 
 func TestPolicyTranslate(t *testing.T) {
 	base := Policy{
-		Gateway: netip.MustParseAddr("10.0.2.2"),
-		DNS:     netip.MustParseAddr("10.0.2.3"),
-		Network: netip.MustParsePrefix("10.0.2.0/24"),
+		Gateway:  netip.MustParseAddr("10.0.2.2"),
+		DNS:      netip.MustParseAddr("10.0.2.3"),
+		Network:  netip.MustParsePrefix("10.0.2.0/24"),
 		Gateway6: netip.MustParseAddr("fd00::2"),
 		DNS6:     netip.MustParseAddr("fd00::3"),
 	}
