@@ -18,6 +18,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/rootlessnet/rootlessnet/forwarder"
 	"github.com/rootlessnet/rootlessnet/stack"
@@ -63,6 +64,9 @@ type Network struct {
 	solicited chan struct{}
 	raStop    chan struct{}
 	raDone    chan struct{}
+	// trimStop ends the idle memory trimmer (memtrim.go).
+	trimStop chan struct{}
+	trimDone chan struct{}
 }
 
 // New starts the data path on cfg.Tap.
@@ -157,11 +161,16 @@ func New(cfg Config) (*Network, error) {
 		return nil, err
 	}
 	n.Stack = s
+	link.SetSYNBusy(func(id gstack.TransportEndpointID, proto tcpip.NetworkProtocolNumber) bool {
+		return s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, stack.NICID) != nil
+	})
 	n.Forwarder.Attach(s)
 	if n.solicited != nil {
 		n.raStop, n.raDone = make(chan struct{}), make(chan struct{})
 		go n.advertise()
 	}
+	n.trimStop, n.trimDone = make(chan struct{}), make(chan struct{})
+	go trimIdle(n.trimStop, n.trimDone)
 	return n, nil
 }
 
@@ -209,6 +218,8 @@ func (n *Network) Close() {
 			close(n.raStop)
 			<-n.raDone
 		}
+		close(n.trimStop)
+		<-n.trimDone
 		n.Link.Close()
 		n.Forwarder.Close()
 		n.Stack.Close()

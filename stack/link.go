@@ -50,6 +50,9 @@ type TapEndpoint struct {
 	// TCP goes both ways as 64 KiB super-frames.
 	vnet   bool
 	closed atomic.Bool
+	// synBusy and synHeld: see synhold.go.
+	synBusy atomic.Pointer[SYNBusy]
+	synHeld atomic.Int32
 
 	// txq carries outbound packets to the writer goroutine, so that no
 	// stack goroutine makes the TAP syscall while it holds an endpoint
@@ -64,6 +67,8 @@ type TapEndpoint struct {
 // LinkStats counts what the endpoint dropped.
 type LinkStats struct {
 	RxFrames, TxFrames, RxDropped, TxErrors atomic.Uint64
+	// SYNHeld counts SYNs held until their 4-tuple was free (synhold.go).
+	SYNHeld atomic.Uint64
 }
 
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
@@ -395,6 +400,14 @@ func (e *TapEndpoint) deliver(frame []byte) {
 	if e.onRouterSolicit != nil && isRouterSolicit(frame) {
 		e.onRouterSolicit()
 	}
+	if e.holdSYN(frame) {
+		return
+	}
+	e.dispatch(frame)
+}
+
+// dispatch hands an Ethernet frame to the stack.
+func (e *TapEndpoint) dispatch(frame []byte) {
 	e.mu.RLock()
 	d := e.dispatcher
 	e.mu.RUnlock()
