@@ -35,25 +35,7 @@ func (f *Forwarder) HandleICMP4(_ stack.TransportEndpointID, pkt *stack.PacketBu
 	if dst == f.cfg.Policy.Gateway || dst == f.cfg.Policy.DNS {
 		return false
 	}
-	if f.cfg.Guest == nil {
-		return true
-	}
-	if v, _ := f.cfg.Policy.Translate(netip.AddrPortFrom(dst, 1)); v != Dial {
-		return true
-	}
-	select {
-	case f.pingSlots <- struct{}{}:
-	default:
-		return true // too many pings in flight: drop, as a lossy path would
-	}
-	ident, seq := ih.Ident(), ih.Sequence()
-	data := pkt.Data().AsRange().ToSlice()
-	if !f.goFlow(func() {
-		defer func() { <-f.pingSlots }()
-		f.ping(src, dst, ident, seq, data)
-	}) {
-		<-f.pingSlots
-	}
+	f.forwardEcho(src, dst, ih.Ident(), ih.Sequence(), pkt.Data().AsRange().ToSlice())
 	return true
 }
 
@@ -77,26 +59,31 @@ func (f *Forwarder) HandleICMP6(_ stack.TransportEndpointID, pkt *stack.PacketBu
 		// Another link-local address: nobody else is on this link.
 		return true
 	}
+	f.forwardEcho(src, dst, ih.Ident(), ih.Sequence(), pkt.Data().AsRange().ToSlice())
+	return true
+}
+
+// forwardEcho pings dst on the container's behalf when the policy lets
+// the container reach it; otherwise, or with too many pings in flight,
+// the echo is dropped, as a lossy path would drop it.
+func (f *Forwarder) forwardEcho(src, dst netip.Addr, ident, seq uint16, data []byte) {
 	if f.cfg.Guest == nil {
-		return true
+		return
 	}
-	if v, _ := p.Translate(netip.AddrPortFrom(dst, 1)); v != Dial {
-		return true
+	if v, _ := f.cfg.Policy.Translate(netip.AddrPortFrom(dst, 1)); v != Dial {
+		return
 	}
 	select {
 	case f.pingSlots <- struct{}{}:
 	default:
-		return true
+		return
 	}
-	ident, seq := ih.Ident(), ih.Sequence()
-	data := pkt.Data().AsRange().ToSlice()
 	if !f.goFlow(func() {
 		defer func() { <-f.pingSlots }()
 		f.ping(src, dst, ident, seq, data)
 	}) {
 		<-f.pingSlots
 	}
-	return true
 }
 
 // ping sends one echo through a ping socket and relays the reply with the

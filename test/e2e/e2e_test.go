@@ -380,6 +380,34 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// nsContainer starts helper mode (newns, newns6) with args: new user and
+// network namespaces made by the env's user. It returns the process, the
+// pid it printed first, the rest of its stdout and its stderr.
+func (e *env) nsContainer(t *testing.T, ctx context.Context, mode string, args ...string) (*exec.Cmd, int, *bufio.Reader, *bytes.Buffer) {
+	t.Helper()
+	ctr := e.command(ctx)
+	ctr.Path, ctr.Args = e.helper, []string{e.helper}
+	ctr.Env = append(ctr.Env, helperEnv+"="+mode, "RLN_ARGS="+strings.Join(args, " "))
+	ctrOut, err := ctr.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrErr := new(bytes.Buffer)
+	ctr.Stderr = ctrErr
+	if err := e.w.Start(ctr); err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(ctrOut)
+	line, _ := rd.ReadString('\n')
+	var pid int
+	if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
+		ctr.Process.Kill()
+		ctr.Wait()
+		t.Fatalf("container said %q: %s", line, ctrErr.String())
+	}
+	return ctr, pid, rd, ctrErr
+}
+
 func TestAttachMode(t *testing.T) {
 	forEachVariant(t, func(t *testing.T, e *env) {
 		echo := e.w.TCPEcho(t, "198.51.100.1:0")
@@ -387,23 +415,7 @@ func TestAttachMode(t *testing.T) {
 		defer cancel()
 		// The container: new user+net namespaces made by the user
 		// itself, waiting for tap0 to be configured.
-		ctr := e.command(ctx)
-		ctr.Path, ctr.Args = e.helper, []string{e.helper}
-		ctr.Env = append(ctr.Env, helperEnv+"=newns", "RLN_ARGS="+echo.String())
-		ctrOut, _ := ctr.StdoutPipe()
-		var ctrErr bytes.Buffer
-		ctr.Stderr = &ctrErr
-		if err := e.w.Start(ctr); err != nil {
-			t.Fatal(err)
-		}
-		rd := bufio.NewReader(ctrOut)
-		line, _ := rd.ReadString('\n')
-		var pid int
-		if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
-			ctr.Process.Kill()
-			ctr.Wait()
-			t.Fatalf("container said %q: %s", line, ctrErr.String())
-		}
+		ctr, pid, rd, ctrErr := e.nsContainer(t, ctx, "newns", echo.String())
 
 		rn := e.command(ctx, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--resolv-conf", e.w.ResolvConf())
 		var rnOut, rnErr bytes.Buffer

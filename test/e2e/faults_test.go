@@ -610,22 +610,7 @@ func TestFaultAPIAndSignals(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	ctr := e.command(ctx)
-	ctr.Path, ctr.Args = e.helper, []string{e.helper}
-	ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
-	ctrIn, err := ctr.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := e.slirpStart(t, ctr)
-	t.Cleanup(func() { ctrIn.Close() })
-	if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
-		t.Fatalf("no PID from the container\n%s", cp.output())
-	}
-	var pid int
-	if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
-		t.Fatalf("container said %q: %v", cp.stdout.String(), err)
-	}
+	pid, cp, ctrIn := e.slirpContainer(t, ctx)
 	sock := filepath.Join(e.scratch, "api.sock")
 	start := func() *slirpProc {
 		rn := e.command(ctx, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--resolv-conf", e.w.ResolvConf(), "-a", sock)

@@ -7,7 +7,6 @@ package e2e
 // address detection that succeeds, and SLAAC from router advertisements.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -238,23 +237,7 @@ func TestIPv6SLAAC(t *testing.T) {
 		echo := e.w.TCPEcho(t, "[2001:db8::1]:0")
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		ctr := e.command(ctx)
-		ctr.Path, ctr.Args = e.helper, []string{e.helper}
-		ctr.Env = append(ctr.Env, helperEnv+"=newns6", "RLN_ARGS="+echo.String())
-		ctrOut, _ := ctr.StdoutPipe()
-		var ctrErr bytes.Buffer
-		ctr.Stderr = &ctrErr
-		if err := e.w.Start(ctr); err != nil {
-			t.Fatal(err)
-		}
-		rd := bufio.NewReader(ctrOut)
-		line, _ := rd.ReadString('\n')
-		var pid int
-		if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
-			ctr.Process.Kill()
-			ctr.Wait()
-			t.Fatalf("container said %q: %s", line, ctrErr.String())
-		}
+		ctr, pid, rd, ctrErr := e.nsContainer(t, ctx, "newns6", echo.String())
 		// Nothing is configured: the container autoconfigures.
 		rn := e.command(ctx, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--configure=false", "-6", "--resolv-conf", e.w.ResolvConf())
 		var rnOut, rnErr bytes.Buffer

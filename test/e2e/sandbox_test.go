@@ -203,22 +203,7 @@ func TestSandboxSlirpForm(t *testing.T) {
 	forEachVariant(t, func(t *testing.T, e *env) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
-		ctr := e.command(ctx)
-		ctr.Path, ctr.Args = e.helper, []string{e.helper}
-		ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
-		ctrIn, err := ctr.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cp := e.slirpStart(t, ctr)
-		t.Cleanup(func() { ctrIn.Close() })
-		if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
-			t.Fatalf("no PID from the container\n%s", cp.output())
-		}
-		var pid int
-		if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
-			t.Fatalf("container said %q: %v", cp.stdout.String(), err)
-		}
+		pid, cp, ctrIn := e.slirpContainer(t, ctx)
 		readyR, readyW, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
@@ -328,22 +313,7 @@ func TestSandboxNetnsPathGone(t *testing.T) {
 	e := newEnv(t, nil) // bind-mounting the namespace file takes root
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	ctr := e.command(ctx)
-	ctr.Path, ctr.Args = e.helper, []string{e.helper}
-	ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
-	ctrIn, err := ctr.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := e.slirpStart(t, ctr)
-	t.Cleanup(func() { ctrIn.Close() })
-	if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
-		t.Fatalf("no PID from the container\n%s", cp.output())
-	}
-	var pid int
-	if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
-		t.Fatalf("container said %q: %v", cp.stdout.String(), err)
-	}
+	pid, cp, _ := e.slirpContainer(t, ctx)
 	nsFile := filepath.Join(e.scratch, "netns")
 	if err := os.WriteFile(nsFile, nil, 0o644); err != nil {
 		t.Fatal(err)

@@ -384,28 +384,37 @@ func TestSlirpFormFlags(t *testing.T) {
 	}
 }
 
+// slirpContainer starts the slirp-newns helper: new user and network
+// namespaces made by the env's user, waiting for tap0. It returns the
+// container's pid and process, and its stdin, whose closing ends it.
+func (e *env) slirpContainer(t *testing.T, ctx context.Context) (int, *slirpProc, io.WriteCloser) {
+	t.Helper()
+	ctr := e.command(ctx)
+	ctr.Path, ctr.Args = e.helper, []string{e.helper}
+	ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
+	ctrIn, err := ctr.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := e.slirpStart(t, ctr)
+	t.Cleanup(func() { ctrIn.Close() })
+	if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
+		t.Fatalf("no PID from the container\n%s", cp.output())
+	}
+	var pid int
+	if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
+		t.Fatalf("container said %q: %v", cp.stdout.String(), err)
+	}
+	return pid, cp, ctrIn
+}
+
 func TestSlirpFormReadyAndExitFD(t *testing.T) {
 	forEachVariant(t, func(t *testing.T, e *env) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 
 		// The container: new user+net namespaces made by the user itself.
-		ctr := e.command(ctx)
-		ctr.Path, ctr.Args = e.helper, []string{e.helper}
-		ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
-		ctrIn, err := ctr.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cp := e.slirpStart(t, ctr)
-		t.Cleanup(func() { ctrIn.Close() })
-		if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
-			t.Fatalf("no PID from the container\n%s", cp.output())
-		}
-		var pid int
-		if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
-			t.Fatalf("container said %q: %v", cp.stdout.String(), err)
-		}
+		pid, cp, ctrIn := e.slirpContainer(t, ctx)
 
 		readyR, readyW, err := os.Pipe()
 		if err != nil {
