@@ -658,45 +658,7 @@ type soakProc struct {
 
 func (e *env) startSoak(t *testing.T, ctx context.Context, mode string, args ...string) *soakProc {
 	t.Helper()
-	cmd := e.command(ctx, "run", "--resolv-conf", e.w.ResolvConf(), "--", e.helper)
-	cmd.Env = append(cmd.Env, helperEnv+"="+mode, "RLN_ARGS="+strings.Join(args, " "))
-	p := &soakProc{cmd: cmd, lines: make(chan string, 256), done: make(chan struct{})}
-	var err error
-	if p.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.stderr}
-	if err := e.w.Start(cmd); err != nil {
-		t.Fatalf("starting rootlessnet: %v", err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.out.WriteString(sc.Text() + "\n")
-			p.mu.Unlock()
-			select {
-			case p.lines <- sc.Text():
-			default:
-			}
-		}
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stdin.Close()
-		select {
-		case <-p.done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
+	return e.startRun(t, ctx, 0, nil, mode, args...)
 }
 
 type lockedWriter struct {
