@@ -71,12 +71,17 @@ func (o *options) validate() error {
 		return usageError{err}
 	}
 	o.addressing = a
+	// --cidr6 is checked even without -6, so that a typo is not silently
+	// ignored.
+	a6, err := stack.ParseCIDR6(o.cidr6)
+	if err != nil {
+		return usageError{err}
+	}
 	if o.enableIPv6 {
-		a6, err := stack.ParseCIDR6(o.cidr6)
-		if err != nil {
-			return usageError{err}
-		}
 		o.addressing6 = a6
+	}
+	if _, err := outboundDialer(o.outboundAddr, o.outboundAddr6); err != nil {
+		return err
 	}
 	if o.macAddress != "" {
 		mac, err := net.ParseMAC(o.macAddress)

@@ -25,6 +25,13 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"-p", "70000:80"}, "70000"},
 		{[]string{"--tap", "a-very-long-tap-name"}, "invalid --tap"},
 		{[]string{"--unknown"}, "unknown flag"},
+		{[]string{"-6", "--cidr6", "fd00:1::/64", "--outbound-addr6", "::1", "--outbound-addr", "127.0.0.1"}, ""},
+		{[]string{"-6", "--cidr6", "fd00::/48"}, "/64"},
+		{[]string{"-6", "--cidr6", "fd00::1/64"}, "host bits"},
+		{[]string{"--cidr6", "10.0.2.0/24"}, "invalid --cidr6"},
+		{[]string{"--outbound-addr6", "10.0.0.1"}, "want an IPv6 address"},
+		{[]string{"--outbound-addr", "::1"}, "want an IPv4 address"},
+		{[]string{"--outbound-addr6", "nosuchif0"}, "neither an address nor an interface"},
 	} {
 		var o options
 		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
