@@ -134,7 +134,6 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		guest.Write((*bp)[:n])
 		relay.PutDatagram(bp)
 	}
-	stopToHost()
 }
 
 func isTimeout(err error) bool {

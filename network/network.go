@@ -82,12 +82,16 @@ func New(cfg Config) (*Network, error) {
 			close(n.done)
 		})
 	}
+	var linkLocal6 netip.Addr // the stack's fe80:: address, with IPv6
+	if cfg.IPv6.Enabled() {
+		linkLocal6 = stack.LinkLocal(stack.GatewayMAC(cfg.Addressing))
+	}
 	owned := map[tcpip.Address]bool{
 		tcpip.AddrFrom4(cfg.Addressing.Gateway.As4()): true,
 		tcpip.AddrFrom4(cfg.Addressing.DNS.As4()):     true,
 	}
 	if cfg.IPv6.Enabled() {
-		for _, a := range []netip.Addr{cfg.IPv6.Gateway, cfg.IPv6.DNS, stack.LinkLocal(stack.GatewayMAC(cfg.Addressing))} {
+		for _, a := range []netip.Addr{cfg.IPv6.Gateway, cfg.IPv6.DNS, linkLocal6} {
 			owned[tcpip.AddrFrom16(a.As16())] = true
 		}
 	}
@@ -124,10 +128,6 @@ func New(cfg Config) (*Network, error) {
 		ep = sn
 	}
 	a := cfg.Addressing
-	var linkLocal6 netip.Addr
-	if cfg.IPv6.Enabled() {
-		linkLocal6 = stack.LinkLocal(stack.GatewayMAC(a))
-	}
 	n.Forwarder = forwarder.New(forwarder.Config{
 		Policy: forwarder.Policy{
 			Gateway:             a.Gateway,

@@ -277,10 +277,11 @@ func (e *TapEndpoint) writePacket(pkt *stack.PacketBuffer) error {
 }
 
 // isForeignClaim reports an ARP reply or neighbour advertisement for an
-// address the stack does not own. With spoofing on, gVisor answers for
-// every address, the container's own duplicate address detection
-// included (its IPv6 addresses would end up dadfailed); only the gateway
-// and DNS addresses are really here.
+// address the stack does not own. With spoofing and promiscuous mode on,
+// gVisor may claim any address (its neighbour code checks targets with
+// temporary addresses allowed; for ARP this answered the container's own
+// conflict probes); only the gateway, DNS and link-local addresses are
+// really here.
 func (e *TapEndpoint) isForeignClaim(pkt *stack.PacketBuffer) bool {
 	if e.owns == nil {
 		return false
