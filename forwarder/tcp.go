@@ -8,7 +8,6 @@ import (
 	"github.com/rootlessnet/rootlessnet/relay"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -66,6 +65,7 @@ func (f *Forwarder) HandleTCP(r *tcp.ForwarderRequest) {
 }
 
 func (f *Forwarder) acceptTCP(r *tcp.ForwarderRequest, host *net.TCPConn) {
+	id := r.ID() // r is spent after Complete
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
@@ -81,10 +81,11 @@ func (f *Forwarder) acceptTCP(r *tcp.ForwarderRequest, host *net.TCPConn) {
 	intvl := tcpip.KeepaliveIntervalOption(keepAliveInterval)
 	ep.SetSockOpt(&intvl)
 
-	guest := gonet.NewTCPConn(&wq, ep)
 	// The stack's forwarder gave this goroutine to the flow; register it
 	// so Close can end it.
 	f.wg.Add(1)
 	defer f.wg.Done()
-	relay.TCP(f.ctx, guest, ep, host)
+	if err := relay.Stream(f.ctx, ep, &wq, host); err != nil {
+		f.log.Debug("tcp flow reset", "dst", addrPortOf(id.LocalAddress, id.LocalPort), "err", err)
+	}
 }

@@ -3,6 +3,7 @@ package stack
 import (
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -62,7 +63,7 @@ func (e *TapEndpoint) holdSYN(frame []byte) bool {
 			return
 		}
 		e.synHeld.Add(-1)
-		e.dispatch(held)
+		e.dispatch(buffer.MakeWithData(held))
 	}
 	time.AfterFunc(synHoldStep, func() { retry(1) })
 	return true
