@@ -32,6 +32,9 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"--outbound-addr6", "10.0.0.1"}, "want an IPv6 address"},
 		{[]string{"--outbound-addr", "::1"}, "want an IPv4 address"},
 		{[]string{"--outbound-addr6", "nosuchif0"}, "neither an address nor an interface"},
+		{[]string{"--port-bypass", "-p", "8080:80", "-p", "5353:53/udp"}, ""},
+		{[]string{"--port-bypass=false"}, ""},
+		{[]string{"--port-bypass=sometimes"}, "invalid argument"},
 	} {
 		var o options
 		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
