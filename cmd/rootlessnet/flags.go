@@ -94,6 +94,9 @@ func (o *options) validate() error {
 			return usageError{fmt.Errorf("invalid --macaddress %q: a multicast address cannot be a NIC's", o.macAddress)}
 		}
 	}
+	// validate runs again once the slirp4netns form's TAPNAME is known:
+	// parse the ports afresh rather than publish each twice.
+	o.ports = nil
 	for _, p := range o.publish {
 		spec, err := portfwd.ParsePublish(p)
 		if err != nil {

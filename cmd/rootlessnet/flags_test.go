@@ -55,3 +55,22 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateTwice: the slirp4netns form validates again once TAPNAME is
+// known; a port must not be published twice (the second bind failed).
+func TestValidateTwice(t *testing.T) {
+	var o options
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	o.register(fs)
+	if err := parse(fs, []string{"--port-bypass", "-p", "8080:80", "-p", "5353:53/udp"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := o.validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(o.ports) != 2 || !o.portBypass {
+		t.Errorf("ports %v, bypass %v; want 2 ports and bypass on", o.ports, o.portBypass)
+	}
+}
