@@ -19,6 +19,9 @@ import (
 // called first thing in main when userns.ChildConn reports a role.
 func ChildMain(conn *userns.Conn, role string) int {
 	defer conn.Close()
+	if role == RoleDialer {
+		return dialerMain(conn)
+	}
 	var req SetupRequest
 	if _, err := conn.Recv(&req); err != nil {
 		fmt.Fprintln(os.Stderr, "rootlessnet child:", err)

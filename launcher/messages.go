@@ -1,14 +1,18 @@
-// Package launcher holds rootlessnet's two roles: the parent, which runs
-// the stack in the host's namespaces, and the child, a re-executed
-// rootlessnet inside the container's namespaces that opens and configures
-// the TAP and, in run mode, becomes the command. They talk in the typed
-// messages below over a userns.Conn.
+// Package launcher holds rootlessnet's roles: the parent, which runs the
+// stack in the host's namespaces, and children, re-executed rootlessnets
+// inside the container's namespaces: one opens and configures the TAP
+// and, in run mode, becomes the command; with --port-bypass another one,
+// the dialer, stays and makes the guest side of published TCP ports'
+// connections. They talk in the typed messages below over a userns.Conn.
 package launcher
+
+import "time"
 
 // Roles of the child (userns.RoleEnv's value).
 const (
 	RoleRun    = "run"
 	RoleAttach = "attach"
+	RoleDialer = "dialer"
 )
 
 // SetupRequest asks the child to open the TAP (parent -> child).
@@ -46,4 +50,35 @@ type StartRequest struct{}
 type ExecReply struct {
 	Error  string
 	Status int
+}
+
+// DialerStart is the dialer's first message (parent -> dialer), with the
+// stderr to log to attached: until then the dialer's stderr is a pipe
+// the parent reads only to explain a failure to join the namespaces.
+type DialerStart struct {
+	LogLevel string
+}
+
+// DialerReady answers DialerStart (dialer -> parent): it serves dials.
+type DialerReady struct {
+	Error string
+}
+
+// DialRequest asks the dialer for a TCP connection made inside the
+// container's network namespace (parent -> dialer). Address is a literal
+// IP:port; Timeout bounds the connect (the dialer caps it).
+type DialRequest struct {
+	ID      uint64
+	Network string // tcp, tcp4 or tcp6
+	Address string
+	Timeout time.Duration
+}
+
+// DialReply answers DialRequest (dialer -> parent), with the connected
+// socket attached when Error is empty. Errno is the connect's errno, when
+// it had one (ECONNREFUSED, ETIMEDOUT, ...).
+type DialReply struct {
+	ID    uint64
+	Error string
+	Errno int
 }

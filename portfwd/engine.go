@@ -35,11 +35,15 @@ const (
 // enter the netstack toward the guest, from the client's own address
 // (the stack spoofs it), so that the guest sees who connected, as with
 // slirp4netns. Loopback and unspecified clients appear as the gateway.
+// SetGuestDialer can route TCP around the stack instead (Bypass).
 type Engine struct {
 	st   *stack.Stack
 	nic  tcpip.NICID
 	addr Addresses
 	log  *slog.Logger
+	// tcpGuest makes the guest side of TCP connections; the netstack
+	// unless SetGuestDialer changed it. Guarded by mu.
+	tcpGuest GuestDialer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -65,7 +69,18 @@ func NewEngine(s *stack.Stack, nic tcpip.NICID, addr Addresses, log *slog.Logger
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Engine{st: s, nic: nic, addr: addr, log: log, ctx: ctx, cancel: cancel, nextID: 1, entries: map[int]*published{}}
+	e := &Engine{st: s, nic: nic, addr: addr, log: log, ctx: ctx, cancel: cancel, nextID: 1, entries: map[int]*published{}}
+	e.tcpGuest = stackDialer{e}
+	return e
+}
+
+// SetGuestDialer makes d the guest side of the TCP forwards added from
+// now on (static and API alike); forwards already added keep theirs.
+// UDP forwards always go through the netstack.
+func (e *Engine) SetGuestDialer(d GuestDialer) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.tcpGuest = d
 }
 
 type published struct {
@@ -119,7 +134,10 @@ func (e *Engine) Add(spec Spec) (int, error) {
 		l := ln.(*net.TCPListener)
 		ctx, cancel := context.WithCancel(e.ctx)
 		p.close = func() { cancel(); l.Close() }
-		e.goOwned(func() { e.acceptLoop(ctx, l, spec) })
+		e.mu.Lock()
+		guest := e.tcpGuest
+		e.mu.Unlock()
+		e.goOwned(func() { e.acceptLoop(ctx, l, spec, guest) })
 	case "udp":
 		pc, err := lc.ListenPacket(e.ctx, "udp"+network, host.String())
 		if err != nil {
@@ -202,7 +220,7 @@ func (e *Engine) sourceFor(client, dst netip.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(a, 0)
 }
 
-func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec) {
+func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec, guest GuestDialer) {
 	var backoff time.Duration
 	var warned time.Time
 	for {
@@ -231,23 +249,43 @@ func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec) 
 			continue
 		}
 		backoff = 0
-		e.goOwned(func() { e.forwardTCP(ctx, c, spec) })
+		e.goOwned(func() { e.forwardTCP(ctx, c, spec, guest) })
 	}
 }
 
-func (e *Engine) forwardTCP(ctx context.Context, host *net.TCPConn, spec Spec) {
+func (e *Engine) forwardTCP(ctx context.Context, host *net.TCPConn, spec Spec, d GuestDialer) {
 	client := host.RemoteAddr().(*net.TCPAddr).AddrPort()
 	dst := netip.AddrPortFrom(spec.GuestAddr, spec.GuestPort)
-	src := e.sourceFor(client.Addr(), dst.Addr())
-	guest, ep, err := e.dialGuest(ctx, src, dst)
+	guest, err := d.DialGuest(ctx, client, dst)
 	if err != nil {
+		// The client sees what a refused connect looks like: a reset.
 		e.log.Debug("published port: guest refused", "client", client, "guest", dst, "err", err)
 		host.SetLinger(0)
 		host.Close()
 		return
 	}
-	relay.TCP(ctx, guest, ep, host)
+	guest.Relay(ctx, host)
 }
+
+// stackDialer is the default guest side: through the netstack, from the
+// client's address.
+type stackDialer struct{ e *Engine }
+
+func (s stackDialer) DialGuest(ctx context.Context, client, dst netip.AddrPort) (GuestConn, error) {
+	src := s.e.sourceFor(client.Addr(), dst.Addr())
+	guest, ep, err := s.e.dialGuest(ctx, src, dst)
+	if err != nil {
+		return nil, err
+	}
+	return stackConn{guest, ep}, nil
+}
+
+type stackConn struct {
+	c  *gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+func (s stackConn) Relay(ctx context.Context, host *net.TCPConn) { relay.TCP(ctx, s.c, s.ep, host) }
 
 // dialGuest connects from src (spoofed; port chosen by the stack) to dst
 // inside the netstack and returns the connection with its endpoint.

@@ -39,6 +39,10 @@ var allowed = []string{
 	"kill", "pidfd_send_signal", "wait4", "waitid",
 	// Dir: watch the namespace path, remove the API socket at exit.
 	"newfstatat", "unlinkat",
+	// --port-bypass: io.Copy between two TCP sockets splices through a
+	// pipe. Go falls back to read/write only when pipe2 fails; a refused
+	// splice would fail the copy instead.
+	"pipe2", "splice",
 }
 
 // cloneNamespaces are the clone flags that would make namespaces: threads

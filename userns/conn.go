@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -89,7 +91,7 @@ func (c *Conn) Recv(msg any) ([]*os.File, error) {
 	if oobn > 0 {
 		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
-			return nil, fmt.Errorf("control message: %w", err)
+			return nil, fmt.Errorf("%w: %w", ErrMessage, err)
 		}
 		for _, m := range msgs {
 			fds, err := unix.ParseUnixRights(&m)
@@ -108,10 +110,14 @@ func (c *Conn) Recv(msg any) ([]*os.File, error) {
 	}
 	if err := json.Unmarshal(buf[:n], msg); err != nil {
 		closeAll(files)
-		return nil, fmt.Errorf("control message: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrMessage, err)
 	}
 	return files, nil
 }
+
+// ErrMessage marks a message that arrived but could not be decoded; the
+// channel itself is still usable.
+var ErrMessage = errors.New("bad control message")
 
 // errEOF is what Recv returns when the peer closed the channel: a
 // zero-length read on a SOCK_SEQPACKET socket.
@@ -119,6 +125,32 @@ var errEOF = fmt.Errorf("control channel closed: %w", syscall.ECONNRESET)
 
 // IsClosed reports whether err means the peer closed the channel.
 func IsClosed(err error) bool { return errors.Is(err, errEOF) }
+
+// SetDeadline bounds the pending and future Send and Recv calls; the zero
+// time removes the bound.
+func (c *Conn) SetDeadline(t time.Time) error { return c.uc.SetDeadline(t) }
+
+// KeepOnExec lets the channel's descriptor survive an execve of this
+// process and returns its number, for the new program to adopt with
+// FileConn.
+func (c *Conn) KeepOnExec() (int, error) {
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var ferr error
+	if err := rc.Control(func(f uintptr) {
+		fd = int(f)
+		_, ferr = unix.FcntlInt(f, unix.F_SETFD, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if ferr != nil {
+		return -1, fmt.Errorf("control socket %s: %w", strconv.Itoa(fd), ferr)
+	}
+	return fd, nil
+}
 
 // Close closes the channel.
 func (c *Conn) Close() error { return c.uc.Close() }

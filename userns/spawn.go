@@ -40,6 +40,9 @@ type SpawnOptions struct {
 	NewNamespaces bool
 	// JoinUser and JoinNet are namespaces to join (either may be nil).
 	JoinUser, JoinNet *os.File
+	// NonDumpable makes a joining child non-dumpable before it joins: a
+	// long-lived child that the container's root must not ptrace.
+	NonDumpable bool
 	// Stdio for the child; nil means /dev/null, except Stderr which is
 	// captured when joining.
 	Stdin, Stdout, Stderr *os.File
@@ -86,7 +89,11 @@ func Spawn(opts SpawnOptions) (*Child, error) {
 			cmd.ExtraFiles = append(cmd.ExtraFiles, opts.JoinNet)
 			netFD = controlFD + len(cmd.ExtraFiles) - 1
 		}
-		cmd.Env = append(cmd.Env, nsenter.Env+"="+strconv.Itoa(userFD)+","+strconv.Itoa(netFD))
+		spec := strconv.Itoa(userFD) + "," + strconv.Itoa(netFD)
+		if opts.NonDumpable {
+			spec += nsenter.NoDump
+		}
+		cmd.Env = append(cmd.Env, nsenter.Env+"="+spec)
 	}
 
 	if err := cmd.Start(); err != nil {

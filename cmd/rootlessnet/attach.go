@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -135,14 +136,14 @@ func attachCommand(args []string) error {
 		exitFD = watchExitFD(o.exitFD)
 	}
 
-	tapFile, err := inheritedTap()
+	tapFile, dialer, err := inheritedTap(o.portBypass, log)
 	if err == nil && tapFile == nil {
-		tapFile, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
+		tapFile, dialer, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
 	}
 	if err != nil {
 		return err
 	}
-	n, stop, err := startNetwork(&o.options, log, tapFile, configure)
+	n, stop, err := startNetwork(&o.options, log, tapFile, configure, dialer)
 	if err != nil {
 		return err
 	}
@@ -188,17 +189,22 @@ func attachCommand(args []string) error {
 }
 
 // attachNamespace opens the TAP in the namespace at netnsPath through a
-// helper that joins it. With the sandbox it then re-executes rootlessnet
-// with the TAP's fd (sandbox.go), and returns only if that fails.
-func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (*os.File, error) {
+// helper that joins it, and with --port-bypass starts the dialer in the
+// same namespaces. With the sandbox it then re-executes rootlessnet with
+// the TAP's fd and the dialer (sandbox.go), and returns only if that
+// fails.
+func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (*os.File, *launcher.Dialer, error) {
 	netns, err := userns.OpenNetNS(netnsPath)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	defer netns.Close()
 	user, err := userToJoin(netns, userPath, joinOwner)
 	if err != nil {
-		netns.Close()
-		return nil, err
+		return nil, nil, err
+	}
+	if user != nil {
+		defer user.Close()
 	}
 	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress}
 	if configure {
@@ -210,20 +216,30 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 		}
 	}
 	tapFile, warnings, err := launcher.Attach(netns, user, req)
-	netns.Close()
-	if user != nil {
-		user.Close()
-	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	if o.sandbox.sandbox {
-		return nil, reexecWithTap(tapFile)
+	var dialer *launcher.Dialer
+	if o.portBypass {
+		if o.sandbox.sandbox {
+			// The dialer gets SIGKILL when the thread that started it
+			// ends, and execve ends every thread but its caller: start
+			// it from the thread that re-executes.
+			runtime.LockOSThread()
+		}
+		dialer, err = launcher.StartDialer(launcher.DialerOptions{JoinUser: user, JoinNet: netns, LogLevel: o.logLevel, Log: log})
+		if err != nil {
+			tapFile.Close()
+			return nil, nil, fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err)
+		}
 	}
-	return tapFile, nil
+	if o.sandbox.sandbox {
+		return nil, nil, reexecWithTap(tapFile, dialer)
+	}
+	return tapFile, dialer, nil
 }
 
 // watchExitFD returns a channel closed when the other end of fd closes.

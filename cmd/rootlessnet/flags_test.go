@@ -32,6 +32,9 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"--outbound-addr6", "10.0.0.1"}, "want an IPv6 address"},
 		{[]string{"--outbound-addr", "::1"}, "want an IPv4 address"},
 		{[]string{"--outbound-addr6", "nosuchif0"}, "neither an address nor an interface"},
+		{[]string{"--port-bypass", "-p", "8080:80", "-p", "5353:53/udp"}, ""},
+		{[]string{"--port-bypass=false"}, ""},
+		{[]string{"--port-bypass=sometimes"}, "invalid argument"},
 	} {
 		var o options
 		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
@@ -50,5 +53,24 @@ func TestOptionsValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &ue) {
 			t.Errorf("%v: error %v, want a usage error containing %q", tc.args, err, tc.wantErr)
 		}
+	}
+}
+
+// TestValidateTwice: the slirp4netns form validates again once TAPNAME is
+// known; a port must not be published twice (the second bind failed).
+func TestValidateTwice(t *testing.T) {
+	var o options
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	o.register(fs)
+	if err := parse(fs, []string{"--port-bypass", "-p", "8080:80", "-p", "5353:53/udp"}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := o.validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(o.ports) != 2 || !o.portBypass {
+		t.Errorf("ports %v, bypass %v; want 2 ports and bypass on", o.ports, o.portBypass)
 	}
 }

@@ -86,7 +86,18 @@ func runCommand(args []string) (int, error) {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
-	n, stop, err := startNetwork(&o, log, tapFile, true)
+	var dialer *launcher.Dialer
+	if o.portBypass {
+		// Before confine: the sandbox's empty root has no /proc/self/exe
+		// to start it from, and seccomp would refuse the fork.
+		if dialer, err = c.StartDialer(o.logLevel, log); err != nil {
+			tapFile.Close()
+			c.Signal(syscall.SIGKILL)
+			c.Wait()
+			return 0, fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err)
+		}
+	}
+	n, stop, err := startNetwork(&o, log, tapFile, true, dialer)
 	if err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()

@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
+	"github.com/rootlessnet/rootlessnet/launcher"
 	"github.com/rootlessnet/rootlessnet/sandbox"
 	"github.com/rootlessnet/rootlessnet/userns"
 )
@@ -70,32 +71,64 @@ func sandboxStart(fs *pflag.FlagSet, so *sandboxOptions, log *slog.Logger) error
 	return nil
 }
 
-// inheritedTap returns the TAP that attachNamespace passed to the
-// re-executed rootlessnet, or nil in any other process.
-func inheritedTap() (*os.File, error) {
+// inheritedTap returns the TAP, and the dialer when bypass is on, that
+// attachNamespace passed to the re-executed rootlessnet, or nils in any
+// other process.
+func inheritedTap(bypass bool, log *slog.Logger) (_ *os.File, _ *launcher.Dialer, err error) {
+	// Adopted first, whatever happens next, so that it is reaped.
+	dialer, derr := launcher.AdoptDialer(log)
+	defer func() {
+		if dialer != nil && (err != nil || !bypass) {
+			dialer.Close()
+		}
+	}()
 	v, ok := os.LookupEnv(tapFDEnv)
 	if !ok {
+		if dialer != nil { // a dialer without a TAP: not ours to use
+			dialer.Close()
+			dialer = nil
+		}
 		_, err := sandbox.Started() // nothing to check; clears a stray request
-		return nil, err
+		return nil, nil, errors.Join(err, derr)
 	}
 	os.Unsetenv(tapFDEnv)
 	fd, err := strconv.Atoi(v)
 	if err != nil || fd < 3 {
-		return nil, fmt.Errorf("sandbox: bad %s=%q", tapFDEnv, v)
+		return nil, nil, fmt.Errorf("sandbox: bad %s=%q", tapFDEnv, v)
 	}
 	unix.CloseOnExec(fd)
 	tap := os.NewFile(uintptr(fd), "tap")
 	if _, err := sandbox.Started(); err != nil {
 		tap.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return tap, nil
+	if derr == nil && bypass && dialer == nil {
+		derr = errors.New("--port-bypass: the dialer was not passed on to the sandboxed process")
+	}
+	if derr != nil {
+		tap.Close()
+		return nil, nil, derr
+	}
+	if !bypass {
+		return tap, nil, nil
+	}
+	return tap, dialer, nil
 }
 
 // reexecWithTap re-executes rootlessnet into the sandbox's namespaces with
-// the TAP's fd; it returns only on error, having closed the TAP.
-func reexecWithTap(tap *os.File) error {
+// the TAP's fd and the dialer, if any; it returns only on error, having
+// closed both.
+func reexecWithTap(tap *os.File, dialer *launcher.Dialer) error {
 	defer tap.Close()
+	var env []string
+	if dialer != nil {
+		defer dialer.Close()
+		e, err := dialer.ExecEnv()
+		if err != nil {
+			return err
+		}
+		env = append(env, e)
+	}
 	// Through RawConn: File.Fd would make the fd blocking.
 	rc, err := tap.SyscallConn()
 	if err != nil {
@@ -112,7 +145,7 @@ func reexecWithTap(tap *os.File) error {
 	if cerr != nil {
 		return fmt.Errorf("sandbox: passing the TAP fd: %w", cerr)
 	}
-	return sandbox.Reexec(tapFDEnv + "=" + strconv.Itoa(int(fd)))
+	return sandbox.Reexec(append(env, tapFDEnv+"="+strconv.Itoa(int(fd)))...)
 }
 
 // nsWatch tells when the served namespace's path stops naming it.

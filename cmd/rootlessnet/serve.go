@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rootlessnet/rootlessnet/forwarder"
+	"github.com/rootlessnet/rootlessnet/launcher"
 	"github.com/rootlessnet/rootlessnet/network"
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
@@ -21,7 +22,14 @@ import (
 // startNetwork wires the data path on an open TAP. The returned closer
 // stops it and flushes the pcap file. A container whose interface was
 // not configured learns its IPv6 network from router advertisements.
-func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool) (*network.Network, func(), error) {
+// dialer, when not nil (--port-bypass), makes the guest side of published
+// TCP ports; startNetwork owns it: the closer, or an error, closes it.
+func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool, dialer *launcher.Dialer) (_ *network.Network, _ func(), err error) {
+	defer func() {
+		if err != nil && dialer != nil {
+			dialer.Close()
+		}
+	}()
 	cfg := network.Config{
 		Tap:                 tapFile,
 		MTU:                 o.mtu,
@@ -72,12 +80,20 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		Guest: o.addressing.Guest, Gateway: o.addressing.Gateway,
 		Guest6: o.addressing6.Guest, Gateway6: o.addressing6.Gateway,
 	}, log)
+	if dialer != nil {
+		engine.SetGuestDialer(portfwd.Bypass(dialer))
+		log.Debug("published TCP ports bypass the netstack", "dialer_pid", dialer.Pid())
+	}
 	var api *portfwd.APIServer
 	stop := func() {
 		if api != nil {
 			api.Close()
 		}
 		engine.Close()
+		if dialer != nil {
+			// After the engine: no dial is in flight any more.
+			dialer.Close()
+		}
 		n.Close()
 		if pcap != nil {
 			pcap.Close()

@@ -55,6 +55,8 @@ var figures = []figure{
 	{"tcp-in-1500", "TCP host->ns MTU 1500, Gbit/s", "%.2f", true},
 	{"pub-in", "published port host->ns, Gbit/s", "%.2f", true},
 	{"pub-out", "published port ns->host (-R), Gbit/s", "%.2f", true},
+	{"pub-in-bypass", "published port host->ns, --port-bypass (rootlessnet only), Gbit/s", "%.2f", true},
+	{"pub-out-bypass", "published port ns->host (-R), --port-bypass (rootlessnet only), Gbit/s", "%.2f", true},
 	{"udp-out", "UDP ns->host received, Gbit/s", "%.2f", false},
 	{"udp-loss", "UDP ns->host loss, % (lower is better)", "%.1f", false},
 	{"lat-p50", "TCP 64 B round trip p50, µs (lower is better)", "%.0f", false},
@@ -194,7 +196,7 @@ func main() {
 		} else {
 			rec.add("loopback", "tcp", res.End.SumReceived.BitsPerSecond/1e9)
 		}
-		for _, kind := range []string{kindRSS, kindMain, kind1500} {
+		for _, kind := range []string{kindRSS, kindMain, kind1500, kindBypass} {
 			if !cfg.wantAny(kindFigures[kind]...) {
 				continue
 			}
@@ -311,6 +313,7 @@ Notes (whole run %.0f s):
 - Every tool serves a fresh user+network namespace (unshare -Urn, as uid 65534) for each of three sessions per run (RSS; everything else at MTU 65520; TCP at MTU 1500); sessions are interleaved and each run starts with the next tool. rootlessnet and slirp4netns are reached at 10.0.2.2, pasta at the namespace's default gateway, which it maps to the host's 127.0.0.1; pasta's figures are therefore its tap path.
 - TCP: iperf3 -t %d in the namespace (nsenter) against iperf3 -s on the host's 127.0.0.1, received rate; host->ns is -R.
 - Published port: iperf3 -s on port %d in the namespace; host client to 127.0.0.1:PORT (rootlessnet -p, slirp4netns add_hostfwd on its API socket, pasta -t); host->ns is the client sending. pasta serves loopback clients of its forwards by splicing to the namespace's loopback (no TCP/IP stack in the path).
+- Published port with --port-bypass (rootlessnet only; the peers' cells are n/a): the same measurement in a session of its own, rootlessnet started with --port-bypass: a helper in the namespace connects to the guest port and rootlessnet splices between the two kernel sockets, without the netstack (the guest sees its own address as the peer).
 - UDP: iperf3 -u %s -l 1400 ns->host; the received rate and the loss reported by the server.
 - Latency: one TCP connection (TCP_NODELAY) from a client in the namespace (this binary re-executed through nsenter) to an echo server of the bench on 127.0.0.1; 100 warm-up then %d round trips of 64 bytes; p50/p99 of the round-trip times.
 - Connections per second: the same client connects, writes 1 byte, reads it back and closes, one at a time, for a fixed time.

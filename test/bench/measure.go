@@ -49,6 +49,7 @@ type session struct {
 	stack    *proc
 	gw       string
 	hostPort int    // published port on 127.0.0.1 (0: none)
+	bypass   bool   // publish with --port-bypass (kindBypass)
 	dir      string // scratch directory readable by uid 65534
 	stderr   *tailBuffer
 }
@@ -60,17 +61,25 @@ const (
 	kindRSS  = "rss"  // RSS idle and with cfg.holdConns connections, MTU 65520
 	kindMain = "main" // everything else at MTU 65520
 	kind1500 = "1500" // TCP throughput at MTU 1500
+	// kindBypass: the published port with --port-bypass, MTU 65520;
+	// rootlessnet only (the flag makes every TCP forward bypass, hence a
+	// session of its own).
+	kindBypass = "bypass"
 )
 
 var kindFigures = map[string][]string{
-	kindRSS:  {"rss-idle", "rss-hold"},
-	kindMain: {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "lat-p50", "lat-p99", "connrate"},
-	kind1500: {"tcp-out-1500", "tcp-in-1500"},
+	kindRSS:    {"rss-idle", "rss-hold"},
+	kindMain:   {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "lat-p50", "lat-p99", "connrate"},
+	kind1500:   {"tcp-out-1500", "tcp-in-1500"},
+	kindBypass: {"pub-in-bypass", "pub-out-bypass"},
 }
 
 // runSession serves a fresh namespace with t and records the figures of
 // kind; a failure costs only the figures it concerns.
 func runSession(cfg *config, t *tool, kind string, rec *recorder) {
+	if kind == kindBypass && !t.bypass {
+		return // the peers have no such path: n/a
+	}
 	mtu := 65520
 	if kind == kind1500 {
 		mtu = 1500
@@ -101,8 +110,8 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 	defer ns.stop(time.Second)
 
 	cfg.sessions++
-	s := &session{t: t, kind: kind, seq: cfg.sessions, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}}
-	if kind == kindMain && cfg.wantAny("pub-in", "pub-out") {
+	s := &session{t: t, kind: kind, seq: cfg.sessions, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}, bypass: kind == kindBypass}
+	if kind == kindMain && cfg.wantAny("pub-in", "pub-out") || kind == kindBypass {
 		if s.hostPort, err = freePort(); err != nil {
 			failAll(err)
 			return
@@ -148,13 +157,15 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 			measureTCP(cfg, s, rec, true)
 		}
 		if cfg.wantAny("pub-in", "pub-out") {
-			measurePublished(cfg, s, rec)
+			measurePublished(cfg, s, rec, "")
 		}
 		if cfg.wantAny("udp-out", "udp-loss") {
 			measureUDP(cfg, s, rec)
 		}
 	case kind1500:
 		measureTCP(cfg, s, rec, false)
+	case kindBypass:
+		measurePublished(cfg, s, rec, "-bypass")
 	}
 }
 
@@ -292,12 +303,13 @@ func iperfHost(secs int, args ...string) (*iperfResult, error) {
 }
 
 // measurePublished runs iperf3's server inside the namespace on port 5201
-// and a host client against the published 127.0.0.1 port, both ways.
-func measurePublished(cfg *config, s *session, rec *recorder) {
+// and a host client against the published 127.0.0.1 port, both ways, and
+// records pub-in and pub-out with suffix appended to the ids.
+func measurePublished(cfg *config, s *session, rec *recorder, suffix string) {
 	srv, _, err := startWithLine(exec.Command("nsenter", nsenterArgs(s.pid, "iperf3", "-s", "--forceflush", "-p", fmt.Sprint(guestPort))...), "listening", 10*time.Second)
 	if err != nil {
-		rec.fail(s.t.name, "pub-in", err)
-		rec.fail(s.t.name, "pub-out", err)
+		rec.fail(s.t.name, "pub-in"+suffix, err)
+		rec.fail(s.t.name, "pub-out"+suffix, err)
 		return
 	}
 	defer srv.stop(time.Second)
@@ -308,10 +320,10 @@ func measurePublished(cfg *config, s *session, rec *recorder) {
 		}
 		r, err := iperfHost(cfg.secs, args...)
 		if err != nil {
-			rec.fail(s.t.name, "pub-"+dir, err)
+			rec.fail(s.t.name, "pub-"+dir+suffix, err)
 			continue
 		}
-		rec.add(s.t.name, "pub-"+dir, r.End.SumReceived.BitsPerSecond/1e9)
+		rec.add(s.t.name, "pub-"+dir+suffix, r.End.SumReceived.BitsPerSecond/1e9)
 	}
 }
 

@@ -28,6 +28,8 @@ type tool struct {
 	// gateway is the address through which the namespace reaches the
 	// host's 127.0.0.1; "" means the namespace's default gateway.
 	gateway string
+	// bypass: start honours s.bypass (rootlessnet's --port-bypass).
+	bypass bool
 }
 
 func newTools(rootlessnet, rootlessnetB string, cfg *config) []*tool {
@@ -43,8 +45,11 @@ func newTools(rootlessnet, rootlessnetB string, cfg *config) []*tool {
 // rootlessnetTool runs bin; with cfg.profileDir it writes a CPU and an
 // allocation profile per session there (uid 65534 must be able to).
 func rootlessnetTool(name, bin string, cfg *config) *tool {
-	return &tool{name: name, bin: bin, gateway: "10.0.2.2", start: func(s *session) (*proc, error) {
+	return &tool{name: name, bin: bin, gateway: "10.0.2.2", bypass: true, start: func(s *session) (*proc, error) {
 		args := []string{"--netns", fmt.Sprintf("/proc/%d/ns/net", s.pid), "--mtu", fmt.Sprint(s.mtu), "--log-level", "error"}
+		if s.bypass {
+			args = append(args, "--port-bypass")
+		}
 		if s.hostPort != 0 {
 			args = append(args, "-p", fmt.Sprintf("127.0.0.1:%d:%d/tcp", s.hostPort, guestPort))
 		}

@@ -17,6 +17,7 @@ package nsenter
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 
 // Exit status the parent recognises as "joining the namespaces failed";
 // the reason is on stderr.
@@ -30,6 +31,15 @@ __attribute__((constructor)) static void rootlessnet_nsenter(void) {
 		return;
 	if (sscanf(spec, "%d,%d", &userfd, &netfd) != 2) {
 		fprintf(stderr, "rootlessnet: malformed _ROOTLESSNET_NSENTER %s\n", spec);
+		_exit(NSENTER_FAILED);
+	}
+	// ",nodump": a long-lived helper in the container's user namespace.
+	// Its credentials then match the container root's, which could
+	// ptrace it and reach the host through it (its mount namespace is the
+	// host's); non-dumpable, ptrace needs CAP_SYS_PTRACE where it was
+	// executed. Done before joining, so there is no window.
+	if (strstr(spec, ",nodump") != NULL && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
+		fprintf(stderr, "cannot make the helper non-dumpable: %s\n", strerror(errno));
 		_exit(NSENTER_FAILED);
 	}
 	if (userfd >= 0) {
@@ -51,9 +61,13 @@ __attribute__((constructor)) static void rootlessnet_nsenter(void) {
 */
 import "C"
 
-// Env is the variable whose value "USERFD,NETFD" (-1 for none) the
-// constructor reads.
+// Env is the variable whose value "USERFD,NETFD" (-1 for none), with
+// NoDump appended for a non-dumpable process, the constructor reads.
 const Env = "_ROOTLESSNET_NSENTER"
+
+// NoDump, appended to Env's value, makes the process non-dumpable before
+// it joins.
+const NoDump = ",nodump"
 
 // FailedStatus is the exit status of a child that could not join.
 const FailedStatus = 125
