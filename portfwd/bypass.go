@@ -68,7 +68,7 @@ type socketConn struct{ c *net.TCPConn }
 
 func (s socketConn) Relay(ctx context.Context, host *net.TCPConn) { relaySockets(ctx, s.c, host) }
 
-// relaySockets is relay.TCP for two kernel sockets: io.Copy splices. A
+// relaySockets is relay.Stream for two kernel sockets: io.Copy splices. A
 // FIN is passed on as a half-close (CloseWrite); an error on either side
 // (a reset, or a write to a reset peer) resets both, with SO_LINGER 0 so
 // that the close sends RST.

@@ -273,25 +273,26 @@ type stackDialer struct{ e *Engine }
 
 func (s stackDialer) DialGuest(ctx context.Context, client, dst netip.AddrPort) (GuestConn, error) {
 	src := s.e.sourceFor(client.Addr(), dst.Addr())
-	guest, ep, err := s.e.dialGuest(ctx, src, dst)
+	ep, wq, err := s.e.dialGuest(ctx, src, dst)
 	if err != nil {
 		return nil, err
 	}
-	return stackConn{guest, ep}, nil
+	return stackConn{ep, wq}, nil
 }
 
 type stackConn struct {
-	c  *gonet.TCPConn
 	ep tcpip.Endpoint
+	wq *waiter.Queue
 }
 
-func (s stackConn) Relay(ctx context.Context, host *net.TCPConn) { relay.TCP(ctx, s.c, s.ep, host) }
+func (s stackConn) Relay(ctx context.Context, host *net.TCPConn) { relay.Stream(ctx, s.ep, s.wq, host) }
 
 // dialGuest connects from src (spoofed; port chosen by the stack) to dst
-// inside the netstack and returns the connection with its endpoint.
-func (e *Engine) dialGuest(ctx context.Context, src, dst netip.AddrPort) (*gonet.TCPConn, tcpip.Endpoint, error) {
-	var wq waiter.Queue
-	ep, terr := e.st.NewEndpoint(tcp.ProtocolNumber, protoOf(dst.Addr()), &wq)
+// inside the netstack and returns its endpoint and the endpoint's waiter
+// queue.
+func (e *Engine) dialGuest(ctx context.Context, src, dst netip.AddrPort) (tcpip.Endpoint, *waiter.Queue, error) {
+	wq := new(waiter.Queue)
+	ep, terr := e.st.NewEndpoint(tcp.ProtocolNumber, protoOf(dst.Addr()), wq)
 	if terr != nil {
 		return nil, nil, errors.New(terr.String())
 	}
@@ -323,7 +324,7 @@ func (e *Engine) dialGuest(ctx context.Context, src, dst netip.AddrPort) (*gonet
 		ep.Close()
 		return nil, nil, errors.New(terr.String())
 	}
-	return gonet.NewTCPConn(&wq, ep), ep, nil
+	return ep, wq, nil
 }
 
 func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
