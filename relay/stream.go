@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -239,8 +240,17 @@ func (w *hostWriter) release() {
 	}
 }
 
-// maxPayload bounds one hand-over from the host socket to the netstack.
-const maxPayload = 4 << 20
+// A host read starts small: a request or a reply of a few bytes goes
+// through one read into smallRead and one copy into the netstack, as with
+// a plain copy loop. A read that fills it means a stream is flowing: the
+// rest is then read straight into the netstack's buffers, sized by what
+// the socket holds (SIOCINQ), until the socket runs dry.
+const (
+	smallRead = 2 << 10
+	// maxPayload bounds one hand-over from the host socket to the
+	// netstack.
+	maxPayload = 4 << 20
+)
 
 // hostToGuest moves the host's bytes into the netstack until the host's
 // FIN (nil) or an error.
@@ -248,8 +258,32 @@ func hostToGuest(raw syscall.RawConn, ep tcpip.Endpoint, wq *waiter.Queue) error
 	entry, writable := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
-	src := socketPayload{}
+	var (
+		small = make([]byte, smallRead)
+		// pend holds bytes read from the host that the netstack has
+		// not taken yet.
+		pend []byte
+		// bulk: the last read filled small; read straight into the
+		// netstack next.
+		bulk bool
+		src  socketPayload
+		r    bytes.Reader
+	)
 	for {
+		if len(pend) > 0 {
+			r.Reset(pend)
+			n, terr := ep.Write(&r, tcpip.WriteOptions{})
+			pend = pend[n:]
+			switch terr.(type) {
+			case nil:
+			case *tcpip.ErrWouldBlock:
+				// The send buffer is full.
+				<-writable
+			default:
+				return fmt.Errorf("%w: %s", errConnectionReset, terr)
+			}
+			continue
+		}
 		var (
 			eof  bool
 			terr tcpip.Error
@@ -257,32 +291,36 @@ func hostToGuest(raw syscall.RawConn, ep tcpip.Endpoint, wq *waiter.Queue) error
 		)
 		src.reset()
 		err := raw.Read(func(fd uintptr) bool {
-			src.fd = int(fd)
-			queued, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-			if err != nil {
-				src.err = err
-				return true
+			if bulk {
+				queued, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+				if err != nil {
+					src.err = err
+					return true
+				}
+				if queued > 0 {
+					src.fd, src.len = int(fd), min(queued, maxPayload)
+					n, terr = ep.Write(&src, tcpip.WriteOptions{})
+					return true
+				}
+				bulk = false
 			}
-			if queued == 0 {
-				// Nothing queued: not yet, the FIN, or an error; a
-				// peek tells which.
-				var b [1]byte
-				m, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			for {
+				m, err := unix.Read(int(fd), small)
 				switch {
-				case err == unix.EAGAIN || err == unix.EINTR:
+				case err == unix.EINTR:
+					continue
+				case err == unix.EAGAIN:
 					return false
 				case err != nil:
 					src.err = err
-					return true
 				case m == 0:
 					eof = true
-					return true
+				default:
+					pend = small[:m]
+					bulk = m == len(small)
 				}
-				queued = 1 // arrived since the ioctl; take it
+				return true
 			}
-			src.len = min(queued, maxPayload)
-			n, terr = ep.Write(&src, tcpip.WriteOptions{})
-			return true
 		})
 		switch {
 		case err != nil:
