@@ -373,12 +373,20 @@ func TestBypassSlirpForm(t *testing.T) {
 			name  string
 			flags []string
 		}{{"plain", nil}, {"confined", confined}} {
-			t.Run(mode.name, func(t *testing.T) { e.bypassSlirp(t, mode.flags) })
+			t.Run(mode.name, func(t *testing.T) { e.bypassSlirp(t, mode.flags, false) })
 		}
 	})
 }
 
-func (e *env) bypassSlirp(t *testing.T, flags []string) {
+// TestBypassAttach is the same through --netns PATH (attach mode).
+func TestBypassAttach(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) { e.bypassSlirp(t, nil, true) })
+}
+
+// bypassSlirp serves a container's namespace with --port-bypass in the
+// slirp4netns form (PID TAPNAME, with -c and a ready fd) or, with attach,
+// through --netns /proc/PID/ns/net.
+func (e *env) bypassSlirp(t *testing.T, flags []string, attach bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	ctr := e.command(ctx)
@@ -404,23 +412,30 @@ func (e *env) bypassSlirp(t *testing.T, flags []string) {
 	for refused == port {
 		refused = e.slirpFreePort(t, "127.0.0.1")
 	}
-	readyR, readyW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer readyR.Close()
-	args := append([]string{"--resolv-conf", e.w.ResolvConf(), "--mtu", "65520", "-c", "-r", "3", "--port-bypass",
+	args := append([]string{"--resolv-conf", e.w.ResolvConf(), "--mtu", "65520", "--port-bypass",
 		"--api-socket", sock, "-p", fmt.Sprintf("127.0.0.1:%d:%d", refused, bypassRefusedPort)}, flags...)
-	args = append(args, strconv.Itoa(pid), "tap0")
-	rn := e.command(ctx, args...)
-	rn.ExtraFiles = []*os.File{readyW}
-	rp := e.slirpStart(t, rn)
-	readyW.Close()
-	// Ready comes after the confinement.
-	readyR.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if b, err := io.ReadAll(readyR); err != nil || string(b) != "1" {
-		t.Fatalf("ready fd gave %q, %v; want \"1\" then EOF\n%s", b, err, rp.output())
+	var rp *slirpProc
+	if attach {
+		args = append(args, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid))
+		rp = e.slirpStart(t, e.command(ctx, args...))
+	} else {
+		readyR, readyW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer readyR.Close()
+		args = append(args, "-c", "-r", "3", strconv.Itoa(pid), "tap0")
+		rn := e.command(ctx, args...)
+		rn.ExtraFiles = []*os.File{readyW}
+		rp = e.slirpStart(t, rn)
+		readyW.Close()
+		// Ready comes after the confinement.
+		readyR.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if b, err := io.ReadAll(readyR); err != nil || string(b) != "1" {
+			t.Fatalf("ready fd gave %q, %v; want \"1\" then EOF\n%s", b, err, rp.output())
+		}
 	}
+	rn := rp.cmd
 	if !cp.stdout.waitFor("READY", cp, 30*time.Second) {
 		t.Fatalf("the container never saw tap0 configured\ncontainer %s\nrootlessnet %s", cp.output(), rp.output())
 	}
