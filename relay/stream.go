@@ -118,6 +118,7 @@ var pendingBuffers = sync.Pool{New: func() any { b := make([]byte, 0, pendingSiz
 // the socket is full), and written by flush, which may wait.
 type hostWriter struct {
 	raw     syscall.RawConn
+	iovs    [][]byte
 	pending []byte
 	backing *[]byte
 	// blocked: the socket took less than it was offered; refuse the
@@ -137,22 +138,31 @@ func (w *hostWriter) Write(p []byte) (int, error) {
 		w.keep(p)
 		return len(p), nil
 	}
-	if len(w.pending) > 0 {
+	if len(p) < directWriteMin {
+		// pending is full: make room.
 		n, err := w.write(w.pending)
 		w.pending = w.pending[:copy(w.pending, w.pending[n:])]
 		if err != nil || len(w.pending) > 0 {
 			// The socket is full (or failed): this view waits.
 			return 0, errHostFull
 		}
-	}
-	if len(p) < directWriteMin {
 		w.keep(p)
 		return len(p), nil
 	}
-	n, err := w.write(p)
+	// A large view goes out with what is pending in one writev (a
+	// super-frame's first bytes come in a view of their own: see
+	// stack.TapEndpoint's receive buffers).
+	n, err := w.write(w.pending, p)
 	if err != nil {
 		return 0, errHostFull
 	}
+	if n < len(w.pending) {
+		w.pending = w.pending[:copy(w.pending, w.pending[n:])]
+		w.blocked = true
+		return 0, errHostFull
+	}
+	n -= len(w.pending)
+	w.pending = w.pending[:0]
 	if n < len(p) {
 		w.keep(p[n:])
 		w.blocked = true
@@ -169,19 +179,27 @@ func (w *hostWriter) keep(p []byte) {
 	w.pending = append(w.pending, p...)
 }
 
-// write makes one non-blocking write; EAGAIN is a short write, any other
-// error is kept in w.err.
-func (w *hostWriter) write(p []byte) (int, error) {
+// write makes one non-blocking write of bufs (empty ones skipped); EAGAIN
+// is a short write, any other error is kept in w.err.
+func (w *hostWriter) write(bufs ...[]byte) (int, error) {
+	iovs := w.iovs[:0]
+	for _, b := range bufs {
+		if len(b) > 0 {
+			iovs = append(iovs, b)
+		}
+	}
 	var n int
 	var werr error
 	err := w.raw.Write(func(fd uintptr) bool {
 		for {
-			n, werr = unix.Write(int(fd), p)
+			n, werr = unix.Writev(int(fd), iovs)
 			if werr != unix.EINTR {
 				return true
 			}
 		}
 	})
+	clear(iovs) // no stale references into the netstack's chunks
+	w.iovs = iovs[:0]
 	if err == nil {
 		err = werr
 	}

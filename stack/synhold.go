@@ -33,14 +33,14 @@ type SYNBusy func(id stack.TransportEndpointID, proto tcpip.NetworkProtocolNumbe
 // SetSYNBusy installs the check; the read loop may already run.
 func (e *TapEndpoint) SetSYNBusy(fn SYNBusy) { e.synBusy.Store(&fn) }
 
-// holdSYN holds frame if it is a SYN whose 4-tuple is still taken, and
-// reports whether it did.
-func (e *TapEndpoint) holdSYN(frame []byte) bool {
+// holdSYN holds a copy of frame, whose first view is hdr, if it is a SYN
+// whose 4-tuple is still taken, and reports whether it did.
+func (e *TapEndpoint) holdSYN(hdr []byte, frame *buffer.Buffer) bool {
 	busy := e.synBusy.Load()
 	if busy == nil {
 		return false
 	}
-	id, proto, ok := synID(frame)
+	id, proto, ok := synID(hdr)
 	if !ok || !(*busy)(id, proto) {
 		return false
 	}
@@ -48,7 +48,7 @@ func (e *TapEndpoint) holdSYN(frame []byte) bool {
 		e.synHeld.Add(-1)
 		return false
 	}
-	held := append([]byte(nil), frame...)
+	held := frame.Flatten()
 	e.stats.SYNHeld.Add(1)
 	var retry func(step int)
 	retry = func(step int) {
