@@ -47,13 +47,31 @@ func startSelfDialer(t *testing.T) *Dialer {
 	return d
 }
 
-func openFDs(t *testing.T) int {
+// openFDs maps this process's open descriptors to what they point at.
+func openFDs(t *testing.T) map[string]string {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(ents)
+	fds := map[string]string{}
+	for _, e := range ents {
+		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		fds[e.Name()] = target
+	}
+	return fds
+}
+
+// checkNoNewFDs fails on descriptors open now that were not before: a
+// leak. Fewer is fine (the runtime or the test framework may have closed
+// one of theirs meanwhile, as seen once in CI).
+func checkNoNewFDs(t *testing.T, before map[string]string) {
+	t.Helper()
+	for fd, target := range openFDs(t) {
+		if before[fd] != target {
+			t.Errorf("descriptor %s (%s) left open", fd, target)
+		}
+	}
 }
 
 func TestBypassDialer(t *testing.T) {
@@ -109,9 +127,7 @@ func TestBypassDialer(t *testing.T) {
 		t.Error("dial over udp succeeded")
 	}
 	l.Close()
-	if n := openFDs(t); n != before {
-		t.Errorf("%d descriptors open, %d before", n, before)
-	}
+	checkNoNewFDs(t, before)
 
 	pid := d.Pid()
 	d.Close()
@@ -184,7 +200,7 @@ func TestBypassDialerConcurrent(t *testing.T) {
 			t.Fatalf("dial %d: %v", i, err)
 		}
 		c.Close()
-		if el := time.Since(start); el > time.Second {
+		if el := time.Since(start); el > 5*time.Second {
 			t.Errorf("dial %d took %v behind a hanging one", i, el)
 		}
 		if a, err := l.Accept(); err == nil {
@@ -201,10 +217,8 @@ func TestBypassDialerConcurrent(t *testing.T) {
 	if err := <-slowDone; !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("cancelled dial: %v", err)
 	}
-	if el := time.Since(start); el > time.Second {
+	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("cancelling took %v", el)
 	}
-	if n := openFDs(t); n != before {
-		t.Errorf("%d descriptors open, %d before", n, before)
-	}
+	checkNoNewFDs(t, before)
 }
