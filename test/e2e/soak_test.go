@@ -565,6 +565,30 @@ func (s procSample) String() string {
 		s.fds, s.tcp, s.udp, s.unixSock, s.otherSock, float64(s.rssKiB)/1024, s.threads)
 }
 
+// tcpSocketsOf lists the TCP sockets among pid's descriptors as lines of
+// /proc/PID/net/tcp{,6} (addresses, state, inode), to say which flow
+// stayed.
+func tcpSocketsOf(pid int) string {
+	mine := map[string]bool{}
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, e := range ents {
+		target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
+		if ino, ok := strings.CutPrefix(target, "socket:["); ok {
+			mine[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	var out []string
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		for i, line := range strings.Split(string(b), "\n") {
+			if fields := strings.Fields(line); i > 0 && len(fields) >= 10 && mine[fields[9]] {
+				out = append(out, f+": "+strings.TrimSpace(line))
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // socketInodes reads the inodes listed in /proc/PID/net/FILE.
 func socketInodes(pid int, files ...string) map[string]bool {
 	m := map[string]bool{}
@@ -808,7 +832,7 @@ func TestSoak(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Errorf("15 s after the traffic: %v; before: %v: TCP flows left fds behind", after, before)
+				t.Errorf("15 s after the traffic: %v; before: %v: TCP flows left fds behind:\n%s", after, before, tcpSocketsOf(pid))
 				break
 			}
 			time.Sleep(250 * time.Millisecond)
