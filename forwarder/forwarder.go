@@ -39,8 +39,11 @@ type Config struct {
 // Forwarder owns every flow it started: Close ends them all and waits.
 type Forwarder struct {
 	cfg Config
-	log *slog.Logger
-	st  *stack.Stack
+	// tcpDialer is cfg.Dialer connecting within its Control hook
+	// (dial.go).
+	tcpDialer *net.Dialer
+	log       *slog.Logger
+	st        *stack.Stack
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -67,6 +70,7 @@ func New(cfg Config) *Forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Forwarder{
 		cfg:       cfg,
+		tcpDialer: connectAtOnce(cfg.Dialer),
 		log:       cfg.Log,
 		ctx:       ctx,
 		cancel:    cancel,

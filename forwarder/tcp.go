@@ -51,7 +51,7 @@ func (f *Forwarder) HandleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(f.ctx, dialTimeout)
-	c, err := f.cfg.Dialer.DialContext(ctx, "tcp", to.String())
+	c, err := f.tcpDialer.DialContext(ctx, "tcp", to.String())
 	cancel()
 	if err != nil {
 		if !f.hostSocketFailed(err) {
