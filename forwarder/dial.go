@@ -14,7 +14,7 @@ import (
 // does with a loopback peer, the dialer's own connect finds the socket
 // connected (EISCONN) and returns without parking the goroutine on the
 // poller. With one P, that park let other runnable work (a closing flow's
-// relay) run before this flow's SYN-ACK: conn/s +14% in an A/B.
+// relay) run before this flow's SYN-ACK: conn/s +4 to +14% in three A/Bs.
 func connectAtOnce(d *net.Dialer) *net.Dialer {
 	fast := *d
 	bind := d.Control
