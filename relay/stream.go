@@ -141,7 +141,7 @@ func (w *hostWriter) Write(p []byte) (int, error) {
 	if len(p) < directWriteMin {
 		// pending is full: make room.
 		n, err := w.write(w.pending)
-		w.pending = w.pending[:copy(w.pending, w.pending[n:])]
+		w.drop(n)
 		if err != nil || len(w.pending) > 0 {
 			// The socket is full (or failed): this view waits.
 			return 0, errHostFull
@@ -157,7 +157,7 @@ func (w *hostWriter) Write(p []byte) (int, error) {
 		return 0, errHostFull
 	}
 	if n < len(w.pending) {
-		w.pending = w.pending[:copy(w.pending, w.pending[n:])]
+		w.drop(n)
 		w.blocked = true
 		return 0, errHostFull
 	}
@@ -168,6 +168,11 @@ func (w *hostWriter) Write(p []byte) (int, error) {
 		w.blocked = true
 	}
 	return len(p), nil
+}
+
+// drop removes the first n bytes of pending, which the socket took.
+func (w *hostWriter) drop(n int) {
+	w.pending = w.pending[:copy(w.pending, w.pending[n:])]
 }
 
 // keep appends p to pending.
@@ -234,7 +239,7 @@ func (w *hostWriter) flush() error {
 					werr = err
 					return true
 				}
-				w.pending = w.pending[:copy(w.pending, w.pending[n:])]
+				w.drop(n)
 			}
 			return true
 		})
@@ -292,13 +297,8 @@ func hostToGuest(raw syscall.RawConn, ep tcpip.Endpoint, wq *waiter.Queue) error
 			r.Reset(pend)
 			n, terr := ep.Write(&r, tcpip.WriteOptions{})
 			pend = pend[n:]
-			switch terr.(type) {
-			case nil:
-			case *tcpip.ErrWouldBlock:
-				// The send buffer is full.
-				<-writable
-			default:
-				return fmt.Errorf("%w: %s", errConnectionReset, terr)
+			if err := waitWritable(terr, writable); err != nil {
+				return err
 			}
 			continue
 		}
@@ -352,15 +352,24 @@ func hostToGuest(raw syscall.RawConn, ep tcpip.Endpoint, wq *waiter.Queue) error
 			// Bytes taken from the socket but not queued would be lost.
 			return fmt.Errorf("netstack queued %d of %d bytes read from the host", n, src.read)
 		}
-		switch terr.(type) {
-		case nil:
-		case *tcpip.ErrWouldBlock:
-			// The send buffer is full; the bytes stay in the socket.
-			<-writable
-		default:
-			return fmt.Errorf("%w: %s", errConnectionReset, terr)
+		if err := waitWritable(terr, writable); err != nil {
+			return err
 		}
 	}
+}
+
+// waitWritable handles the result of an Endpoint.Write: a full send
+// buffer waits for room (what was not taken stays with the caller or in
+// the socket), anything else but success is the connection's end.
+func waitWritable(terr tcpip.Error, writable <-chan struct{}) error {
+	switch terr.(type) {
+	case nil:
+	case *tcpip.ErrWouldBlock:
+		<-writable
+	default:
+		return fmt.Errorf("%w: %s", errConnectionReset, terr)
+	}
+	return nil
 }
 
 // socketPayload is a tcpip.Payloader reading a host socket without

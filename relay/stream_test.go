@@ -29,11 +29,13 @@ type streamFixture struct {
 	done  chan error
 }
 
-func newStreamFixture(t *testing.T) *streamFixture {
+// loopbackStack is a netstack with 127.0.0.1 on a loopback NIC, closed
+// when the test ends.
+func loopbackStack(t *testing.T, transport stack.TransportProtocolFactory) (*stack.Stack, tcpip.Address) {
 	t.Helper()
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{transport},
 	})
 	t.Cleanup(func() { s.Close(); s.Wait() })
 	if err := s.CreateNIC(1, loopback.New()); err != nil {
@@ -44,6 +46,12 @@ func newStreamFixture(t *testing.T) *streamFixture {
 		t.Fatal(err)
 	}
 	s.SetRouteTable([]tcpip.Route{{Destination: addr.WithPrefix().Subnet(), NIC: 1}})
+	return s, addr
+}
+
+func newStreamFixture(t *testing.T) *streamFixture {
+	t.Helper()
+	s, addr := loopbackStack(t, tcp.NewProtocol)
 
 	// The relayed endpoint is accepted from a listener, as the
 	// forwarder's are; the container's side dials it.

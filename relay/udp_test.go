@@ -8,9 +8,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/link/loopback"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
@@ -19,19 +17,7 @@ import (
 // netstack; the receiving one is relayed to a host socket, which must see
 // every datagram in order, including those queued before the relay began.
 func TestUDPToHost(t *testing.T) {
-	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{udp.NewProtocol},
-	})
-	defer func() { s.Close(); s.Wait() }()
-	if err := s.CreateNIC(1, loopback.New()); err != nil {
-		t.Fatal(err)
-	}
-	addr := tcpip.AddrFrom4([4]byte{127, 0, 0, 1})
-	if err := s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: addr.WithPrefix()}, stack.AddressProperties{}); err != nil {
-		t.Fatal(err)
-	}
-	s.SetRouteTable([]tcpip.Route{{Destination: addr.WithPrefix().Subnet(), NIC: 1}})
+	s, addr := loopbackStack(t, udp.NewProtocol)
 
 	var rwq, swq waiter.Queue
 	recv, terr := s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &rwq)
