@@ -389,22 +389,7 @@ func TestBypassAttach(t *testing.T) {
 func (e *env) bypassSlirp(t *testing.T, flags []string, attach bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ctr := e.command(ctx)
-	ctr.Path, ctr.Args = e.helper, []string{e.helper}
-	ctr.Env = append(ctr.Env, helperEnv+"=bypass-newns")
-	ctrIn, err := ctr.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := e.slirpStart(t, ctr)
-	t.Cleanup(func() { ctrIn.Close() })
-	if !cp.stdout.waitFor("\n", cp, 20*time.Second) {
-		t.Fatalf("no PID from the container\n%s", cp.output())
-	}
-	var pid int
-	if _, err := fmt.Sscanf(cp.stdout.String(), "PID %d", &pid); err != nil {
-		t.Fatalf("container said %q: %v", cp.stdout.String(), err)
-	}
+	pid, cp, ctrIn := e.containerAs(t, ctx, "bypass-newns")
 
 	sock := filepath.Join(e.scratch, "api-"+strconv.Itoa(pid)+".sock")
 	port := e.slirpFreePort(t, "127.0.0.1")

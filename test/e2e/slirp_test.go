@@ -389,9 +389,15 @@ func TestSlirpFormFlags(t *testing.T) {
 // container's pid and process, and its stdin, whose closing ends it.
 func (e *env) slirpContainer(t *testing.T, ctx context.Context) (int, *slirpProc, io.WriteCloser) {
 	t.Helper()
+	return e.containerAs(t, ctx, "slirp-newns")
+}
+
+// containerAs is slirpContainer with another helper role.
+func (e *env) containerAs(t *testing.T, ctx context.Context, role string) (int, *slirpProc, io.WriteCloser) {
+	t.Helper()
 	ctr := e.command(ctx)
 	ctr.Path, ctr.Args = e.helper, []string{e.helper}
-	ctr.Env = append(ctr.Env, helperEnv+"=slirp-newns")
+	ctr.Env = append(ctr.Env, helperEnv+"="+role)
 	ctrIn, err := ctr.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
