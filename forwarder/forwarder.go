@@ -21,6 +21,12 @@ type GuestWriter interface {
 	WriteToGuest(ipPacket []byte) error
 }
 
+// UDPShortcut carries a UDP flow's datagrams from the container past the
+// netstack once the flow is set up (stack.TapEndpoint.AddUDPFlow).
+type UDPShortcut interface {
+	AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func())
+}
+
 // Config is what the forwarder needs.
 type Config struct {
 	Policy Policy
@@ -33,7 +39,10 @@ type Config struct {
 	Dialer *net.Dialer
 	// UDPIdleTimeout ends UDP flows that carried nothing for that long.
 	UDPIdleTimeout time.Duration
-	Log            *slog.Logger
+	// UDPShortcut, when set, takes over the container's datagrams of a
+	// UDP flow once its host socket is connected.
+	UDPShortcut UDPShortcut
+	Log         *slog.Logger
 }
 
 // Forwarder owns every flow it started: Close ends them all and waits.

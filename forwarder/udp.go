@@ -111,6 +111,17 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		return
 	}
 	defer stopToHost()
+	if f.cfg.UDPShortcut != nil {
+		// The flow's later datagrams skip the stack; stopToHost
+		// still drains what the stack queued before.
+		sink, err := relay.UDPSinkTo(host, func(n int) {
+			touch()
+			lastLen.Store(int64(n))
+		})
+		if err == nil {
+			defer f.cfg.UDPShortcut.AddUDPFlow(src, dst, sink)()
+		}
+	}
 	for {
 		// Due when the flow will have been idle for idle, counting
 		// the other direction's datagrams too (not idle after the last

@@ -128,6 +128,11 @@ func New(cfg Config) (*Network, error) {
 		ep = sn
 	}
 	a := cfg.Addressing
+	var shortcut forwarder.UDPShortcut
+	if cfg.Pcap == nil {
+		// The capture must see every datagram.
+		shortcut = link
+	}
 	n.Forwarder = forwarder.New(forwarder.Config{
 		Policy: forwarder.Policy{
 			Gateway:             a.Gateway,
@@ -142,6 +147,7 @@ func New(cfg Config) (*Network, error) {
 		Nameservers: cfg.Nameservers,
 		Guest:       guestWriter{link: link, mac: stack.GatewayMAC(a)},
 		Dialer:      cfg.Dialer,
+		UDPShortcut: shortcut,
 		Log:         cfg.Log,
 	})
 	s, err := stack.New(stack.Config{

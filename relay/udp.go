@@ -85,3 +85,29 @@ func UDPToHost(ep tcpip.Endpoint, wq *waiter.Queue, host *net.UDPConn, seen func
 		})
 	}, nil
 }
+
+// UDPSinkTo returns a sink for stack.TapEndpoint.AddUDPFlow that writes
+// each payload to the connected host socket as one datagram, never
+// waiting (a full socket drops it, as UDP may), and calls seen with its
+// size. Writes after host is closed fail harmlessly.
+func UDPSinkTo(host *net.UDPConn, seen func(n int)) (func(payload [][]byte), error) {
+	rc, err := host.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return func(payload [][]byte) {
+		n := 0
+		for _, b := range payload {
+			n += len(b)
+		}
+		rc.Write(func(fd uintptr) bool {
+			for {
+				_, werr := unix.Writev(int(fd), payload)
+				if !errors.Is(werr, syscall.EINTR) {
+					return true
+				}
+			}
+		})
+		seen(n)
+	}, nil
+}

@@ -62,6 +62,9 @@ type TapEndpoint struct {
 	done     chan struct{}
 	doneOnce sync.Once
 
+	// udp carries registered UDP flows past the stack (udpshortcut.go).
+	udp udpShortcut
+
 	stats LinkStats
 }
 
@@ -70,6 +73,9 @@ type LinkStats struct {
 	RxFrames, TxFrames, RxDropped, TxErrors atomic.Uint64
 	// SYNHeld counts SYNs held until their 4-tuple was free (synhold.go).
 	SYNHeld atomic.Uint64
+	// UDPShortcut counts datagrams handed to a flow's sink past the
+	// stack (udpshortcut.go).
+	UDPShortcut atomic.Uint64
 }
 
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
@@ -488,6 +494,10 @@ func (e *TapEndpoint) deliver(frame buffer.Buffer) {
 	}
 	if e.onRouterSolicit != nil && isRouterSolicit(hdr) {
 		e.onRouterSolicit()
+	}
+	if e.deliverUDP(hdr, &frame) {
+		frame.Release()
+		return
 	}
 	if e.holdSYN(hdr, &frame) {
 		frame.Release()

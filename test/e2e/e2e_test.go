@@ -176,6 +176,7 @@ func TestOutboundUDP(t *testing.T) {
 	forEachVariant(t, func(t *testing.T, e *env) {
 		echo := e.w.UDPEcho(t, "198.51.100.1:0")
 		e.mustOK(nil, "udp-echo", echo.String())
+		e.mustOK(nil, "udp-stream", echo.String())
 		e.mustOK(nil, "udp-refused", "198.51.100.1:9")
 	})
 }

@@ -54,6 +54,8 @@ func runHelper() (int, bool) {
 		err = udpEcho(args[0])
 	case "udp-refused":
 		err = udpRefused(args[0])
+	case "udp-stream":
+		err = udpStream(args[0])
 	case "dns":
 		err = dnsQuery(args[0], args[1], dns.TypeA)
 	case "ping":
@@ -172,6 +174,43 @@ func udpEcho(addr string) error {
 		}
 	}
 	return errors.New("no echo")
+}
+
+// udpStream sends datagrams of many sizes on one flow (the first through
+// the netstack, the next past it on the link's UDP shortcut, those above
+// the MTU as IP fragments through the netstack again) and wants each
+// echoed intact.
+func udpStream(addr string) error {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	sizes := []int{1, 64, 129, 1400, 1472, 3000, 9000, 30000}
+	buf := make([]byte, 64<<10)
+	for i := 0; i < 120; i++ {
+		msg := make([]byte, sizes[i%len(sizes)])
+		for j := range msg {
+			msg[j] = byte(i + j)
+		}
+		echoed := false
+		for try := 0; try < 3 && !echoed; try++ {
+			c.Write(msg)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			for !echoed {
+				n, err := c.Read(buf)
+				if err != nil {
+					break
+				}
+				// A late echo of an earlier datagram differs.
+				echoed = bytes.Equal(buf[:n], msg)
+			}
+		}
+		if !echoed {
+			return fmt.Errorf("datagram %d (%d bytes) was not echoed intact", i, len(msg))
+		}
+	}
+	return nil
 }
 
 func udpRefused(addr string) error {
