@@ -425,6 +425,18 @@ func (e *TapEndpoint) readLoop() {
 			}
 			n -= VnetHdrSize
 		}
+		if e.udp.n.Load() > 0 {
+			hdr, rest := hv.AsSlice(), []byte(nil)
+			if n > rxHdrSize {
+				rest = head.AsSlice()[:n-rxHdrSize]
+			} else {
+				hdr = hdr[:n]
+			}
+			if e.deliverUDP(hdr, rest) {
+				hv.Release()
+				continue
+			}
+		}
 		if n <= rxHdrSize {
 			hv.CapLength(n)
 			e.deliver(buffer.MakeWithView(hv))
@@ -487,23 +499,24 @@ func (e *TapEndpoint) deliver(frame buffer.Buffer) {
 		frame.Release()
 		return
 	}
-	if src := eth.SourceAddress(); header.IsValidUnicastEthernetAddress(src) {
-		if p := e.guestMAC.Load(); p == nil || *p != src {
-			e.guestMAC.Store(&src)
-		}
-	}
+	e.learnGuestMAC(eth.SourceAddress())
 	if e.onRouterSolicit != nil && isRouterSolicit(hdr) {
 		e.onRouterSolicit()
-	}
-	if e.deliverUDP(hdr, &frame) {
-		frame.Release()
-		return
 	}
 	if e.holdSYN(hdr, &frame) {
 		frame.Release()
 		return
 	}
 	e.dispatch(frame)
+}
+
+// learnGuestMAC remembers src, a frame's source, as the container's MAC.
+func (e *TapEndpoint) learnGuestMAC(src tcpip.LinkAddress) {
+	if header.IsValidUnicastEthernetAddress(src) {
+		if p := e.guestMAC.Load(); p == nil || *p != src {
+			e.guestMAC.Store(&src)
+		}
+	}
 }
 
 // firstView is the start of b without copying.

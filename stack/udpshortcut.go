@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -59,14 +58,20 @@ func (e *TapEndpoint) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]
 	}
 }
 
-// deliverUDP hands frame (whose first view is hdr) to the sink of its
-// flow and reports whether it did; the caller still owns frame.
-func (e *TapEndpoint) deliverUDP(hdr []byte, frame *buffer.Buffer) bool {
+// deliverUDP hands a frame read from the TAP, whose first bytes are hdr
+// and the rest rest, to the sink of its flow and reports whether it did.
+// It runs on the read loop before the frame becomes a gVisor buffer, so
+// that a datagram that skips the stack costs no copy.
+func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
 	u := &e.udp
-	if u.n.Load() == 0 {
+	if u.n.Load() == 0 || len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
-	src, dst, off, n, ok := parseUDP(hdr, int(frame.Size()))
+	eth := header.Ethernet(hdr)
+	if eth.DestinationAddress() != e.mac {
+		return false
+	}
+	src, dst, off, n, ok := parseUDP(hdr, len(hdr)+len(rest))
 	if !ok {
 		return false
 	}
@@ -76,12 +81,9 @@ func (e *TapEndpoint) deliverUDP(hdr []byte, frame *buffer.Buffer) bool {
 	if sink == nil {
 		return false
 	}
-	// The payload's pieces: the rest of the first view, then the others
-	// up to n bytes.
+	e.learnGuestMAC(eth.SourceAddress())
 	iovs := u.iovs[:0]
-	views := frame.AsViewList()
-	for v := views.Front(); v != nil && n > 0; v = v.Next() {
-		b := v.AsSlice()
+	for _, b := range [2][]byte{hdr, rest} {
 		if off >= len(b) {
 			off -= len(b)
 			continue
@@ -91,7 +93,9 @@ func (e *TapEndpoint) deliverUDP(hdr []byte, frame *buffer.Buffer) bool {
 		if len(b) > n {
 			b = b[:n]
 		}
-		iovs = append(iovs, b)
+		if len(b) > 0 {
+			iovs = append(iovs, b)
+		}
 		n -= len(b)
 	}
 	sink(iovs)
