@@ -21,10 +21,13 @@ type GuestWriter interface {
 	WriteToGuest(ipPacket []byte) error
 }
 
-// UDPShortcut carries a UDP flow's datagrams from the container past the
-// netstack once the flow is set up (stack.TapEndpoint.AddUDPFlow).
+// UDPShortcut carries a UDP flow's datagrams past the netstack once the
+// flow is set up: from the container to a sink (AddUDPFlow), and to the
+// container (WriteUDP, false when the stack must send it); see
+// stack.TapEndpoint.
 type UDPShortcut interface {
 	AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func())
+	WriteUDP(src, dst netip.AddrPort, payload []byte) bool
 }
 
 // Config is what the forwarder needs.
@@ -39,8 +42,8 @@ type Config struct {
 	Dialer *net.Dialer
 	// UDPIdleTimeout ends UDP flows that carried nothing for that long.
 	UDPIdleTimeout time.Duration
-	// UDPShortcut, when set, takes over the container's datagrams of a
-	// UDP flow once its host socket is connected.
+	// UDPShortcut, when set, carries a UDP flow's datagrams both ways
+	// once its host socket is connected.
 	UDPShortcut UDPShortcut
 	Log         *slog.Logger
 }

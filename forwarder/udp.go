@@ -122,6 +122,16 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 			defer f.cfg.UDPShortcut.AddUDPFlow(src, dst, sink)()
 		}
 	}
+	rc, err := host.SyscallConn()
+	if err != nil {
+		return
+	}
+	toGuest := func(p []byte) {
+		touch()
+		if f.cfg.UDPShortcut == nil || !f.cfg.UDPShortcut.WriteUDP(dst, src, p) {
+			guest.Write(p)
+		}
+	}
 	for {
 		// Due when the flow will have been idle for idle, counting
 		// the other direction's datagrams too (not idle after the last
@@ -129,21 +139,25 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		host.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 		// No buffer held while idle: most flows are, most of the time.
 		bp, n, err := relay.ReadHost(host)
-		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				// The host got ICMP port unreachable: tell the
-				// container the same way.
-				f.portUnreachable(src, dst, int(lastLen.Load()))
-				continue
+		if err == nil {
+			// The datagrams already queued behind it come with the
+			// same buffer and without waiting.
+			for err == nil {
+				toGuest((*bp)[:n])
+				n, err = relay.ReadHostNow(host, rc, *bp)
 			}
-			if isTimeout(err) && !expired() {
-				continue
-			}
-			break
+			relay.PutDatagram(bp)
 		}
-		touch()
-		guest.Write((*bp)[:n])
-		relay.PutDatagram(bp)
+		switch {
+		case errors.Is(err, relay.ErrNothingQueued):
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// The host got ICMP port unreachable: tell the container
+			// the same way.
+			f.portUnreachable(src, dst, int(lastLen.Load()))
+		case isTimeout(err) && !expired():
+		default:
+			return
+		}
 	}
 }
 

@@ -53,6 +53,8 @@ type frameHarness struct {
 	// arpReplies carries the target MAC of every ARP reply from the
 	// gateway address.
 	arpReplies chan [6]byte
+	// udpFrames carries a copy of every UDP frame to the container.
+	udpFrames  chan []byte
 	readerDone chan struct{}
 	readErr    atomic.Pointer[error] // the link's read loop ended
 	seq        atomic.Uint32
@@ -88,6 +90,7 @@ func newFrameHarness(tb testing.TB) *frameHarness {
 	h := &frameHarness{
 		peer:       os.NewFile(uintptr(fds[1]), "container-end"),
 		arpReplies: make(chan [6]byte, 256),
+		udpFrames:  make(chan []byte, 64),
 		readerDone: make(chan struct{}),
 	}
 	gw, dns := tcpip.AddrFrom4(fzAddressing.Gateway.As4()), tcpip.AddrFrom4(fzAddressing.DNS.As4())
@@ -195,8 +198,8 @@ func (h *frameHarness) handleICMP4(gstack.TransportEndpointID, *gstack.PacketBuf
 	return false
 }
 
-// readFrames drains what the stack sends the container and reports ARP
-// replies for the gateway.
+// readFrames drains what the stack sends the container, reports ARP
+// replies for the gateway and passes UDP frames on.
 func (h *frameHarness) readFrames() {
 	defer close(h.readerDone)
 	buf := make([]byte, maxFrame+1)
@@ -206,6 +209,13 @@ func (h *frameHarness) readFrames() {
 			return
 		}
 		f := buf[:n]
+		if isUDPFrame(f) {
+			select {
+			case h.udpFrames <- append([]byte(nil), f...):
+			default: // nobody waits for that many; drop
+			}
+			continue
+		}
 		if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != 0x0806 {
 			continue
 		}
@@ -220,6 +230,20 @@ func (h *frameHarness) readFrames() {
 		default: // nobody waits for that many; drop
 		}
 	}
+}
+
+// isUDPFrame spots an Ethernet frame carrying IPv4 or IPv6 UDP.
+func isUDPFrame(f []byte) bool {
+	if len(f) < 14 {
+		return false
+	}
+	switch binary.BigEndian.Uint16(f[12:]) {
+	case 0x0800:
+		return len(f) >= 14+20+8 && f[14+9] == 17
+	case 0x86dd:
+		return len(f) >= 14+40+8 && f[14+6] == 17
+	}
+	return false
 }
 
 // send writes one frame as the container.

@@ -64,6 +64,8 @@ type TapEndpoint struct {
 
 	// udp carries registered UDP flows past the stack (udpshortcut.go).
 	udp udpShortcut
+	// ipID numbers the IPv4 packets WriteUDP makes.
+	ipID atomic.Uint32
 
 	stats LinkStats
 }
@@ -73,9 +75,10 @@ type LinkStats struct {
 	RxFrames, TxFrames, RxDropped, TxErrors atomic.Uint64
 	// SYNHeld counts SYNs held until their 4-tuple was free (synhold.go).
 	SYNHeld atomic.Uint64
-	// UDPShortcut counts datagrams handed to a flow's sink past the
-	// stack (udpshortcut.go).
-	UDPShortcut atomic.Uint64
+	// UDPShortcutIn counts datagrams handed to a flow's sink past the
+	// stack, UDPShortcutOut those written to the container by WriteUDP
+	// (udpshortcut.go).
+	UDPShortcutIn, UDPShortcutOut atomic.Uint64
 }
 
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -15,7 +17,8 @@ import (
 // keeps no state the stack must see. Once the forwarder has set a flow up
 // it registers a sink here, and the read loop hands the flow's datagrams
 // straight to it; the first datagram of a flow, fragments, IP options
-// and everything else still go through the stack.
+// and everything else still go through the stack. The other way, WriteUDP
+// makes the headers of a host's datagram itself and writes it to the TAP.
 
 type udpFlowKey struct{ src, dst netip.AddrPort }
 
@@ -101,7 +104,7 @@ func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
 	sink(iovs)
 	clear(iovs)
 	u.iovs = iovs[:0]
-	e.stats.UDPShortcut.Add(1)
+	e.stats.UDPShortcutIn.Add(1)
 	return true
 }
 
@@ -157,4 +160,79 @@ func parseUDP(hdr []byte, frameLen int) (src, dst netip.AddrPort, off, n int, ok
 	src = netip.AddrPortFrom(srcIP, udp.SourcePort())
 	dst = netip.AddrPortFrom(dstIP, udp.DestinationPort())
 	return src, dst, off + header.UDPMinimumSize, l - header.UDPMinimumSize, true
+}
+
+// udpHeadersMax is the room for the virtio-net, Ethernet, IPv6 and UDP
+// headers of a datagram WriteUDP makes.
+const udpHeadersMax = VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.UDPMinimumSize
+
+// WriteUDP sends payload to the container as one datagram from src to dst
+// (both IPv4 or both IPv6), past the stack, and reports whether it took
+// it: not before the container's MAC is known, nor for a datagram that
+// would need IP fragments; the caller then sends it through the stack. A
+// full TAP queue drops the datagram, as it drops the stack's frames.
+func (e *TapEndpoint) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
+	guest, ok := e.GuestMAC()
+	if !ok || src.Addr().Is4() != dst.Addr().Is4() {
+		return false
+	}
+	v4 := src.Addr().Is4()
+	ipLen := header.IPv6MinimumSize
+	proto := header.IPv6ProtocolNumber
+	if v4 {
+		ipLen = header.IPv4MinimumSize
+		proto = header.IPv4ProtocolNumber
+	}
+	udpLen := header.UDPMinimumSize + len(payload)
+	if ipLen+udpLen > int(e.MTU()) {
+		return false
+	}
+	var buf [udpHeadersMax]byte // the virtio-net header stays zero: a complete packet
+	frame := buf[VnetHdrSize:]
+	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: e.mac, DstAddr: guest, Type: proto})
+	ip := frame[header.EthernetMinimumSize:]
+	var srcA, dstA tcpip.Address
+	if v4 {
+		srcA, dstA = tcpip.AddrFrom4(src.Addr().As4()), tcpip.AddrFrom4(dst.Addr().As4())
+		h := header.IPv4(ip)
+		h.Encode(&header.IPv4Fields{
+			TotalLength: uint16(ipLen + udpLen),
+			ID:          uint16(e.ipID.Add(1)),
+			TTL:         64,
+			Protocol:    uint8(header.UDPProtocolNumber),
+			SrcAddr:     srcA,
+			DstAddr:     dstA,
+		})
+		h.SetChecksum(^h.CalculateChecksum())
+	} else {
+		srcA, dstA = tcpip.AddrFrom16(src.Addr().As16()), tcpip.AddrFrom16(dst.Addr().As16())
+		header.IPv6(ip).Encode(&header.IPv6Fields{
+			PayloadLength:     uint16(udpLen),
+			TransportProtocol: header.UDPProtocolNumber,
+			HopLimit:          64,
+			SrcAddr:           srcA,
+			DstAddr:           dstA,
+		})
+	}
+	u := header.UDP(ip[ipLen:])
+	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, uint16(udpLen))
+	xsum = checksum.Checksum(payload, xsum)
+	c := ^u.CalculateChecksum(xsum)
+	if c == 0 {
+		c = 0xffff // 0 would mean "no checksum"
+	}
+	u.SetChecksum(c)
+
+	hdrs := buf[:VnetHdrSize+header.EthernetMinimumSize+ipLen+header.UDPMinimumSize]
+	if !e.vnet {
+		hdrs = hdrs[VnetHdrSize:]
+	}
+	if err := e.writev([][]byte{hdrs, payload}); err != nil {
+		e.stats.TxErrors.Add(1)
+		return true
+	}
+	e.stats.TxFrames.Add(1)
+	e.stats.UDPShortcutOut.Add(1)
+	return true
 }

@@ -6,6 +6,10 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 // refragment sets the IPv4 flags and fragment offset field of an
@@ -129,8 +133,8 @@ func TestUDPShortcut(t *testing.T) {
 		h.send(t, datagram(4000, 7000, p))
 		expect(p)
 	}
-	if n := h.link.Stats().UDPShortcut.Load(); n != 5 {
-		t.Errorf("UDPShortcut = %d, want 5", n)
+	if n := h.link.Stats().UDPShortcutIn.Load(); n != 5 {
+		t.Errorf("UDPShortcutIn = %d, want 5", n)
 	}
 
 	// Another flow, and a fragment of this one, go to the stack.
@@ -142,7 +146,108 @@ func TestUDPShortcut(t *testing.T) {
 	remove()
 	h.send(t, datagram(4000, 7000, []byte("after remove")))
 	nothingMore()
-	if n := h.link.Stats().UDPShortcut.Load(); n != 5 {
-		t.Errorf("UDPShortcut = %d after the flow was removed, want 5", n)
+	if n := h.link.Stats().UDPShortcutIn.Load(); n != 5 {
+		t.Errorf("UDPShortcutIn = %d after the flow was removed, want 5", n)
 	}
+}
+
+// TestWriteUDP has the link make host datagrams into frames for the
+// container: valid headers and checksums, the learned MAC, and a refusal
+// (the caller then uses the stack) before the MAC is known, across
+// families and above the MTU.
+func TestWriteUDP(t *testing.T) {
+	h := newFrameHarness(t)
+	gw4 := netip.AddrPortFrom(netip.AddrFrom4([4]byte(fzGateway4)), 53)
+	guest4 := netip.AddrPortFrom(netip.AddrFrom4([4]byte(fzGuest4)), 5000)
+	world6 := netip.AddrPortFrom(netip.AddrFrom16([16]byte(fzWorld6)), 443)
+	guest6 := netip.AddrPortFrom(netip.AddrFrom16([16]byte(fzGuest6)), 5001)
+	payload := []byte("a host's answer")
+
+	if h.link.WriteUDP(gw4, guest4, payload) {
+		t.Fatal("WriteUDP took a datagram before the container's MAC was known")
+	}
+	// Any frame from the container teaches the link its MAC (port 7 is
+	// odd: the harness answers port unreachable).
+	h.send(t, toGateway4(ipv4Packet(fzGuest4, fzGateway4, 17, nil, udpDatagram(5000, 7, []byte("hi")), 6)))
+	deadline := time.Now().Add(fzAliveTimeout)
+	for mac, ok := h.link.GuestMAC(); !ok || string(mac) != string(fzGuestMAC); mac, ok = h.link.GuestMAC() {
+		if time.Now().After(deadline) {
+			t.Fatal("the link never learned the container's MAC")
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	if h.link.WriteUDP(gw4, guest6, payload) {
+		t.Error("WriteUDP took a datagram from IPv4 to IPv6")
+	}
+	if h.link.WriteUDP(gw4, guest4, make([]byte, int(h.link.MTU())-28+1)) {
+		t.Error("WriteUDP took a datagram larger than the MTU")
+	}
+	for _, tc := range []struct {
+		src, dst netip.AddrPort
+		payload  []byte
+	}{
+		{gw4, guest4, payload},
+		{world6, guest6, payload},
+		{gw4, guest4, nil},
+		{gw4, guest4, bytes.Repeat([]byte{0xff}, int(h.link.MTU())-28)}, // the largest that fits
+	} {
+		if !h.link.WriteUDP(tc.src, tc.dst, tc.payload) {
+			t.Fatalf("WriteUDP %v -> %v (%d bytes) was refused", tc.src, tc.dst, len(tc.payload))
+		}
+		var f []byte
+		for f == nil {
+			select {
+			case got := <-h.udpFrames:
+				// Skip the port unreachable answer's kin: only ours
+				// goes to tc.dst's port.
+				if udpDstPort(got) == tc.dst.Port() {
+					f = got
+				}
+			case <-time.After(fzAliveTimeout):
+				t.Fatalf("no frame for %v (link stats tx=%d txerr=%d out=%d)", tc.dst, h.link.stats.TxFrames.Load(), h.link.stats.TxErrors.Load(), h.link.stats.UDPShortcutOut.Load())
+			}
+		}
+		eth := header.Ethernet(f)
+		if string(eth.DestinationAddress()) != string(fzGuestMAC) || string(eth.SourceAddress()) != string(fzGatewayMAC) {
+			t.Errorf("MACs %v -> %v, want %v -> %v", eth.SourceAddress(), eth.DestinationAddress(), tcpip.LinkAddress(fzGatewayMAC), tcpip.LinkAddress(fzGuestMAC))
+		}
+		var src, dst tcpip.Address
+		var u header.UDP
+		if tc.src.Addr().Is4() {
+			ip := header.IPv4(f[14:])
+			if !ip.IsValid(len(f)-14) || !ip.IsChecksumValid() || ip.TTL() == 0 {
+				t.Fatalf("bad IPv4 header % x", f[14:34])
+			}
+			src, dst, u = ip.SourceAddress(), ip.DestinationAddress(), header.UDP(ip.Payload())
+		} else {
+			ip := header.IPv6(f[14:])
+			if !ip.IsValid(len(f)-14) || ip.HopLimit() == 0 {
+				t.Fatalf("bad IPv6 header % x", f[14:54])
+			}
+			src, dst, u = ip.SourceAddress(), ip.DestinationAddress(), header.UDP(ip.Payload())
+		}
+		if src.String() != tc.src.Addr().String() || dst.String() != tc.dst.Addr().String() ||
+			u.SourcePort() != tc.src.Port() || u.DestinationPort() != tc.dst.Port() {
+			t.Errorf("datagram %v:%d -> %v:%d, want %v -> %v", src, u.SourcePort(), dst, u.DestinationPort(), tc.src, tc.dst)
+		}
+		if int(u.Length()) != len(u) || !bytes.Equal(u.Payload(), tc.payload) {
+			t.Errorf("UDP length %d of %d bytes, payload %d bytes, want %d", u.Length(), len(u), len(u.Payload()), len(tc.payload))
+		}
+		if !u.IsChecksumValid(src, dst, checksum.Checksum(u.Payload(), 0)) {
+			t.Errorf("bad UDP checksum %#04x", u.Checksum())
+		}
+	}
+	if n := h.link.Stats().UDPShortcutOut.Load(); n != 4 {
+		t.Errorf("UDPShortcutOut = %d, want 4", n)
+	}
+}
+
+// udpDstPort is the destination port of a frame isUDPFrame accepted.
+func udpDstPort(f []byte) uint16 {
+	off := 14 + 40
+	if binary.BigEndian.Uint16(f[12:]) == 0x0800 {
+		off = 14 + int(f[14]&0xf)*4
+	}
+	return binary.BigEndian.Uint16(f[off+2:])
 }
