@@ -59,6 +59,8 @@ var figures = []figure{
 	{"pub-out-bypass", "published port ns->host (-R), --port-bypass (rootlessnet only), Gbit/s", "%.2f", true},
 	{"udp-out", "UDP ns->host received, Gbit/s", "%.2f", false},
 	{"udp-loss", "UDP ns->host loss, % (lower is better)", "%.1f", false},
+	{"udp-in", "UDP host->ns received, Gbit/s", "%.2f", false},
+	{"udp-in-loss", "UDP host->ns loss, % (lower is better)", "%.1f", false},
 	{"lat-p50", "TCP 64 B round trip p50, µs (lower is better)", "%.0f", false},
 	{"lat-p99", "TCP 64 B round trip p99, µs (lower is better)", "%.0f", false},
 	{"connrate", "new TCP connections ns->host, conn/s", "%.0f", false},
@@ -314,7 +316,7 @@ Notes (whole run %.0f s):
 - TCP: iperf3 -t %d in the namespace (nsenter) against iperf3 -s on the host's 127.0.0.1, received rate; host->ns is -R.
 - Published port: iperf3 -s on port %d in the namespace; host client to 127.0.0.1:PORT (rootlessnet -p, slirp4netns add_hostfwd on its API socket, pasta -t); host->ns is the client sending. pasta serves loopback clients of its forwards by splicing to the namespace's loopback (no TCP/IP stack in the path).
 - Published port with --port-bypass (rootlessnet only; the peers' cells are n/a): the same measurement in a session of its own, rootlessnet started with --port-bypass: a helper in the namespace connects to the guest port and rootlessnet splices between the two kernel sockets, without the netstack (the guest sees its own address as the peer).
-- UDP: iperf3 -u %s -l 1400 ns->host; the received rate and the loss reported by the server.
+- UDP: iperf3 -u %s -l 1400 ns->host, and host->ns (-R); the received rate and the loss reported by the receiver.
 - Latency: one TCP connection (TCP_NODELAY) from a client in the namespace (this binary re-executed through nsenter) to an echo server of the bench on 127.0.0.1; 100 warm-up then %d round trips of 64 bytes; p50/p99 of the round-trip times.
 - Connections per second: the same client connects, writes 1 byte, reads it back and closes, one at a time, for a fixed time.
 - RSS: VmRSS of the stack process (and any children), 0.5 s after it is ready, and with %d connections to the echo server open (opened by 8 parallel dialers, each one echoed once), in a session of its own with no other traffic.

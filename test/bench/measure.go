@@ -69,7 +69,7 @@ const (
 
 var kindFigures = map[string][]string{
 	kindRSS:    {"rss-idle", "rss-hold"},
-	kindMain:   {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "lat-p50", "lat-p99", "connrate"},
+	kindMain:   {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "udp-in", "udp-in-loss", "lat-p50", "lat-p99", "connrate"},
 	kind1500:   {"tcp-out-1500", "tcp-in-1500"},
 	kindBypass: {"pub-in-bypass", "pub-out-bypass"},
 }
@@ -160,7 +160,10 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 			measurePublished(cfg, s, rec, "")
 		}
 		if cfg.wantAny("udp-out", "udp-loss") {
-			measureUDP(cfg, s, rec)
+			measureUDP(cfg, s, rec, "udp-out", "udp-loss")
+		}
+		if cfg.wantAny("udp-in", "udp-in-loss") {
+			measureUDP(cfg, s, rec, "udp-in", "udp-in-loss", "-R")
 		}
 	case kind1500:
 		measureTCP(cfg, s, rec, false)
@@ -218,16 +221,18 @@ func measureTCP(cfg *config, s *session, rec *recorder, cpu bool) {
 	}
 }
 
-// measureUDP: iperf3 -u from the namespace to the host's server.
-func measureUDP(cfg *config, s *session, rec *recorder) {
-	r, err := iperfNS(s.pid, cfg.secs, "-c", s.gw, "-p", fmt.Sprint(cfg.hostPort), "-t", fmt.Sprint(cfg.secs), "-u", "-b", cfg.udpRate, "-l", "1400")
+// measureUDP: iperf3 -u from the namespace to the host's server, or the
+// other way with -R; the figures are the receiver's.
+func measureUDP(cfg *config, s *session, rec *recorder, rate, loss string, extra ...string) {
+	args := append([]string{"-c", s.gw, "-p", fmt.Sprint(cfg.hostPort), "-t", fmt.Sprint(cfg.secs), "-u", "-b", cfg.udpRate, "-l", "1400"}, extra...)
+	r, err := iperfNS(s.pid, cfg.secs, args...)
 	if err != nil {
-		rec.fail(s.t.name, "udp-out", err)
-		rec.fail(s.t.name, "udp-loss", err)
+		rec.fail(s.t.name, rate, err)
+		rec.fail(s.t.name, loss, err)
 		return
 	}
-	rec.add(s.t.name, "udp-out", r.End.SumReceived.BitsPerSecond/1e9)
-	rec.add(s.t.name, "udp-loss", r.End.SumReceived.LostPercent)
+	rec.add(s.t.name, rate, r.End.SumReceived.BitsPerSecond/1e9)
+	rec.add(s.t.name, loss, r.End.SumReceived.LostPercent)
 }
 
 // startNamespace starts a process in new user and network namespaces
