@@ -251,3 +251,22 @@ func udpDstPort(f []byte) uint16 {
 	}
 	return binary.BigEndian.Uint16(f[off+2:])
 }
+
+// FuzzParseUDP: any bytes, no panic, and a payload found lies inside the
+// frame, after the headers.
+func FuzzParseUDP(f *testing.F) {
+	f.Add(toGateway4(ipv4Packet(fzGuest4, fzGateway4, 17, nil, udpDatagram(5000, 53, []byte("hello")), 6)), 0)
+	f.Add(toGateway6(ipv6Packet(fzGuest6, fzWorld6, 17, 64, udpDatagram(5000, 53, []byte("hello")), 6)), 3)
+	f.Add(refragment(toGateway4(ipv4Packet(fzGuest4, fzGateway4, 17, nil, udpDatagram(1, 2, nil), 6)), 0x2000), 0)
+	f.Fuzz(func(t *testing.T, frame []byte, extra int) {
+		// extra stands for bytes of the frame beyond its first view.
+		frameLen := len(frame) + max(0, extra%70000)
+		_, _, off, n, ok := parseUDP(frame, frameLen)
+		if !ok {
+			return
+		}
+		if off < header.EthernetMinimumSize+header.IPv4MinimumSize+header.UDPMinimumSize || n < 0 || off+n > frameLen {
+			t.Fatalf("payload at %d, %d bytes, in a %d-byte frame", off, n, frameLen)
+		}
+	})
+}
