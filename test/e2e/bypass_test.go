@@ -451,3 +451,65 @@ func (e *env) bypassSlirp(t *testing.T, flags []string, attach bool) {
 		t.Errorf("rootlessnet's output shows a failure:\n%s", s)
 	}
 }
+
+// TestBypassIPv6: with IPv6 on, a forward from [::1] goes through the
+// bypass to the guest's IPv6 address, which the guest sees as the peer,
+// and carries data both ways intact.
+func TestBypassIPv6(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		port := e.slirpFreePort(t, "[::1]")
+		p := e.startRun(t, ctx, 0, []string{"-6", "--port-bypass", "-p", fmt.Sprintf("[::1]:%d:%d", port, bypassGuestPort)}, "bypass-server")
+		select {
+		case line := <-p.lines:
+			if line != "READY" {
+				t.Fatalf("container said %q\n%s", line, p.stderrText())
+			}
+		case <-p.done:
+			t.Fatalf("rootlessnet exited: %v\n%s", p.err, p.stderrText())
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the container never got ready\n%s", p.stderrText())
+		}
+		addr := fmt.Sprintf("[::1]:%d", port)
+		got, err := e.bypassWhoami(addr)
+		if err != nil {
+			t.Fatalf("whoami through %s: %v\n%s", addr, err, p.stderrText())
+		}
+		if !strings.HasPrefix(got, "["+guest6+"]:") {
+			t.Errorf("the guest saw the client as %q, want its own IPv6 address [%s]:PORT", got, guest6)
+		}
+
+		c, err := e.bypassDial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := pattern(bypassUp)
+		go func() {
+			c.Write([]byte("D"))
+			c.Write(up)
+			c.CloseWrite()
+		}()
+		reply, err := io.ReadAll(c)
+		c.Close()
+		sum := sha256.Sum256(up)
+		switch {
+		case err != nil:
+			t.Errorf("both ways: %v after %d bytes", err, len(reply))
+		case len(reply) != 32+bypassDown:
+			t.Errorf("both ways: %d bytes back, want %d", len(reply), 32+bypassDown)
+		case !bytes.Equal(reply[:32], sum[:]) || !bytes.Equal(reply[32:], pattern(bypassDown)):
+			t.Errorf("both ways: corrupted data")
+		}
+
+		p.stdin.Close()
+		select {
+		case <-p.done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("rootlessnet did not exit after the command\n%s", p.stderrText())
+		}
+		if s := p.stderrText(); strings.Contains(s, "panic") || strings.Contains(s, "level=ERROR") {
+			t.Errorf("rootlessnet's stderr shows a failure:\n%s", s)
+		}
+	})
+}
