@@ -241,11 +241,14 @@ func StartDialer(opts DialerOptions) (*Dialer, error) {
 	fail := func(err error) (*Dialer, error) {
 		child.Conn.Close()
 		child.Cmd.Process.Kill()
-		if werr := child.Wait(); werr != nil && userns.IsClosed(err) {
-			// It died before answering: its reason beats "closed".
-			if s := child.Stderr(); s != "" {
-				return nil, errors.New(s)
-			}
+		werr := child.Wait()
+		// A child that died before answering (the channel closed, or a
+		// send found no reader: EPIPE) said why on its stderr, which
+		// beats "closed" or "broken pipe".
+		if s := child.Stderr(); s != "" && werr != nil {
+			return nil, fmt.Errorf("port bypass dialer: %s", s)
+		}
+		if werr != nil && userns.IsClosed(err) {
 			return nil, werr
 		}
 		return nil, fmt.Errorf("talking to the port bypass dialer: %w", err)

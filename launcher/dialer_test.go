@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -222,3 +224,35 @@ func TestBypassDialerConcurrent(t *testing.T) {
 	}
 	checkNoNewFDs(t, before)
 }
+
+// TestStartDialerFails: a dialer that cannot join its namespaces fails
+// StartDialer at once with the child's reason, and leaves no descriptor
+// or process behind.
+func TestStartDialerFails(t *testing.T) {
+	notNS, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notNS.Close()
+	before := openFDs(t)
+	start := time.Now()
+	d, err := StartDialer(DialerOptions{JoinNet: notNS, LogLevel: "debug", Log: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		d.Close()
+		t.Fatal("StartDialer joined /dev/null as a network namespace")
+	}
+	t.Logf("StartDialer: %v (after %v)", err, time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(err.Error(), "network namespace") {
+		t.Errorf("the error %q does not give the child's reason (it could not join the network namespace)", err)
+	}
+	if took := time.Since(start); took >= dialerHandshakeTimeout {
+		t.Errorf("StartDialer took %v: it waited for the handshake timeout instead of the child's exit", took)
+	}
+	checkNoNewFDs(t, before)
+	// The child was reaped: no zombie among our children.
+	if kids, _ := os.ReadFile("/proc/self/task/" + itoa(unix.Gettid()) + "/children"); len(kids) > 0 {
+		t.Errorf("children left: %s", kids)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
