@@ -250,9 +250,7 @@ func TestStartDialerFails(t *testing.T) {
 	}
 	checkNoNewFDs(t, before)
 	// The child was reaped: no zombie among our children.
-	if kids, _ := os.ReadFile("/proc/self/task/" + itoa(unix.Gettid()) + "/children"); len(kids) > 0 {
+	if kids, _ := os.ReadFile("/proc/self/task/" + strconv.Itoa(unix.Gettid()) + "/children"); len(kids) > 0 {
 		t.Errorf("children left: %s", kids)
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -63,11 +63,12 @@ func (e *TapEndpoint) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]
 
 // deliverUDP hands a frame read from the TAP, whose first bytes are hdr
 // and the rest rest, to the sink of its flow and reports whether it did.
-// It runs on the read loop before the frame becomes a gVisor buffer, so
-// that a datagram that skips the stack costs no copy.
+// It runs on the read loop (which skips it while no flow is registered)
+// before the frame becomes a gVisor buffer, so that a datagram that skips
+// the stack costs no copy.
 func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
 	u := &e.udp
-	if u.n.Load() == 0 || len(hdr) < header.EthernetMinimumSize {
+	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
 	eth := header.Ethernet(hdr)

@@ -163,22 +163,10 @@ func (e *env) bypassWhoami(addr string) (string, error) {
 	}
 }
 
-// bypassChecks runs the traffic checks through the published port addr
-// (to the guest's :8080) and refused (to a port nobody listens on);
-// out returns the container's stdout so far.
-func (e *env) bypassChecks(t *testing.T, addr, refused string, out func() string) {
+// bypassBothWays sends bypassUp bytes to the guest through addr and wants
+// their digest and bypassDown bytes back, the client half-closing first.
+func (e *env) bypassBothWays(t *testing.T, addr string) {
 	t.Helper()
-	// The guest sees its own address.
-	got, err := e.bypassWhoami(addr)
-	if err != nil {
-		t.Fatalf("whoami through %s: %v", addr, err)
-	}
-	t.Logf("the guest saw the client as %s", got)
-	if !strings.HasPrefix(got, "10.0.2.100:") {
-		t.Errorf("the guest saw the client as %q, want its own address 10.0.2.100:PORT", got)
-	}
-
-	// Both ways, the client half-closing first.
 	c, err := e.bypassDial(addr)
 	if err != nil {
 		t.Fatal(err)
@@ -202,9 +190,43 @@ func (e *env) bypassChecks(t *testing.T, addr, refused string, out func() string
 	case !bytes.Equal(reply[32:], pattern(bypassDown)):
 		t.Errorf("both ways: the client received corrupted data")
 	}
+}
+
+// waitBypassReady waits for the bypass server in p's container to say
+// READY.
+func waitBypassReady(t *testing.T, p *soakProc) {
+	t.Helper()
+	select {
+	case line := <-p.lines:
+		if line != "READY" {
+			t.Fatalf("container said %q\n%s", line, p.stderrText())
+		}
+	case <-p.done:
+		t.Fatalf("rootlessnet exited: %v\n%s", p.err, p.stderrText())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the container never got ready\n%s", p.stderrText())
+	}
+}
+
+// bypassChecks runs the traffic checks through the published port addr
+// (to the guest's :8080) and refused (to a port nobody listens on);
+// out returns the container's stdout so far.
+func (e *env) bypassChecks(t *testing.T, addr, refused string, out func() string) {
+	t.Helper()
+	// The guest sees its own address.
+	got, err := e.bypassWhoami(addr)
+	if err != nil {
+		t.Fatalf("whoami through %s: %v", addr, err)
+	}
+	t.Logf("the guest saw the client as %s", got)
+	if !strings.HasPrefix(got, "10.0.2.100:") {
+		t.Errorf("the guest saw the client as %q, want its own address 10.0.2.100:PORT", got)
+	}
+
+	e.bypassBothWays(t, addr)
 
 	// The guest half-closes first; the client's data still arrives.
-	c, err = e.bypassDial(addr)
+	c, err := e.bypassDial(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,16 +337,7 @@ func TestBypassRun(t *testing.T) {
 			"-p", fmt.Sprintf("127.0.0.1:%d:%d", port, bypassGuestPort),
 			"-p", fmt.Sprintf("127.0.0.1:%d:%d", refused, bypassRefusedPort),
 		}, "bypass-server")
-		select {
-		case line := <-p.lines:
-			if line != "READY" {
-				t.Fatalf("container said %q\n%s", line, p.stderrText())
-			}
-		case <-p.done:
-			t.Fatalf("rootlessnet exited: %v\n%s", p.err, p.stderrText())
-		case <-time.After(30 * time.Second):
-			t.Fatalf("the container never got ready\n%s", p.stderrText())
-		}
+		waitBypassReady(t, p)
 		rn := p.cmd.Process.Pid
 		checkConfinement(t, rn, true, true)
 		dialer := dialerOf(t, rn)
@@ -461,16 +474,7 @@ func TestBypassIPv6(t *testing.T) {
 		defer cancel()
 		port := e.slirpFreePort(t, "[::1]")
 		p := e.startRun(t, ctx, 0, []string{"-6", "--port-bypass", "-p", fmt.Sprintf("[::1]:%d:%d", port, bypassGuestPort)}, "bypass-server")
-		select {
-		case line := <-p.lines:
-			if line != "READY" {
-				t.Fatalf("container said %q\n%s", line, p.stderrText())
-			}
-		case <-p.done:
-			t.Fatalf("rootlessnet exited: %v\n%s", p.err, p.stderrText())
-		case <-time.After(30 * time.Second):
-			t.Fatalf("the container never got ready\n%s", p.stderrText())
-		}
+		waitBypassReady(t, p)
 		addr := fmt.Sprintf("[::1]:%d", port)
 		got, err := e.bypassWhoami(addr)
 		if err != nil {
@@ -480,27 +484,7 @@ func TestBypassIPv6(t *testing.T) {
 			t.Errorf("the guest saw the client as %q, want its own IPv6 address [%s]:PORT", got, guest6)
 		}
 
-		c, err := e.bypassDial(addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		up := pattern(bypassUp)
-		go func() {
-			c.Write([]byte("D"))
-			c.Write(up)
-			c.CloseWrite()
-		}()
-		reply, err := io.ReadAll(c)
-		c.Close()
-		sum := sha256.Sum256(up)
-		switch {
-		case err != nil:
-			t.Errorf("both ways: %v after %d bytes", err, len(reply))
-		case len(reply) != 32+bypassDown:
-			t.Errorf("both ways: %d bytes back, want %d", len(reply), 32+bypassDown)
-		case !bytes.Equal(reply[:32], sum[:]) || !bytes.Equal(reply[32:], pattern(bypassDown)):
-			t.Errorf("both ways: corrupted data")
-		}
+		e.bypassBothWays(t, addr)
 
 		p.stdin.Close()
 		select {
