@@ -44,6 +44,9 @@ type Config struct {
 	VnetHdr bool
 	// Pcap, when set, receives every frame as pcap (LINKTYPE_RAW).
 	Pcap io.Writer
+	// TCPFastPath carries outbound TCP past the netstack
+	// (stack/tcpfast.go); off with Pcap, which must see every segment.
+	TCPFastPath bool
 	// Dialer makes the host-side connections.
 	Dialer *net.Dialer
 	Log    *slog.Logger
@@ -150,6 +153,9 @@ func New(cfg Config) (*Network, error) {
 		UDPShortcut: shortcut,
 		Log:         cfg.Log,
 	})
+	if cfg.TCPFastPath && cfg.Pcap == nil {
+		link.EnableTCPFastPath(n.Forwarder)
+	}
 	s, err := stack.New(stack.Config{
 		Link:       ep,
 		Addressing: a,

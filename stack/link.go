@@ -64,7 +64,9 @@ type TapEndpoint struct {
 
 	// udp carries registered UDP flows past the stack (udpshortcut.go).
 	udp udpShortcut
-	// ipID numbers the IPv4 packets WriteUDP makes.
+	// tcpf carries outbound TCP connections past the stack (tcpfast.go).
+	tcpf tcpFastPath
+	// ipID numbers the IPv4 packets WriteUDP and the TCP fast path make.
 	ipID atomic.Uint32
 
 	stats LinkStats
@@ -79,6 +81,8 @@ type LinkStats struct {
 	// stack, UDPShortcutOut those written to the container by WriteUDP
 	// (udpshortcut.go).
 	UDPShortcutIn, UDPShortcutOut atomic.Uint64
+	// TCPFastFlows counts connections the TCP fast path took on.
+	TCPFastFlows atomic.Uint64
 }
 
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
@@ -170,11 +174,13 @@ func (e *TapEndpoint) IsAttached() bool {
 // Wait implements stack.LinkEndpoint.
 func (e *TapEndpoint) Wait() { e.wg.Wait() }
 
-// Close closes the TAP fd, which ends the read loop.
+// Close closes the TAP fd, which ends the read loop, and the TCP fast
+// path's connections.
 func (e *TapEndpoint) Close() {
 	if e.closed.CompareAndSwap(false, true) {
 		e.doneOnce.Do(func() { close(e.done) })
 		e.file.Close()
+		e.closeTCPFast()
 	}
 }
 
@@ -428,14 +434,14 @@ func (e *TapEndpoint) readLoop() {
 			}
 			n -= VnetHdrSize
 		}
-		if e.udp.n.Load() > 0 {
+		if udp, tcp := e.udp.n.Load() > 0, e.tcpf.policy != nil; udp || tcp {
 			hdr, rest := hv.AsSlice(), []byte(nil)
 			if n > rxHdrSize {
 				rest = head.AsSlice()[:n-rxHdrSize]
 			} else {
 				hdr = hdr[:n]
 			}
-			if e.deliverUDP(hdr, rest) {
+			if udp && e.deliverUDP(hdr, rest) || tcp && e.deliverTCP(hdr, rest) {
 				hv.Release()
 				continue
 			}

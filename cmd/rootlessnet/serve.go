@@ -39,6 +39,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		DisableHostLoopback: o.disableHostLoopback,
 		DisableDNS:          o.disableDNS,
 		VnetHdr:             o.offload,
+		TCPFastPath:         o.tcpFastPath,
 		Log:                 log,
 	}
 	if !o.disableDNS {

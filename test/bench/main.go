@@ -106,6 +106,8 @@ func main() {
 	udpRate := flag.String("udp-b", "0", "iperf3 -b for UDP (0: as fast as the sender can)")
 	toolList := flag.String("tools", "rootlessnet,slirp4netns,pasta", "tools to measure, comma-separated")
 	binB := flag.String("b", "", "A/B: a second rootlessnet binary, measured interleaved as rootlessnet-b")
+	extra := flag.String("args", "", "extra flags for rootlessnet, space-separated (e.g. --tcp-fastpath)")
+	extraB := flag.String("b-args", "", "extra flags for rootlessnet-b, space-separated (-b defaults to -rootlessnet's binary when only this is given)")
 	only := flag.String("figures", "", "measure only these figures (comma-separated ids: tcp-out-65520, pub-in, udp-out, lat-p50, connrate, rss-idle, ...)")
 	profile := flag.String("profile", "", "directory for pprof CPU and allocation profiles of every rootlessnet session (RLN_CPUPROFILE, RLN_MEMPROFILE)")
 	flag.BoolVar(&verbose, "v", false, "report progress and timings on stderr")
@@ -127,6 +129,9 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: %s not found (apt-get install iperf3 util-linux)\n", need)
 			os.Exit(1)
 		}
+	}
+	if *extraB != "" && *binB == "" {
+		*binB = *bin
 	}
 	for _, p := range []*string{bin, binB, profile} {
 		if *p == "" {
@@ -184,7 +189,7 @@ func main() {
 	cleanups = append(cleanups, func() { srv.stop(time.Second) })
 
 	cfg := &config{tmp: tmp, secs: *secs, hostPort: hostPort, helper: helper, rtts: *rtts, connSecs: *connSecs, holdConns: *hold, udpRate: *udpRate, figures: selected, profileDir: *profile}
-	tools, err := pickTools(newTools(*bin, *binB, cfg), *toolList, *binB != "")
+	tools, err := pickTools(newTools(*bin, *binB, strings.Fields(*extra), strings.Fields(*extraB), cfg), *toolList, *binB != "")
 	if err != nil {
 		fatal(err)
 	}

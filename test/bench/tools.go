@@ -32,19 +32,19 @@ type tool struct {
 	bypass bool
 }
 
-func newTools(rootlessnet, rootlessnetB string, cfg *config) []*tool {
+func newTools(rootlessnet, rootlessnetB string, extra, extraB []string, cfg *config) []*tool {
 	tools := []*tool{
-		rootlessnetTool("rootlessnet", rootlessnet, cfg),
+		rootlessnetTool("rootlessnet", rootlessnet, extra, cfg),
 	}
 	if rootlessnetB != "" {
-		tools = append(tools, rootlessnetTool("rootlessnet-b", rootlessnetB, cfg))
+		tools = append(tools, rootlessnetTool("rootlessnet-b", rootlessnetB, extraB, cfg))
 	}
 	return append(tools, peerTools()...)
 }
 
-// rootlessnetTool runs bin; with cfg.profileDir it writes a CPU and an
+// rootlessnetTool runs bin with extra flags; with cfg.profileDir it writes a CPU and an
 // allocation profile per session there (uid 65534 must be able to).
-func rootlessnetTool(name, bin string, cfg *config) *tool {
+func rootlessnetTool(name, bin string, extra []string, cfg *config) *tool {
 	return &tool{name: name, bin: bin, gateway: "10.0.2.2", bypass: true, start: func(s *session) (*proc, error) {
 		args := []string{"--netns", fmt.Sprintf("/proc/%d/ns/net", s.pid), "--mtu", fmt.Sprint(s.mtu), "--log-level", "error"}
 		if s.bypass {
@@ -53,6 +53,7 @@ func rootlessnetTool(name, bin string, cfg *config) *tool {
 		if s.hostPort != 0 {
 			args = append(args, "-p", fmt.Sprintf("127.0.0.1:%d:%d/tcp", s.hostPort, guestPort))
 		}
+		args = append(args, extra...)
 		c := unprivileged(exec.Command(bin, args...))
 		if cfg.profileDir != "" {
 			if c.Env == nil {

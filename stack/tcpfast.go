@@ -1,0 +1,831 @@
+package stack
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// The TCP fast path carries the container's outbound TCP connections
+// without a netstack endpoint, as pasta does: the read loop translates the
+// container's segments into calls on a host socket, and the flow's
+// goroutine turns what the host socket reads into segments. A 64-byte
+// round trip through gVisor cost the process about 60 µs of CPU against
+// slirp4netns' 18 (docs/benchmarks.md); most of that was the netstack and
+// its goroutine hand-offs. See docs/tcp-fastpath.md for the design.
+//
+// What it keeps of TCP, toward the container: the handshake (MSS and
+// window scale; no SACK or timestamps, which the container then leaves
+// off), in-order delivery (a TAP does not reorder; anything out of order
+// follows a drop and gets a duplicate ACK), retransmission from the data
+// kept until acknowledged (timer with backoff, three duplicate ACKs),
+// window probes, FIN and RST both ways. The host side is a kernel socket.
+
+// TCPFastPolicy decides which connections the fast path carries.
+type TCPFastPolicy interface {
+	// TakeTCP is asked, on the read loop (it must not block), about a
+	// SYN from the container's src to dst. With ok the fast path
+	// carries the connection: dial runs on the flow's goroutine (an
+	// error answers RST) and done runs once when the flow has ended.
+	// Without ok the SYN goes to the stack.
+	TakeTCP(src, dst netip.AddrPort) (dial func(context.Context) (*net.TCPConn, error), done func(), ok bool)
+}
+
+const (
+	// fastRcvShift is the window scale offered to the container.
+	fastRcvShift = 7
+	// fastPendingMax bounds the container's data that a full host
+	// socket has not taken yet; the window offered is what is left.
+	fastPendingMax = 1 << 20
+	// fastSendMax bounds the host's data kept until the container
+	// acknowledges it.
+	fastSendMax = 2 << 20
+	// fastSegMax is the largest payload of a super-frame: a 64 KiB IP
+	// packet less IPv6's header and a TCP header.
+	fastSegMax = 65535 - header.IPv6MinimumSize - header.TCPMinimumSize
+	fastRTOMin = 200 * time.Millisecond
+	fastRTOMax = 30 * time.Second
+	// fastRetries gives up on a container that acknowledges nothing
+	// for about 3 minutes of backoff.
+	fastRetries = 12
+)
+
+type tcpFlowKey struct{ src, dst netip.AddrPort }
+
+// tcpFastPath is the TapEndpoint's table of fast-path flows.
+type tcpFastPath struct {
+	policy TCPFastPolicy // nil: off
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.RWMutex
+	flows  map[tcpFlowKey]*tcpFlow
+	closed bool
+	// wg counts flow goroutines: runs and flushes.
+	wg sync.WaitGroup
+}
+
+// EnableTCPFastPath carries the outbound connections p takes past the
+// stack. Call it before the NIC is created. A pcap sniffer on the link
+// would not see these connections.
+func (e *TapEndpoint) EnableTCPFastPath(p TCPFastPolicy) {
+	fp := &e.tcpf
+	fp.policy = p
+	fp.ctx, fp.cancel = context.WithCancel(context.Background())
+	fp.flows = map[tcpFlowKey]*tcpFlow{}
+}
+
+// TCPFastFlows counts the connections on the fast path.
+func (e *TapEndpoint) TCPFastFlows() int {
+	fp := &e.tcpf
+	fp.mu.RLock()
+	defer fp.mu.RUnlock()
+	return len(fp.flows)
+}
+
+// closeTCPFast ends every flow (their host sockets close) and waits for
+// their goroutines.
+func (e *TapEndpoint) closeTCPFast() {
+	fp := &e.tcpf
+	if fp.policy == nil {
+		return
+	}
+	fp.mu.Lock()
+	fp.closed = true
+	flows := make([]*tcpFlow, 0, len(fp.flows))
+	for _, f := range fp.flows {
+		flows = append(flows, f)
+	}
+	fp.mu.Unlock()
+	fp.cancel()
+	for _, f := range flows {
+		f.mu.Lock()
+		f.closeLocked(false, true)
+		f.mu.Unlock()
+	}
+	fp.wg.Wait()
+}
+
+func (fp *tcpFastPath) remove(f *tcpFlow) {
+	fp.mu.Lock()
+	if fp.flows[f.key] == f {
+		delete(fp.flows, f.key)
+	}
+	fp.mu.Unlock()
+}
+
+// deliverTCP hands a frame read from the TAP (hdr, then rest) to its
+// fast-path flow, or starts one for a SYN the policy takes, and reports
+// whether it did. It runs on the read loop before the frame becomes a
+// gVisor buffer.
+func (e *TapEndpoint) deliverTCP(hdr, rest []byte) bool {
+	fp := &e.tcpf
+	if len(hdr) < header.EthernetMinimumSize {
+		return false
+	}
+	eth := header.Ethernet(hdr)
+	if eth.DestinationAddress() != e.mac {
+		return false
+	}
+	seg, ok := parseTCP(hdr, len(hdr)+len(rest))
+	if !ok {
+		return false
+	}
+	key := tcpFlowKey{src: seg.src, dst: seg.dst}
+	fp.mu.RLock()
+	f := fp.flows[key]
+	fp.mu.RUnlock()
+	if f == nil {
+		if seg.flags&(flagSYN|flagACK|flagRST|flagFIN) != flagSYN {
+			return false // the stack answers strays with RST
+		}
+		return e.startTCPFlow(&seg, eth.SourceAddress())
+	}
+	f.mu.Lock()
+	f.pieces = framePieces(f.pieces[:0], hdr, rest, seg.off, seg.n)
+	f.segmentLocked(&seg)
+	clear(f.pieces)
+	f.mu.Unlock()
+	return true
+}
+
+// framePieces appends to dst the pieces of bytes [off, off+n) of a frame
+// read as hdr then rest.
+func framePieces(dst [][]byte, hdr, rest []byte, off, n int) [][]byte {
+	for _, b := range [2][]byte{hdr, rest} {
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > n {
+			b = b[:n]
+		}
+		if len(b) > 0 {
+			dst = append(dst, b)
+		}
+		n -= len(b)
+	}
+	return dst
+}
+
+func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
+	fp := &e.tcpf
+	if !header.IsValidUnicastEthernetAddress(guestMAC) {
+		return false
+	}
+	dial, done, ok := fp.policy.TakeTCP(seg.src, seg.dst)
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithCancel(fp.ctx)
+	iss := rand.Uint32()
+	mtu := int(e.MTU())
+	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
+	if seg.src.Addr().Is6() {
+		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
+	}
+	mss := int(seg.mss)
+	if mss == 0 {
+		mss = 536 // RFC 9293's default
+	}
+	f := &tcpFlow{
+		e:        e,
+		key:      tcpFlowKey{src: seg.src, dst: seg.dst},
+		guestMAC: guestMAC,
+		cancel:   cancel,
+		irs:      seg.seq,
+		rcvNxt:   seg.seq + 1,
+		iss:      iss,
+		sndUna:   iss,
+		sndNxt:   iss,
+		sndWnd:   uint32(seg.wnd),
+		mss:      max(min(mss, mtu-hdrs), 64),
+		ourMSS:   uint16(min(mtu-hdrs, 65535)),
+		rto:      fastRTOMin,
+	}
+	if seg.wscale >= 0 {
+		f.wsOK = true
+		f.sndShift = uint8(seg.wscale)
+	}
+	f.cond.L = &f.mu
+	fp.mu.Lock()
+	if fp.closed || fp.flows[f.key] != nil {
+		fp.mu.Unlock()
+		cancel()
+		done()
+		return true
+	}
+	fp.flows[f.key] = f
+	fp.wg.Add(1)
+	fp.mu.Unlock()
+	e.learnGuestMAC(guestMAC)
+	e.stats.TCPFastFlows.Add(1)
+	go f.run(ctx, dial, done)
+	return true
+}
+
+type flowState uint8
+
+const (
+	fsConnecting  flowState = iota // dialing the host
+	fsSynAckSent                   // waiting for the container's ACK
+	fsEstablished                  // data both ways
+)
+
+// tcpFlow is one connection on the fast path. mu guards everything; the
+// read loop holds it to apply a segment, the flow's goroutines to move
+// host data. Sequence variables are named as in RFC 9293: snd* for what
+// goes to the container, rcv* for what comes from it.
+type tcpFlow struct {
+	e        *TapEndpoint
+	key      tcpFlowKey // src: the container's end; dst: the peer it sees
+	guestMAC tcpip.LinkAddress
+	cancel   context.CancelFunc // ends the dial
+
+	mu     sync.Mutex
+	cond   sync.Cond // room to read from the host, or the flow's end
+	state  flowState
+	closed bool
+
+	irs, rcvNxt         uint32
+	iss, sndUna, sndNxt uint32
+	sndWnd              uint32 // the container's window from sndUna, in bytes
+	sndShift            uint8
+	wsOK                bool // window scaling on: both sides offered it
+	mss                 int  // largest segment the container takes
+	ourMSS              uint16
+	lastWnd             uint16 // the window field last sent
+	guestFIN, shutWr    bool   // FIN from the container; host socket shut for writing
+	hostEOF, finSent    bool   // EOF from the host socket; FIN sent to the container
+	dupAcks             int
+	rto                 time.Duration
+	retries             int
+	timer               *time.Timer
+	timerOn             bool
+
+	// snd holds the host's data from sndUna on: sent, then unsent.
+	snd sendBuf
+	// pending is the container's data the host socket has not taken;
+	// flushing says a goroutine is writing it.
+	pending  []byte
+	flushing bool
+
+	conn *net.TCPConn
+	raw  syscall.RawConn
+
+	// Scratch under mu.
+	pieces [][]byte
+	iovs   [][]byte
+	wiovs  [][]byte
+	hdr    [tcpHeadersMax]byte
+}
+
+// run dials the host, answers the container's SYN, and then reads the
+// host socket until the flow ends.
+func (f *tcpFlow) run(ctx context.Context, dial func(context.Context) (*net.TCPConn, error), done func()) {
+	defer f.e.tcpf.wg.Done()
+	defer done()
+	conn, err := dial(ctx)
+	var raw syscall.RawConn
+	if err == nil {
+		raw, err = conn.SyscallConn()
+		if err != nil {
+			conn.Close()
+		}
+	}
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		if err == nil {
+			conn.Close()
+		}
+		return
+	}
+	if err != nil {
+		f.sendLocked(flagRST|flagACK, 0, nil, 0)
+		f.closeLocked(false, false)
+		f.mu.Unlock()
+		return
+	}
+	f.conn, f.raw = conn, raw
+	f.state = fsSynAckSent
+	f.sndNxt = f.iss + 1
+	f.sendSynAckLocked()
+	f.armLocked()
+	f.mu.Unlock()
+	f.readHost()
+}
+
+// readRoomLocked is how much more host data the flow may hold: no more
+// than the container's window, which keeps the host peer's pace.
+func (f *tcpFlow) readRoomLocked() int {
+	return min(fastSendMax, int(f.sndWnd)) - f.snd.size
+}
+
+// readHost reads the host socket into snd and sends what the window
+// allows, until the flow ends.
+func (f *tcpFlow) readHost() {
+	for {
+		f.mu.Lock()
+		for !f.closed && (f.state != fsEstablished || f.hostEOF || f.readRoomLocked() <= 0) {
+			f.cond.Wait()
+		}
+		if f.closed {
+			f.mu.Unlock()
+			return
+		}
+		f.mu.Unlock()
+
+		n, reserved := 0, false
+		var rerr error
+		err := f.raw.Read(func(fd uintptr) bool {
+			f.mu.Lock()
+			room := f.readRoomLocked()
+			if f.closed || room <= 0 {
+				f.mu.Unlock()
+				return true // the outer loop waits for room
+			}
+			buf := f.snd.tail(room)
+			f.mu.Unlock()
+			for {
+				n, rerr = unix.Read(int(fd), buf)
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				f.mu.Lock()
+				f.snd.unreserve() // an idle flow holds no chunk
+				f.mu.Unlock()
+				return false
+			}
+			reserved = true
+			return true
+		})
+		f.mu.Lock()
+		if reserved {
+			if n > 0 && rerr == nil {
+				f.snd.commit(n)
+			} else {
+				f.snd.unreserve()
+			}
+		}
+		switch {
+		case f.closed:
+			f.snd.release()
+		case err != nil:
+			f.closeLocked(true, false)
+		case !reserved:
+		case rerr != nil:
+			f.closeLocked(true, true) // the host reset: so does the container
+		case n == 0:
+			f.hostEOF = true
+			f.sendNewLocked()
+			f.maybeFinishLocked()
+		default:
+			f.sendNewLocked()
+		}
+		f.mu.Unlock()
+	}
+}
+
+// segmentLocked applies a segment from the container; f.pieces holds its
+// payload.
+func (f *tcpFlow) segmentLocked(s *tcpSeg) {
+	if f.closed {
+		return
+	}
+	if s.flags&flagRST != 0 {
+		// Accept a reset within the window (RFC 5961 would ask for an
+		// exact match; a TAP carries no blind attackers).
+		if f.state == fsConnecting || seqLEQ(f.rcvNxt, s.seq) && seqLEQ(s.seq, f.rcvNxt+fastPendingMax) {
+			f.closeLocked(false, true)
+		}
+		return
+	}
+	if s.flags&flagSYN != 0 {
+		if f.state == fsSynAckSent && s.seq == f.irs {
+			f.sendSynAckLocked() // ours was lost
+		}
+		return
+	}
+	if f.state == fsConnecting || s.flags&flagACK == 0 {
+		return
+	}
+	f.ackLocked(s)
+	if f.closed || f.state != fsEstablished {
+		return
+	}
+	if s.n == 0 && s.flags&flagFIN == 0 {
+		f.maybeFinishLocked()
+		return
+	}
+	f.dataLocked(s)
+	f.maybeFinishLocked()
+}
+
+// ackLocked takes the acknowledgment and window of a segment.
+func (f *tcpFlow) ackLocked(s *tcpSeg) {
+	ack := s.ack
+	if seqLT(ack, f.sndUna) || seqGT(ack, f.sndNxt) {
+		return // old, or acknowledges what was never sent
+	}
+	wnd := uint32(s.wnd) << f.sndShift
+	if ack == f.sndUna {
+		if s.n == 0 && s.flags&flagFIN == 0 && wnd == f.sndWnd && f.sndNxt != f.sndUna {
+			f.dupAcks++
+			if f.dupAcks == 3 {
+				f.retransmitLocked()
+			}
+		}
+		if wnd != f.sndWnd {
+			grew := wnd > f.sndWnd
+			f.sndWnd = wnd
+			if grew {
+				f.sendNewLocked()
+				f.cond.Broadcast()
+			}
+		}
+		return
+	}
+	acked := int(ack - f.sndUna)
+	if f.state == fsSynAckSent {
+		f.state = fsEstablished
+		acked-- // our SYN
+	}
+	if f.finSent && ack == f.sndNxt {
+		acked-- // our FIN
+	}
+	f.snd.consume(acked)
+	f.sndUna = ack
+	f.sndWnd = wnd
+	f.dupAcks = 0
+	f.retries = 0
+	f.rto = fastRTOMin
+	f.restartTimerLocked()
+	f.sendNewLocked()
+	f.cond.Broadcast()
+}
+
+// dataLocked takes the payload and FIN of an acceptable segment and
+// acknowledges them.
+func (f *tcpFlow) dataLocked(s *tcpSeg) {
+	seq, n := s.seq, s.n
+	fin := s.flags&flagFIN != 0
+	if seqLT(seq, f.rcvNxt) {
+		// A retransmission of what we have: keep only what is new.
+		skip := int(f.rcvNxt - seq)
+		if skip > n || skip == n && (!fin || f.guestFIN) {
+			f.sendAckLocked()
+			return
+		}
+		f.pieces = skipPieces(f.pieces, skip)
+		seq, n = f.rcvNxt, n-skip
+	}
+	if seq != f.rcvNxt || f.guestFIN {
+		f.sendAckLocked() // out of order: a duplicate ACK
+		return
+	}
+	if n > 0 {
+		took, err := f.toHostLocked(n)
+		if err != nil {
+			f.closeLocked(true, false)
+			return
+		}
+		f.rcvNxt += uint32(took)
+		if took < n {
+			fin = false // the rest comes again
+		}
+	}
+	if fin {
+		f.rcvNxt++
+		f.guestFIN = true
+		if !f.flushing {
+			f.shutWriteLocked()
+		}
+	}
+	f.sendAckLocked()
+}
+
+// skipPieces drops the first n bytes of pieces.
+func skipPieces(pieces [][]byte, n int) [][]byte {
+	for len(pieces) > 0 && n >= len(pieces[0]) {
+		n -= len(pieces[0])
+		pieces = pieces[1:]
+	}
+	if len(pieces) > 0 {
+		pieces[0] = pieces[0][n:]
+	}
+	return pieces
+}
+
+// toHostLocked writes the n bytes of f.pieces to the host socket, and
+// keeps what the socket does not take for a flusher while there is room.
+// It returns how many bytes it took.
+func (f *tcpFlow) toHostLocked(n int) (int, error) {
+	w := 0
+	if !f.flushing {
+		var werr error
+		err := f.raw.Write(func(fd uintptr) bool {
+			for {
+				w, werr = unix.Writev(int(fd), f.pieces)
+				if werr != unix.EINTR {
+					return true // never wait on the read loop
+				}
+			}
+		})
+		switch {
+		case err != nil:
+			return 0, err
+		case werr == unix.EAGAIN:
+			w = 0
+		case werr != nil:
+			return 0, werr
+		}
+		if w == n {
+			return n, nil
+		}
+		f.pieces = skipPieces(f.pieces, w)
+	}
+	room := fastPendingMax - len(f.pending)
+	took := 0
+	for _, p := range f.pieces {
+		p = p[:min(len(p), room-took)]
+		f.pending = append(f.pending, p...)
+		took += len(p)
+	}
+	if took > 0 && !f.flushing {
+		f.flushing = true
+		f.e.tcpf.wg.Add(1)
+		go f.flush()
+	}
+	return w + took, nil
+}
+
+// flush writes the pending data to the host socket, waiting as the
+// socket wants, then shuts its write side if the container has sent FIN.
+func (f *tcpFlow) flush() {
+	defer f.e.tcpf.wg.Done()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for !f.closed && len(f.pending) > 0 {
+		buf := f.pending
+		f.mu.Unlock()
+		n, err := f.conn.Write(buf)
+		f.mu.Lock()
+		if f.closed {
+			return
+		}
+		if err != nil {
+			f.closeLocked(true, false)
+			return
+		}
+		f.pending = f.pending[n:]
+		if len(f.pending) == 0 {
+			f.pending = nil
+		}
+		if f.lastWnd < f.windowField()/2 {
+			f.sendAckLocked() // the window reopened
+		}
+	}
+	f.flushing = false
+	if f.guestFIN {
+		f.shutWriteLocked()
+		f.maybeFinishLocked()
+	}
+}
+
+func (f *tcpFlow) shutWriteLocked() {
+	if !f.shutWr {
+		f.shutWr = true
+		f.conn.CloseWrite()
+	}
+}
+
+// maybeFinishLocked ends a flow closed both ways and acknowledged.
+func (f *tcpFlow) maybeFinishLocked() {
+	if f.shutWr && f.finSent && f.sndUna == f.sndNxt {
+		f.closeLocked(false, false)
+	}
+}
+
+// closeLocked ends the flow: a reset to the container and an abortive
+// close of the host socket on request.
+func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
+	if f.closed {
+		return
+	}
+	f.closed = true
+	if rstGuest && f.state != fsConnecting {
+		f.sendLocked(flagRST|flagACK, f.sndNxt, nil, 0)
+	}
+	f.cancel()
+	if f.conn != nil {
+		if rstHost {
+			f.conn.SetLinger(0)
+		}
+		f.conn.Close()
+	}
+	if f.timer != nil {
+		f.timer.Stop()
+	}
+	f.snd.release()
+	f.pending = nil
+	f.cond.Broadcast()
+	f.e.tcpf.remove(f)
+}
+
+// dataInFlight is what was sent from snd and not acknowledged.
+func (f *tcpFlow) dataInFlight() int {
+	n := int(f.sndNxt - f.sndUna)
+	if f.finSent && n > 0 {
+		n-- // the FIN comes last
+	}
+	return n
+}
+
+// sendNewLocked sends unsent host data that the window takes, then the
+// FIN after the host's EOF.
+func (f *tcpFlow) sendNewLocked() {
+	if f.state != fsEstablished || f.closed {
+		return
+	}
+	segMax := f.mss
+	if f.e.vnet {
+		segMax = fastSegMax
+	}
+	for {
+		sent := f.dataInFlight()
+		unsent := f.snd.size - sent
+		room := int(f.sndWnd) - sent
+		if unsent <= 0 || room <= 0 {
+			break
+		}
+		n := min(unsent, room, segMax)
+		f.iovs = f.snd.slices(f.iovs[:0], sent, n)
+		f.sendLocked(flagACK|flagPSH, f.sndNxt, f.iovs, n)
+		clear(f.iovs)
+		f.sndNxt += uint32(n)
+	}
+	if f.hostEOF && !f.finSent && f.snd.size == f.dataInFlight() {
+		f.sendLocked(flagFIN|flagACK, f.sndNxt, nil, 0)
+		f.sndNxt++
+		f.finSent = true
+	}
+	f.armLocked()
+}
+
+// retransmitLocked sends again the first unacknowledged segment.
+func (f *tcpFlow) retransmitLocked() {
+	switch {
+	case f.state == fsSynAckSent:
+		f.sendSynAckLocked()
+	case f.dataInFlight() > 0:
+		segMax := f.mss
+		if f.e.vnet {
+			segMax = fastSegMax
+		}
+		n := min(f.dataInFlight(), segMax)
+		f.iovs = f.snd.slices(f.iovs[:0], 0, n)
+		f.sendLocked(flagACK|flagPSH, f.sndUna, f.iovs, n)
+		clear(f.iovs)
+	case f.finSent && f.sndNxt != f.sndUna:
+		f.sendLocked(flagFIN|flagACK, f.sndNxt-1, nil, 0)
+	}
+}
+
+// armLocked starts the timer if something waits on the container: an
+// acknowledgment, or a window that closed with data to send.
+func (f *tcpFlow) armLocked() {
+	need := f.sndNxt != f.sndUna || f.state == fsEstablished && f.sndWnd == 0
+	if !need {
+		if f.timerOn {
+			f.timer.Stop()
+			f.timerOn = false
+		}
+		return
+	}
+	if f.timerOn {
+		return
+	}
+	f.restartTimerLocked()
+}
+
+// restartTimerLocked (re)starts the timer from now if it is needed.
+func (f *tcpFlow) restartTimerLocked() {
+	if f.sndNxt == f.sndUna && !(f.state == fsEstablished && f.sndWnd == 0) {
+		if f.timerOn {
+			f.timer.Stop()
+			f.timerOn = false
+		}
+		return
+	}
+	f.timerOn = true
+	if f.timer == nil {
+		f.timer = time.AfterFunc(f.rto, f.onTimer)
+		return
+	}
+	f.timer.Reset(f.rto)
+}
+
+// onTimer retransmits or probes a closed window, with backoff, and gives
+// up on a container that stays silent.
+func (f *tcpFlow) onTimer() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || !f.timerOn {
+		return
+	}
+	f.timerOn = false
+	f.retries++
+	if f.retries > fastRetries {
+		f.closeLocked(true, true)
+		return
+	}
+	if f.sndNxt != f.sndUna {
+		f.retransmitLocked()
+	} else {
+		// A window probe: an old sequence number gets an ACK with
+		// the current window.
+		f.sendLocked(flagACK, f.sndUna-1, nil, 0)
+	}
+	f.rto = min(2*f.rto, fastRTOMax)
+	f.restartTimerLocked()
+}
+
+// windowField is the window to advertise, in the header's units.
+func (f *tcpFlow) windowField() uint16 {
+	w := fastPendingMax - len(f.pending)
+	if f.wsOK {
+		return uint16(min(w>>fastRcvShift, 65535))
+	}
+	return uint16(min(w, 65535))
+}
+
+func (f *tcpFlow) sendAckLocked() { f.sendLocked(flagACK, f.sndNxt, nil, 0) }
+
+func (f *tcpFlow) sendSynAckLocked() { f.sendLocked(flagSYN|flagACK, f.iss, nil, 0) }
+
+// sendLocked writes one segment from seq with the flow's ACK and window:
+// n bytes of payload, in pieces.
+func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte, n int) {
+	e := f.e
+	o := tcpOut{
+		srcMAC:  e.mac,
+		dstMAC:  f.guestMAC,
+		src:     f.key.dst,
+		dst:     f.key.src,
+		seq:     seq,
+		ack:     f.rcvNxt,
+		flags:   flags,
+		payload: n,
+		vnet:    e.vnet,
+		gsoMSS:  f.mss,
+		synWS:   -1,
+	}
+	if flags&flagSYN != 0 {
+		// A SYN's window is never scaled.
+		o.wnd = uint16(min(fastPendingMax, 65535))
+		o.synMSS = f.ourMSS
+		if f.wsOK {
+			o.synWS = fastRcvShift
+		}
+	} else {
+		o.wnd = f.windowField()
+		f.lastWnd = o.wnd
+	}
+	if o.src.Addr().Is4() {
+		o.ipID = uint16(e.ipID.Add(1))
+	}
+	if !e.vnet && n > 0 {
+		var c checksum.Checksumer
+		for _, p := range payload {
+			c.Add(p)
+		}
+		o.sum = c.Checksum()
+	}
+	hl := buildTCP(f.hdr[:], &o)
+	iovs := append(f.wiovs[:0], f.hdr[:hl])
+	iovs = append(iovs, payload...)
+	err := e.writev(iovs)
+	clear(iovs)
+	f.wiovs = iovs[:0]
+	if err != nil {
+		// A full TAP drops the frame, as for the stack's frames; the
+		// timer sends it again.
+		e.stats.TxErrors.Add(1)
+		return
+	}
+	e.stats.TxFrames.Add(1)
+}
