@@ -358,7 +358,7 @@ func (e *TapEndpoint) writev(iovs [][]byte) error {
 	var werr error
 	err := e.raw.Write(func(fd uintptr) bool {
 		for {
-			_, werr = unix.Writev(int(fd), iovs)
+			_, werr = rawWritev(int(fd), iovs)
 			if werr != unix.EINTR {
 				return true // never wait for writability
 			}
@@ -470,7 +470,7 @@ func (e *TapEndpoint) readv(iovs [][]byte) (int, error) {
 	var rerr error
 	err := e.raw.Read(func(fd uintptr) bool {
 		for {
-			n, rerr = unix.Readv(int(fd), iovs)
+			n, rerr = rawReadv(int(fd), iovs)
 			switch rerr {
 			case unix.EINTR:
 				continue

@@ -325,6 +325,7 @@ func (f *tcpFlow) run(ctx context.Context, dial func(context.Context) (*net.TCPC
 	f.armLocked()
 	f.mu.Unlock()
 	f.readHost()
+	conn.Close()
 }
 
 // readRoomLocked is how much more host data the flow may hold: no more
@@ -334,68 +335,57 @@ func (f *tcpFlow) readRoomLocked() int {
 }
 
 // readHost reads the host socket into snd and sends what the window
-// allows, until the flow ends.
+// allows, until the flow ends. It stays in one RawConn.Read: after a
+// short read the socket is drained, and waiting for the poller's next
+// edge (which a Read call of its own would first clear, and so need a
+// read that fails with EAGAIN) saves a syscall per response.
 func (f *tcpFlow) readHost() {
-	for {
+	err := f.raw.Read(func(fd uintptr) bool {
 		f.mu.Lock()
-		for !f.closed && (f.state != fsEstablished || f.hostEOF || f.readRoomLocked() <= 0) {
-			f.cond.Wait()
-		}
-		if f.closed {
+		defer f.mu.Unlock()
+		for {
+			for !f.closed && (f.state != fsEstablished || f.hostEOF || f.readRoomLocked() <= 0) {
+				f.cond.Wait()
+			}
+			if f.closed {
+				return true
+			}
+			buf := f.snd.tail(f.readRoomLocked())
 			f.mu.Unlock()
-			return
-		}
-		f.mu.Unlock()
-
-		n, reserved := 0, false
-		var rerr error
-		err := f.raw.Read(func(fd uintptr) bool {
+			n, err := rawRead(int(fd), buf)
+			for err == unix.EINTR {
+				n, err = rawRead(int(fd), buf)
+			}
 			f.mu.Lock()
-			room := f.readRoomLocked()
-			if f.closed || room <= 0 {
-				f.mu.Unlock()
-				return true // the outer loop waits for room
-			}
-			buf := f.snd.tail(room)
-			f.mu.Unlock()
-			for {
-				n, rerr = unix.Read(int(fd), buf)
-				if rerr != unix.EINTR {
-					break
-				}
-			}
-			if rerr == unix.EAGAIN {
-				f.mu.Lock()
-				f.snd.unreserve() // an idle flow holds no chunk
-				f.mu.Unlock()
-				return false
-			}
-			reserved = true
-			return true
-		})
-		f.mu.Lock()
-		if reserved {
-			if n > 0 && rerr == nil {
+			if n > 0 && err == nil && !f.closed {
 				f.snd.commit(n)
 			} else {
-				f.snd.unreserve()
+				f.snd.unreserve() // an idle flow holds no chunk
+			}
+			switch {
+			case f.closed:
+				f.snd.release()
+				return true
+			case err == unix.EAGAIN:
+				return false
+			case err != nil:
+				f.closeLocked(true, true) // the host reset: so does the container
+				return true
+			case n == 0:
+				f.hostEOF = true
+				f.sendNewLocked()
+				f.maybeFinishLocked()
+			default:
+				f.sendNewLocked()
+				if n < len(buf) {
+					return false // drained: wait for more
+				}
 			}
 		}
-		switch {
-		case f.closed:
-			f.snd.release()
-		case err != nil:
-			f.closeLocked(true, false)
-		case !reserved:
-		case rerr != nil:
-			f.closeLocked(true, true) // the host reset: so does the container
-		case n == 0:
-			f.hostEOF = true
-			f.sendNewLocked()
-			f.maybeFinishLocked()
-		default:
-			f.sendNewLocked()
-		}
+	})
+	if err != nil {
+		f.mu.Lock()
+		f.closeLocked(true, false)
 		f.mu.Unlock()
 	}
 }
@@ -539,7 +529,7 @@ func (f *tcpFlow) toHostLocked(n int) (int, error) {
 		var werr error
 		err := f.raw.Write(func(fd uintptr) bool {
 			for {
-				w, werr = unix.Writev(int(fd), f.pieces)
+				w, werr = rawWritev(int(fd), f.pieces)
 				if werr != unix.EINTR {
 					return true // never wait on the read loop
 				}
@@ -635,7 +625,10 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		if rstHost {
 			f.conn.SetLinger(0)
 		}
-		f.conn.Close()
+		// Not Close here: it waits for the reader's RawConn.Read to
+		// return, and that reader may be waiting for mu. A deadline
+		// wakes the reader and a flusher; run closes the socket.
+		f.conn.SetDeadline(time.Unix(1, 0))
 	}
 	if f.timer != nil {
 		f.timer.Stop()
@@ -805,6 +798,7 @@ func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte
 		o.wnd = f.windowField()
 		f.lastWnd = o.wnd
 	}
+
 	if o.src.Addr().Is4() {
 		o.ipID = uint16(e.ipID.Add(1))
 	}
