@@ -335,10 +335,8 @@ func (f *tcpFlow) readRoomLocked() int {
 }
 
 // readHost reads the host socket into snd and sends what the window
-// allows, until the flow ends. It stays in one RawConn.Read: after a
-// short read the socket is drained, and waiting for the poller's next
-// edge (which a Read call of its own would first clear, and so need a
-// read that fails with EAGAIN) saves a syscall per response.
+// allows, until the flow ends, all in one RawConn.Read: its callback
+// waits for the poller only on EAGAIN.
 func (f *tcpFlow) readHost() {
 	err := f.raw.Read(func(fd uintptr) bool {
 		f.mu.Lock()
@@ -376,10 +374,9 @@ func (f *tcpFlow) readHost() {
 				f.sendNewLocked()
 				f.maybeFinishLocked()
 			default:
+				// Read again even after a short read: a FIN that came
+				// with the data shows only as the next read's EOF.
 				f.sendNewLocked()
-				if n < len(buf) {
-					return false // drained: wait for more
-				}
 			}
 		}
 	})
