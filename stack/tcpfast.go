@@ -402,8 +402,16 @@ func (f *tcpFlow) segmentLocked(s *tcpSeg) {
 		return
 	}
 	if s.flags&flagSYN != 0 {
-		if f.state == fsSynAckSent && s.seq == f.irs {
-			f.sendSynAckLocked() // ours was lost
+		switch {
+		case s.seq == f.irs:
+			if f.state == fsSynAckSent {
+				f.sendSynAckLocked() // ours was lost
+			}
+		case f.state != fsConnecting:
+			// A new connection on this 4-tuple while we hold the old
+			// one: a challenge ACK (RFC 5961) makes the container
+			// reset the old one, and its next SYN starts afresh.
+			f.sendAckLocked()
 		}
 		return
 	}
@@ -429,6 +437,9 @@ func (f *tcpFlow) ackLocked(s *tcpSeg) {
 		return // old, or acknowledges what was never sent
 	}
 	wnd := uint32(s.wnd) << f.sndShift
+	if f.sndNxt == f.sndUna {
+		f.retries = 0 // it answers window probes: alive
+	}
 	if ack == f.sndUna {
 		if s.n == 0 && s.flags&flagFIN == 0 && wnd == f.sndWnd && f.sndNxt != f.sndUna {
 			f.dupAcks++
