@@ -233,10 +233,13 @@ func (n *Network) Close() {
 		close(n.trimStop)
 		<-n.trimDone
 		n.Link.Close()
+		// The read loop may still be in the stack with a frame read
+		// before Close; Stack.Wait holds the stack's lock that it may
+		// need, so wait for the loop first.
+		n.Link.Wait()
 		n.Forwarder.Close()
 		n.Stack.Close()
 		n.Stack.Wait()
-		n.Link.Wait()
 	})
 }
 

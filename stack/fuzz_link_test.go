@@ -54,10 +54,18 @@ type frameHarness struct {
 	// gateway address.
 	arpReplies chan [6]byte
 	// udpFrames carries a copy of every UDP frame to the container.
-	udpFrames  chan []byte
+	udpFrames chan []byte
+	// tcpFrames, with frameHarnessOptions.tcpFrames, carries a copy of
+	// every TCP frame to the container; tcpDropped counts those it had
+	// no room for.
+	tcpFrames  chan []byte
+	tcpDropped atomic.Uint64
 	readerDone chan struct{}
 	readErr    atomic.Pointer[error] // the link's read loop ended
 	seq        atomic.Uint32
+
+	// abandoned: close returns at once, leaving the goroutines behind.
+	abandoned atomic.Bool
 
 	mu        sync.Mutex
 	closing   bool
@@ -76,7 +84,21 @@ func (h *frameHarness) track() bool {
 	return true
 }
 
+// frameHarnessOptions adapt the harness to a test; the zero value is
+// newFrameHarness.
+type frameHarnessOptions struct {
+	// tcpFast turns the link's TCP fast path on with this policy.
+	tcpFast TCPFastPolicy
+	// tcpFrames passes TCP frames to the container on h.tcpFrames.
+	tcpFrames bool
+}
+
 func newFrameHarness(tb testing.TB) *frameHarness {
+	tb.Helper()
+	return newFrameHarnessWith(tb, frameHarnessOptions{})
+}
+
+func newFrameHarnessWith(tb testing.TB, o frameHarnessOptions) *frameHarness {
 	tb.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -103,6 +125,12 @@ func newFrameHarness(tb testing.TB) *frameHarness {
 		tb.Fatalf("NewTapEndpoint: %v", err)
 	}
 	h.link = link
+	if o.tcpFast != nil {
+		link.EnableTCPFastPath(o.tcpFast) // before the NIC starts the read loop
+	}
+	if o.tcpFrames {
+		h.tcpFrames = make(chan []byte, 8192)
+	}
 	s, err := New(Config{
 		Link:       link,
 		Addressing: fzAddressing,
@@ -119,17 +147,25 @@ func newFrameHarness(tb testing.TB) *frameHarness {
 	return h
 }
 
+// abandon makes close return at once: a test that found the link
+// deadlocked reports it rather than hang on it.
+func (h *frameHarness) abandon() { h.abandoned.Store(true) }
+
 func (h *frameHarness) close() {
+	if h.abandoned.Load() {
+		return
+	}
 	h.closeOnce.Do(func() {
 		h.mu.Lock()
 		h.closing = true
 		h.mu.Unlock()
-		// As network.Close: the TAP first, which ends the read loop that
-		// Stack.Wait waits for.
+		// As network.Close: the TAP first, which ends the read loop,
+		// and its end before Stack.Wait, which holds a lock the loop
+		// may still need.
 		h.link.Close()
+		h.link.Wait()
 		h.s.Close()
 		h.s.Wait()
-		h.link.Wait()
 		h.peer.Close()
 		<-h.readerDone
 		h.flows.Wait()
@@ -216,6 +252,14 @@ func (h *frameHarness) readFrames() {
 			}
 			continue
 		}
+		if h.tcpFrames != nil && isTCPFrame(f) {
+			select {
+			case h.tcpFrames <- append([]byte(nil), f...):
+			default:
+				h.tcpDropped.Add(1)
+			}
+			continue
+		}
 		if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != 0x0806 {
 			continue
 		}
@@ -242,6 +286,20 @@ func isUDPFrame(f []byte) bool {
 		return len(f) >= 14+20+8 && f[14+9] == 17
 	case 0x86dd:
 		return len(f) >= 14+40+8 && f[14+6] == 17
+	}
+	return false
+}
+
+// isTCPFrame spots an Ethernet frame carrying IPv4 or IPv6 TCP.
+func isTCPFrame(f []byte) bool {
+	if len(f) < 14 {
+		return false
+	}
+	switch binary.BigEndian.Uint16(f[12:]) {
+	case 0x0800:
+		return len(f) >= 14+20+20 && f[14+9] == 6
+	case 0x86dd:
+		return len(f) >= 14+40+20 && f[14+6] == 6
 	}
 	return false
 }

@@ -64,6 +64,8 @@ type TapEndpoint struct {
 
 	// udp carries registered UDP flows past the stack (udpshortcut.go).
 	udp udpShortcut
+	// rd is the read loop's readv.
+	rd tapRead
 	// tcpf carries outbound TCP connections past the stack (tcpfast.go).
 	tcpf tcpFastPath
 	// ipID numbers the IPv4 packets WriteUDP and the TCP fast path make.
@@ -355,19 +357,39 @@ func (e *TapEndpoint) Stats() *LinkStats { return &e.stats }
 // flow, behind a container that does not read; TCP retransmits what is
 // lost.
 func (e *TapEndpoint) writev(iovs [][]byte) error {
-	var werr error
-	err := e.raw.Write(func(fd uintptr) bool {
-		for {
-			_, werr = rawWritev(int(fd), iovs)
-			if werr != unix.EINTR {
-				return true // never wait for writability
-			}
-		}
-	})
+	w := tapWrites.Get().(*tapWrite)
+	w.iovs = iovs
+	err := e.raw.Write(w.fn)
+	werr := w.err
+	w.iovs, w.err = nil, nil
+	tapWrites.Put(w)
 	if err != nil {
 		return err
 	}
 	return werr
+}
+
+// tapWrite is one writev through the TAP's RawConn, pooled with its
+// callback bound once: a closure per frame cost two allocations.
+type tapWrite struct {
+	iovs [][]byte
+	err  error
+	fn   func(fd uintptr) bool
+}
+
+var tapWrites = sync.Pool{New: func() any {
+	w := &tapWrite{}
+	w.fn = w.write
+	return w
+}}
+
+func (w *tapWrite) write(fd uintptr) bool {
+	for {
+		_, w.err = rawWritev(int(fd), w.iovs)
+		if w.err != unix.EINTR {
+			return true // never wait for writability
+		}
+	}
 }
 
 // Receive buffers. A frame is read straight into gVisor chunks: its
@@ -465,21 +487,17 @@ func (e *TapEndpoint) readLoop() {
 }
 
 // readv reads one frame, waiting in the poller while the TAP is empty.
+// Only the read loop calls it, so its callback and results live in the
+// endpoint (a closure per frame cost three allocations).
 func (e *TapEndpoint) readv(iovs [][]byte) (int, error) {
-	var n int
-	var rerr error
-	err := e.raw.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = rawReadv(int(fd), iovs)
-			switch rerr {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			return true
-		}
-	})
+	r := &e.rd
+	if r.fn == nil {
+		r.fn = r.read
+	}
+	r.iovs = iovs
+	err := e.raw.Read(r.fn)
+	n, rerr := r.n, r.err
+	r.iovs, r.err = nil, nil
 	if err != nil {
 		return 0, err
 	}
@@ -487,6 +505,27 @@ func (e *TapEndpoint) readv(iovs [][]byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, rerr
+}
+
+// tapRead is the read loop's readv through the TAP's RawConn.
+type tapRead struct {
+	iovs [][]byte
+	n    int
+	err  error
+	fn   func(fd uintptr) bool
+}
+
+func (r *tapRead) read(fd uintptr) bool {
+	for {
+		r.n, r.err = rawReadv(int(fd), r.iovs)
+		switch r.err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		return true
+	}
 }
 
 // deliver hands one frame to the stack, which takes it over. Frames for

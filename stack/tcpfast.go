@@ -283,6 +283,10 @@ type tcpFlow struct {
 
 	conn *net.TCPConn
 	raw  syscall.RawConn
+	// writeFn (writeHost) and its results, under mu.
+	writeFn  func(fd uintptr) bool
+	written  int
+	writeErr error
 
 	// Scratch under mu.
 	pieces [][]byte
@@ -534,15 +538,12 @@ func skipPieces(pieces [][]byte, n int) [][]byte {
 func (f *tcpFlow) toHostLocked(n int) (int, error) {
 	w := 0
 	if !f.flushing {
+		if f.writeFn == nil {
+			f.writeFn = f.writeHost // bound once: no closure per segment
+		}
+		err := f.raw.Write(f.writeFn)
 		var werr error
-		err := f.raw.Write(func(fd uintptr) bool {
-			for {
-				w, werr = rawWritev(int(fd), f.pieces)
-				if werr != unix.EINTR {
-					return true // never wait on the read loop
-				}
-			}
-		})
+		w, werr = f.written, f.writeErr
 		switch {
 		case err != nil:
 			return 0, err
@@ -569,6 +570,16 @@ func (f *tcpFlow) toHostLocked(n int) (int, error) {
 		go f.flush()
 	}
 	return w + took, nil
+}
+
+// writeHost is toHostLocked's RawConn callback: it writes f.pieces.
+func (f *tcpFlow) writeHost(fd uintptr) bool {
+	for {
+		f.written, f.writeErr = rawWritev(int(fd), f.pieces)
+		if f.writeErr != unix.EINTR {
+			return true // never wait on the read loop
+		}
+	}
 }
 
 // flush writes the pending data to the host socket, waiting as the
