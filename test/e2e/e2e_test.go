@@ -7,7 +7,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,28 +150,68 @@ func forEachVariant(t *testing.T, fn func(t *testing.T, e *env)) {
 }
 
 func TestOutboundTCPLargeTransfer(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		sink := e.w.TCPSink(t, "198.51.100.1:0")
-		// 1 GiB through the NAT, checked by SHA-256 at the far end.
-		e.mustOK(nil, "tcp-sink", sink.String(), fmt.Sprint(1<<30))
+		// 1 GiB through the NAT (256 MiB on the fast path), checked by
+		// SHA-256 at the far end.
+		e.mustTCP(tcp, nil, "tcp-sink", sink.String(), fmt.Sprint(largeSinkSize(tcp)))
+		// Both ways at once, at the default MTU (65520) and at 1500,
+		// with the offloads on.
+		echo := e.w.TCPEcho(t, "198.51.100.1:0")
+		for _, mtu := range []string{"65520", "1500"} {
+			e.mustTCP(tcp, []string{"--mtu", mtu}, "tcp-echo", echo.String(), fmt.Sprint(bothWaysSize))
+		}
 	})
 }
 
 func TestOutboundTCPHalfClose(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		echo := e.w.TCPEcho(t, "198.51.100.1:0")
-		e.mustOK([]string{"--mtu", "1500"}, "tcp-halfclose", echo.String())
+		e.mustTCP(tcp, []string{"--mtu", "1500"}, "tcp-halfclose", echo.String())
 		// The plain path, one frame per syscall and no offloads.
-		e.mustOK([]string{"--mtu", "1500", "--offload=false"}, "tcp-halfclose", echo.String())
+		e.mustTCP(tcp, []string{"--mtu", "1500", "--offload=false"}, "tcp-halfclose", echo.String())
 		sink := e.w.TCPSink(t, "198.51.100.1:0")
-		e.mustOK([]string{"--offload=false"}, "tcp-sink", sink.String(), fmt.Sprint(16<<20))
+		e.mustTCP(tcp, []string{"--offload=false"}, "tcp-sink", sink.String(), fmt.Sprint(16<<20))
+		e.mustTCP(tcp, []string{"--offload=false"}, "tcp-echo", echo.String(), fmt.Sprint(16<<20))
+
+		// The other way round: the world sends and half-closes first,
+		// and the container sends on the half-open connection.
+		const greeting, size = 200 << 10, 4 << 20
+		got := make(chan string, 1)
+		peer := startSoakServer(t, e.w, "198.51.100.1:0", func(c *net.TCPConn) {
+			c.Write(pattern(greeting))
+			c.CloseWrite()
+			h := sha256.New()
+			n, err := io.Copy(h, plainConn{c})
+			got <- fmt.Sprintf("sha256 %x, %d bytes, error %v", h.Sum(nil), n, err)
+		})
+		want := fmt.Sprintf("sha256 %x, %d bytes, error <nil>", sha256.Sum256(pattern(size)), size)
+		for _, flags := range [][]string{nil, {"--mtu", "1500", "--offload=false"}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			p := e.startRun(t, ctx, 0, withFlags(tcp, flags...), "tcp-peer-halfclose", peer, fmt.Sprint(greeting), fmt.Sprint(size))
+			p.waitLine(t, "SENT", time.Minute)
+			select {
+			case s := <-got:
+				if s != want {
+					t.Errorf("%v: the world received %s; want %s", flags, s, want)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("%v: the world's server is still reading 30 s after the container sent all and half-closed\n%s", flags, p.output())
+			}
+			p.finish(t)
+			checkCarrier(t, tcp, p.output())
+		}
 	})
 }
 
 func TestOutboundTCPRefusedIsRST(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
-		// Nothing listens on port 9 of the world.
-		e.mustOK(nil, "tcp-refused", "198.51.100.1:9")
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
+		// Nothing listens on port 9 of the world: the kernel refuses
+		// the host's connect, and the container's connect fails with
+		// ECONNREFUSED (a reset), not a timeout.
+		e.mustOK(tcp, "tcp-refused", "198.51.100.1:9")
+		e.mustOK(withFlags(tcp, "--mtu", "1500", "--offload=false"), "tcp-refused", "198.51.100.1:9")
 	})
 }
 

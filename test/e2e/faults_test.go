@@ -41,6 +41,10 @@ func init() {
 	// fault-exit-mid SINK: stream to SINK and exit with status 7 in the
 	// middle, without closing anything.
 	extraHelpers["fault-exit-mid"] = faultExitMid
+	// fault-child-exit-mid SINK: run fault-exit-mid as a child, print
+	// its output and CHILD EXITED when it exited with 7, and wait for
+	// stdin's EOF (the container lives on).
+	extraHelpers["fault-child-exit-mid"] = faultChildExitMid
 	// fault-peer-reset ADDR: stream to ADDR, whose server resets after a
 	// while: the stream must fail with a reset, promptly.
 	extraHelpers["fault-peer-reset"] = faultPeerReset
@@ -131,7 +135,7 @@ func faultFlows(args []string) error {
 			return fmt.Errorf("flow %d of %d under the cap: %w", i, n, err)
 		}
 	}
-	fmt.Println("HOLDING")
+	fmt.Println("HOLDING", tcpOptions(conns[0]))
 	if err := soakWaitLine(lines, "NEXT", time.Minute); err != nil {
 		return err
 	}
@@ -254,15 +258,29 @@ func faultExitMid(args []string) error {
 		return err
 	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
+	opts := tcpOptions(c)
 	chunk := pattern(256 << 10)
 	for sent := 0; sent < 8<<20; sent += len(chunk) {
 		if _, err := c.Write(chunk); err != nil {
 			return err
 		}
 	}
-	fmt.Println("SENDING")
+	fmt.Println("SENDING", opts)
 	os.Exit(7) // mid-transfer, nothing closed
 	return nil
+}
+
+func faultChildExitMid(args []string) error {
+	lines := soakLines()
+	child := exec.Command("/proc/self/exe")
+	child.Env = append(os.Environ(), helperEnv+"=fault-exit-mid", "RLN_ARGS="+args[0])
+	child.Stdout, child.Stderr = os.Stdout, os.Stderr
+	err := child.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
+		return fmt.Errorf("fault-exit-mid: %v, want exit status 7", err)
+	}
+	fmt.Println("CHILD EXITED")
+	return soakWaitEOF(lines, 2*time.Minute)
 }
 
 func faultPeerReset(args []string) error {
@@ -271,6 +289,7 @@ func faultPeerReset(args []string) error {
 		return err
 	}
 	defer c.Close()
+	opts := tcpOptions(c)
 	start := time.Now()
 	c.SetDeadline(start.Add(60 * time.Second))
 	chunk := pattern(256 << 10)
@@ -288,7 +307,7 @@ func faultPeerReset(args []string) error {
 	case !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE):
 		return fmt.Errorf("write failed with %v, want a reset", err)
 	}
-	fmt.Printf("reset after %v\n", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("reset after %v %s\n", time.Since(start).Round(time.Millisecond), opts)
 	return nil
 }
 
@@ -391,14 +410,17 @@ func hostSocketTimers(t *testing.T, pid int, port uint16) []string {
 // ICMP port unreachable) with one warning, and service resumes as soon as
 // a flow ends. The host sockets of the held flows have TCP keepalive on.
 func TestFaultFlowCap(t *testing.T) {
+	forEachTCPPath(t, unprivilegedOnly, testFaultFlowCap)
+}
+
+func testFaultFlowCap(t *testing.T, e *env, tcp []string) {
 	const n = 12
-	e := newEnv(t, world.Nobody)
 	echo := startSoakServer(t, e.w, "198.51.100.1:0", smallEcho)
 	udp := e.w.UDPEcho(t, "198.51.100.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	p := e.startRun(t, ctx, 0, []string{"--max-flows", strconv.Itoa(n)}, "fault-flows", echo, udp.String(), strconv.Itoa(n))
-	p.waitLine(t, "HOLDING", time.Minute)
+	p := e.startRun(t, ctx, 0, withFlags(tcp, "--max-flows", strconv.Itoa(n)), "fault-flows", echo, udp.String(), strconv.Itoa(n))
+	checkCarrier(t, tcp, p.waitLine(t, "HOLDING", time.Minute))
 
 	_, portStr, _ := strings.Cut(echo, ":")
 	port, _ := strconv.Atoi(portStr)
@@ -516,38 +538,107 @@ func TestFaultFDExhaustion(t *testing.T) {
 
 // TestFaultContainerExitsMidTransfer: the container's process exits in the
 // middle of a stream; rootlessnet returns its status at once and the
-// world's end of the stream is closed.
+// world's end of the stream is closed. Then a process exits mid-stream in
+// a container that lives on: rootlessnet closes the flow's host socket
+// and the world's end sees the stream end, whether the container's kernel
+// ends the orphaned connection with a FIN after its data, or resets it
+// (the process left data unread).
 func TestFaultContainerExitsMidTransfer(t *testing.T) {
-	e := newEnv(t, world.Nobody)
-	ended := make(chan error, 1)
-	sink := startSoakServer(t, e.w, "198.51.100.1:0", func(c *net.TCPConn) {
-		_, err := io.Copy(io.Discard, plainConn{c})
-		ended <- err
+	forEachTCPPath(t, unprivilegedOnly, func(t *testing.T, e *env, tcp []string) {
+		ended := make(chan error, 1)
+		sink := startSoakServer(t, e.w, "198.51.100.1:0", func(c *net.TCPConn) {
+			_, err := io.Copy(io.Discard, plainConn{c})
+			ended <- err
+		})
+		start := time.Now()
+		r := e.run(tcp, "fault-exit-mid", sink)
+		t.Logf("rootlessnet returned %d after %v", r.status, time.Since(start).Round(time.Millisecond))
+		if r.status != 7 || !strings.Contains(r.stdout, "SENDING") {
+			t.Fatalf("status %d, want the command's 7\nstdout:\n%s\nstderr:\n%s", r.status, r.stdout, r.stderr)
+		}
+		checkCarrier(t, tcp, r.stdout)
+		select {
+		case err := <-ended:
+			t.Logf("the world's end saw the stream end with %v", err)
+		case <-time.After(15 * time.Second):
+			t.Fatal("the world's end of the stream is still open 15 s after rootlessnet exited")
+		}
+
+		for _, tc := range []struct {
+			name     string
+			greeting bool // the server sends first: the container's process leaves it unread
+		}{{"fin", false}, {"reset", true}} {
+			type end struct {
+				n   int64
+				err error
+			}
+			ended := make(chan end, 1)
+			sink := startSoakServer(t, e.w, "198.51.100.1:0", func(c *net.TCPConn) {
+				if tc.greeting {
+					c.Write([]byte("hello\n"))
+				}
+				n, err := io.Copy(io.Discard, plainConn{c})
+				ended <- end{n, err}
+			})
+			_, portStr, _ := strings.Cut(sink, ":")
+			port, _ := strconv.Atoi(portStr)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			p := e.startRun(t, ctx, 0, tcp, "fault-child-exit-mid", sink)
+			checkCarrier(t, tcp, p.waitLine(t, "SENDING", time.Minute))
+			p.waitLine(t, "CHILD EXITED", time.Minute)
+			select {
+			case got := <-ended:
+				t.Logf("%s: the world's end saw the stream end after %d bytes with %v", tc.name, got.n, got.err)
+				// What the process wrote before it exited is in its
+				// kernel, which sends it all and then a FIN.
+				if !tc.greeting && (got.n != 8<<20 || got.err != nil) {
+					t.Errorf("%s: the world received %d bytes and %v; want the 8 MiB written and EOF", tc.name, got.n, got.err)
+				}
+			case <-time.After(15 * time.Second):
+				t.Errorf("%s: the world's end of the stream is still open 15 s after the process exited\nrootlessnet's sockets to it:\n%s\n%s",
+					tc.name, hostSocketsTo(p.cmd.Process.Pid, port), p.output())
+			}
+			var left string
+			retryFor(15*time.Second, func() error {
+				if left = hostSocketsTo(p.cmd.Process.Pid, port); left != "" {
+					return errors.New("not yet")
+				}
+				return nil
+			})
+			if left != "" {
+				t.Errorf("%s: 15 s after the process exited, rootlessnet still holds a socket to the world's end:\n%s\n%s", tc.name, left, p.output())
+			}
+			p.finish(t)
+		}
 	})
-	start := time.Now()
-	r := e.run(nil, "fault-exit-mid", sink)
-	t.Logf("rootlessnet returned %d after %v", r.status, time.Since(start).Round(time.Millisecond))
-	if r.status != 7 || !strings.Contains(r.stdout, "SENDING") {
-		t.Fatalf("status %d, want the command's 7\nstdout:\n%s\nstderr:\n%s", r.status, r.stdout, r.stderr)
-	}
-	select {
-	case err := <-ended:
-		t.Logf("the world's end saw the stream end with %v", err)
-	case <-time.After(15 * time.Second):
-		t.Fatal("the world's end of the stream is still open 15 s after rootlessnet exited")
-	}
 }
 
 // TestFaultPeerResetMidStream: the world's server resets in the middle of
 // a stream; the container's writes fail with a reset, promptly.
 func TestFaultPeerResetMidStream(t *testing.T) {
-	e := newEnv(t, world.Nobody)
-	rst := startSoakServer(t, e.w, "198.51.100.1:0", func(c *net.TCPConn) {
-		io.CopyN(io.Discard, plainConn{c}, 4<<20)
-		c.SetLinger(0)
+	forEachTCPPath(t, unprivilegedOnly, func(t *testing.T, e *env, tcp []string) {
+		rst := startSoakServer(t, e.w, "198.51.100.1:0", func(c *net.TCPConn) {
+			io.CopyN(io.Discard, plainConn{c}, 4<<20)
+			c.SetLinger(0)
+		})
+		out := e.mustTCP(tcp, nil, "fault-peer-reset", rst)
+		t.Logf("container: %s", strings.TrimSpace(out))
 	})
-	out := e.mustOK(nil, "fault-peer-reset", rst)
-	t.Logf("container: %s", strings.TrimSpace(out))
+}
+
+// hostSocketsTo lists pid's TCP sockets (any state) whose remote port is
+// port, as lines of /proc/PID/net/tcp{,6}.
+func hostSocketsTo(pid, port int) string {
+	suffix := fmt.Sprintf(":%04X", port)
+	var out []string
+	for _, line := range strings.Split(tcpSocketsOf(pid), "\n") {
+		// "tcp: sl local rem st ...": the remote address is the 4th field.
+		if f := strings.Fields(line); len(f) > 3 && strings.HasSuffix(f[3], suffix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // TestFaultDNSSilentUpstream: an upstream that never answers (a bound

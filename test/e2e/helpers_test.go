@@ -27,6 +27,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 const helperEnv = "RLN_HELPER"
@@ -48,6 +49,10 @@ func runHelper() (int, bool) {
 		err = tcpSink(args[0], args[1])
 	case "tcp-halfclose":
 		err = tcpHalfClose(args[0])
+	case "tcp-echo":
+		err = tcpEcho(args[0], args[1])
+	case "tcp-peer-halfclose":
+		err = tcpPeerHalfClose(args[0], args[1], args[2])
 	case "tcp-refused":
 		err = tcpRefused(args[0])
 	case "udp-echo":
@@ -103,15 +108,16 @@ func tcpSink(addr, size string) error {
 		return err
 	}
 	defer c.Close()
+	printTCPOptions(c)
 	c.SetDeadline(time.Now().Add(120 * time.Second))
 	data := pattern(n)
 	if _, err := c.Write(data); err != nil {
-		return fmt.Errorf("write: %w", err)
+		return fmt.Errorf("write: %w (%s)", err, tcpState(c))
 	}
 	c.(*net.TCPConn).CloseWrite()
 	reply, err := io.ReadAll(c)
 	if err != nil {
-		return fmt.Errorf("read reply: %w", err)
+		return fmt.Errorf("read reply: %w (%s)", err, tcpState(c))
 	}
 	sum := sha256.Sum256(data)
 	want := binary.BigEndian.AppendUint64(sum[:], uint64(n))
@@ -122,13 +128,18 @@ func tcpSink(addr, size string) error {
 }
 
 // tcpHalfClose sends, half-closes, and must still receive the whole echo
-// and then EOF.
-func tcpHalfClose(addr string) error {
+// and then EOF. It prints the connection's TCP options (printTCPOptions).
+func tcpHalfClose(addr string) error { return halfClose(addr, true) }
+
+func halfClose(addr string, printOpts bool) error {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if printOpts {
+		printTCPOptions(c)
+	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	msg := pattern(300 << 10)
 	go func() {
@@ -137,13 +148,145 @@ func tcpHalfClose(addr string) error {
 	}()
 	got, err := io.ReadAll(c)
 	if err != nil {
-		return err
+		return fmt.Errorf("after %d bytes: %w (%s)", len(got), err, tcpState(c))
 	}
 	if !bytes.Equal(got, msg) {
 		return fmt.Errorf("echo returned %d bytes, want %d identical", len(got), len(msg))
 	}
 	return nil
 }
+
+// tcpEcho sends size bytes to an echo server while it reads the echo,
+// half-closes, and wants the same bytes back and then EOF: a large
+// transfer both ways at once.
+func tcpEcho(addr, size string) error {
+	n, err := strconv.Atoi(size)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	printTCPOptions(c)
+	c.SetDeadline(time.Now().Add(120 * time.Second))
+	msg := pattern(n)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err := <-werr; err != nil {
+		return fmt.Errorf("write: %w (read %d bytes; %s)", err, len(got), tcpState(c))
+	}
+	if err != nil {
+		return fmt.Errorf("read after %d bytes: %w (%s)", len(got), err, tcpState(c))
+	}
+	if !bytes.Equal(got, msg) {
+		i := 0
+		for i < min(len(got), len(msg)) && got[i] == msg[i] {
+			i++
+		}
+		return fmt.Errorf("echo returned %d bytes, want %d identical (first difference at byte %d)", len(got), len(msg), i)
+	}
+	return nil
+}
+
+// tcpPeerHalfClose reads the server's greeting (pattern(greeting)) to
+// its EOF, the server having half-closed first, then sends size bytes
+// (pattern(size)) on the half-open connection, half-closes in turn and
+// prints SENT. The server checks what it received; the helper keeps the
+// container (and so rootlessnet) alive until stdin's EOF, lest its exit
+// cut the data still on its way.
+func tcpPeerHalfClose(addr, greeting, size string) error {
+	lines := soakLines()
+	g, err := strconv.Atoi(greeting)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(size)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	printTCPOptions(c)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return fmt.Errorf("reading the greeting, after %d bytes: %w (%s)", len(got), err, tcpState(c))
+	}
+	if !bytes.Equal(got, pattern(g)) {
+		return fmt.Errorf("greeting of %d bytes, want %d identical", len(got), g)
+	}
+	if _, err := c.Write(pattern(n)); err != nil {
+		return fmt.Errorf("writing after the peer's FIN: %w (%s)", err, tcpState(c))
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	fmt.Println("SENT")
+	return soakWaitEOF(lines, 2*time.Minute)
+}
+
+// tcpOptions says which options the connection's handshake negotiated,
+// from TCP_INFO: "sack=B ts=B wscale=B". The netstack offers SACK and the
+// TCP fast path does not, so sack= tells which of them carried it.
+func tcpOptions(c net.Conn) string {
+	const optTS, optSACK, optWscale = 1, 2, 4 // TCPI_OPT_*
+	var info *unix.TCPInfo
+	var gerr error
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err == nil {
+		err = raw.Control(func(fd uintptr) { info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	}
+	if err == nil {
+		err = gerr
+	}
+	if err != nil {
+		return "tcp_info=" + strings.ReplaceAll(err.Error(), " ", "_")
+	}
+	o := info.Options
+	return fmt.Sprintf("sack=%t ts=%t wscale=%t", o&optSACK != 0, o&optTS != 0, o&optWscale != 0)
+}
+
+// tcpState describes c's connection from TCP_INFO, for a failure's
+// message: its state, the bytes the peer acknowledged and those received,
+// what is in flight and retransmitted, and the windows.
+func tcpState(c net.Conn) string {
+	var info *unix.TCPInfo
+	var gerr error
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err == nil {
+		err = raw.Control(func(fd uintptr) { info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	}
+	if err == nil {
+		err = gerr
+	}
+	if err != nil {
+		return "no TCP_INFO: " + err.Error()
+	}
+	states := []string{1: "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"}
+	state := fmt.Sprint(info.State)
+	if int(info.State) < len(states) && states[info.State] != "" {
+		state = states[info.State]
+	}
+	return fmt.Sprintf("TCP_INFO state=%s bytes_sent=%d bytes_acked=%d bytes_received=%d unacked=%d retransmits=%d total_retrans=%d backoff=%d probes=%d rto=%dus snd_mss=%d rcv_mss=%d snd_wnd=%d rcv_wnd=%d snd_cwnd=%d notsent=%d last_data_recv=%dms last_ack_recv=%dms",
+		state, info.Bytes_sent, info.Bytes_acked, info.Bytes_received, info.Unacked, info.Retransmits, info.Total_retrans,
+		info.Backoff, info.Probes, info.Rto, info.Snd_mss, info.Rcv_mss, info.Snd_wnd, info.Rcv_wnd, info.Snd_cwnd, info.Notsent_bytes,
+		info.Last_data_recv, info.Last_ack_recv)
+}
+
+// printTCPOptions prints a line with c's options (tcpOptions).
+func printTCPOptions(c net.Conn) { fmt.Println("tcp-options", tcpOptions(c)) }
 
 func tcpRefused(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
@@ -354,7 +497,8 @@ func attachClient(args []string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return tcpHalfClose(args[0])
+	// One line after the PID: TestAttachMode reads no more.
+	return halfClose(args[0], false)
 }
 
 // linkInfo prints tap0's MTU and MAC as the kernel has them.

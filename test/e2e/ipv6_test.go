@@ -39,8 +39,9 @@ const (
 )
 
 func init() {
-	// v6-suite ECHO UDPECHO LOECHOPORT LOUDPPORT: every outbound check
-	// over IPv6, in one container.
+	// v6-suite ECHO UDPECHO LOECHOPORT LOUDPPORT [tcp]: every outbound
+	// check over IPv6, in one container; with "tcp", those of TCP (DNS
+	// included: it asks over TCP too).
 	extraHelpers["v6-suite"] = v6Suite
 	// newns6 ECHO: new user+net namespaces running slaac-client.
 	extraHelpers["newns6"] = func(args []string) error { return newNSMode("slaac-client") }
@@ -62,10 +63,14 @@ type v6Env struct {
 }
 
 func TestIPv6Outbound(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		v := newV6Env(t, e)
-		out := e.mustOK([]string{"-6", "--resolv-conf", v.resolv}, "v6-suite",
-			v.echo.String(), v.udpEcho.String(), fmt.Sprint(v.loEcho.Port()), fmt.Sprint(v.loUDP.Port()))
+		suite := []string{v.echo.String(), v.udpEcho.String(), fmt.Sprint(v.loEcho.Port()), fmt.Sprint(v.loUDP.Port())}
+		if isFast(tcp) {
+			// UDP and ICMP are the same with the flag: the TCP steps.
+			suite = append(suite, "tcp")
+		}
+		out := e.mustTCP(tcp, []string{"-6", "--resolv-conf", v.resolv}, "v6-suite", suite...)
 		for _, want := range []string{
 			"udp rcode=NOERROR AAAA=" + world.DNSAddrV6.String(),
 			"tcp rcode=NOERROR AAAA=" + world.DNSAddrV6.String(),
@@ -80,8 +85,13 @@ func TestIPv6Outbound(t *testing.T) {
 		}
 		// The gateway's ::1 is closed by --disable-host-loopback, TCP
 		// and UDP alike.
-		e.mustOK([]string{"-6", "--disable-host-loopback"}, "tcp-refused", fmt.Sprintf("[%s]:%d", gateway6, v.loEcho.Port()))
-		e.mustOK([]string{"-6", "--disable-host-loopback"}, "udp-refused", fmt.Sprintf("[%s]:%d", gateway6, v.loUDP.Port()))
+		e.mustOK(withFlags(tcp, "-6", "--disable-host-loopback"), "tcp-refused", fmt.Sprintf("[%s]:%d", gateway6, v.loEcho.Port()))
+		e.mustOK(withFlags(tcp, "-6", "--disable-host-loopback"), "udp-refused", fmt.Sprintf("[%s]:%d", gateway6, v.loUDP.Port()))
+		// A large transfer both ways over IPv6, at the default MTU and
+		// at 1500.
+		for _, mtu := range []string{"65520", "1500"} {
+			e.mustTCP(tcp, []string{"-6", "--mtu", mtu}, "tcp-echo", v.echo.String(), fmt.Sprint(16<<20))
+		}
 	})
 }
 
@@ -282,6 +292,7 @@ func TestIPv6Rootlesskit(t *testing.T) {
 
 func v6Suite(args []string) error {
 	echo, udpAddr, loTCP, loUDP := args[0], args[1], args[2], args[3]
+	tcpOnly := len(args) > 4 && args[4] == "tcp"
 	// The address is usable at once (optimistic DAD): the command may
 	// connect before duplicate address detection ends.
 	if err := tcpHalfClose(echo); err != nil {
@@ -302,8 +313,8 @@ func v6Suite(args []string) error {
 		{"udp refused", func() error { return udpRefused(fmt.Sprintf("[%s]:9", world.UplinkV6)) }},
 		{"tcp to the host's ::1", func() error { return tcpHalfClose(fmt.Sprintf("[%s]:%s", gateway6, loTCP)) }},
 		{"udp to the host's ::1", func() error { return udpEcho(fmt.Sprintf("[%s]:%s", gateway6, loUDP)) }},
-		{"dns port 80 refused", func() error { return tcpRefused(fmt.Sprintf("[%s]:80", dns6)) }},
-		{"dns", func() error { return dnsQuery(fmt.Sprintf("[%s]:53", dns6), world.DNSName, dns.TypeAAAA) }},
+		{"tcp dns port 80 refused", func() error { return tcpRefused(fmt.Sprintf("[%s]:80", dns6)) }},
+		{"tcp dns", func() error { return dnsQuery(fmt.Sprintf("[%s]:53", dns6), world.DNSName, dns.TypeAAAA) }},
 		{"ping the gateway", func() error { return ping(gateway6) }},
 		{"ping the dns address", func() error { return ping(dns6) }},
 		{"ping the world", func() error { return ping(world.UplinkV6) }},
@@ -322,6 +333,9 @@ func v6Suite(args []string) error {
 		}},
 	}
 	for _, s := range steps {
+		if tcpOnly && !strings.HasPrefix(s.name, "tcp ") {
+			continue
+		}
 		if err := s.fn(); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}

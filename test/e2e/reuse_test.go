@@ -21,10 +21,11 @@ func init() {
 }
 
 func TestReuseTupleAfterReset(t *testing.T) {
-	e := newEnv(t, nil)
-	echo := e.w.TCPEcho(t, "198.51.100.1:0")
-	out := e.mustOK(nil, "reuse-after-reset", echo.String(), "500")
-	t.Log(out)
+	forEachTCPPath(t, rootOnly, func(t *testing.T, e *env, tcp []string) {
+		echo := e.w.TCPEcho(t, "198.51.100.1:0")
+		out := e.mustTCP(tcp, nil, "reuse-after-reset", echo.String(), "500")
+		t.Log(out)
+	})
 }
 
 func reuseAfterReset(args []string) error {
@@ -34,7 +35,7 @@ func reuseAfterReset(args []string) error {
 	}
 	local := &net.TCPAddr{IP: net.IPv4(10, 0, 2, 100), Port: 45678}
 	d := net.Dialer{LocalAddr: local, Timeout: 10 * time.Second}
-	refused := 0
+	refused, opts := 0, ""
 	for i := 0; i < n; i++ {
 		c, err := d.Dial("tcp", args[0])
 		if errors.Is(err, syscall.ECONNREFUSED) {
@@ -45,6 +46,9 @@ func reuseAfterReset(args []string) error {
 			return fmt.Errorf("connection %d: %w", i, err)
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if opts == "" {
+			opts = tcpOptions(c)
+		}
 		buf := make([]byte, 4)
 		if _, err := c.Write([]byte("ping")); err != nil {
 			return err
@@ -57,7 +61,7 @@ func reuseAfterReset(args []string) error {
 		c.(*net.TCPConn).SetLinger(0)
 		c.Close()
 	}
-	fmt.Printf("%d connections from one port, %d refused\n", n, refused)
+	fmt.Printf("%d connections from one port, %d refused; the first's %s\n", n, refused, opts)
 	if refused > 0 {
 		return fmt.Errorf("%d of %d connections reusing a reset 4-tuple were refused", refused, n)
 	}

@@ -216,8 +216,14 @@ func soakTraffic(args []string) error {
 	if p := c.firstErr.Load(); p != nil {
 		first = *p
 	}
-	fmt.Printf("DONE final=%s tcp_echo=%d/%d tcp_reset=%d/%d tcp_peer_reset=%d/%d tcp_open_close=%d/%d udp=%d/%d udp_flows=%d dns=%d/%d bytes=%d first_error=%q\n",
-		final, c.tcpEcho.Load(), c.tcpEchoErr.Load(), c.tcpReset.Load(), c.tcpResetErr.Load(),
+	// Which path carried TCP: the options of one more connection.
+	opts := "sack=unknown"
+	if oc, err := net.DialTimeout("tcp", tcpEcho, 15*time.Second); err == nil {
+		opts = tcpOptions(oc)
+		oc.Close()
+	}
+	fmt.Printf("DONE final=%s %s tcp_echo=%d/%d tcp_reset=%d/%d tcp_peer_reset=%d/%d tcp_open_close=%d/%d udp=%d/%d udp_flows=%d dns=%d/%d bytes=%d first_error=%q\n",
+		final, opts, c.tcpEcho.Load(), c.tcpEchoErr.Load(), c.tcpReset.Load(), c.tcpResetErr.Load(),
 		c.tcpPeerReset.Load(), c.tcpPeerResetE.Load(), c.tcpOpenClose.Load(), c.tcpOpenCloseE.Load(),
 		c.udp.Load(), c.udpErr.Load(), c.udpFlows.Load(), c.dns.Load(), c.dnsErr.Load(), c.bytes.Load(), first)
 	return soakWaitEOF(lines, 10*time.Minute)
@@ -447,7 +453,7 @@ func tcpMany(args []string) error {
 	if err := soakTCPEcho(addr, 1000); err != nil {
 		return fmt.Errorf("connection %d (all others open): %w", n+1, err)
 	}
-	fmt.Printf("HOLDING %d dialed_in=%v round_trips_in=%v\n", n, dialed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	fmt.Printf("HOLDING %d dialed_in=%v round_trips_in=%v %s\n", n, dialed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), tcpOptions(conns[0]))
 	if err := soakWaitLine(lines, "RELEASE", 2*time.Minute); err != nil {
 		return err
 	}
@@ -680,11 +686,6 @@ type soakProc struct {
 	err    error
 }
 
-func (e *env) startSoak(t *testing.T, ctx context.Context, mode string, args ...string) *soakProc {
-	t.Helper()
-	return e.startRun(t, ctx, 0, nil, mode, args...)
-}
-
 type lockedWriter struct {
 	mu *sync.Mutex
 	w  io.Writer
@@ -766,15 +767,21 @@ func soakCount(line, key string) (ok, failed int) {
 }
 
 func TestSoak(t *testing.T) {
-	traffic, long := 6*time.Second, false
+	// The fast path's short soak is shorter, to keep the suite's time.
+	traffic, fastTraffic, long := 6*time.Second, 3*time.Second, false
 	if v := os.Getenv("RLN_SOAK"); v != "" {
 		m, err := strconv.ParseFloat(v, 64)
 		if err != nil || m <= 0 {
 			t.Fatalf("RLN_SOAK=%q: want minutes", v)
 		}
 		traffic, long = time.Duration(m*float64(time.Minute)), true
+		fastTraffic = traffic
 	}
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
+		traffic := traffic
+		if isFast(tcp) {
+			traffic = fastTraffic
+		}
 		echo := e.w.TCPEcho(t, "198.51.100.1:0")
 		loop := e.w.TCPEcho(t, "127.0.0.1:0")
 		udp := e.w.UDPEcho(t, "198.51.100.1:0")
@@ -783,7 +790,7 @@ func TestSoak(t *testing.T) {
 
 		ctx, cancel := context.WithTimeout(context.Background(), traffic+10*time.Minute)
 		defer cancel()
-		p := e.startSoak(t, ctx, "soak-traffic", echo.String(), fmt.Sprintf("10.0.2.2:%d", loop.Port()), udp.String(), rst,
+		p := e.startRun(t, ctx, 0, tcp, "soak-traffic", echo.String(), fmt.Sprintf("10.0.2.2:%d", loop.Port()), udp.String(), rst,
 			"10.0.2.3:53", strconv.FormatFloat(traffic.Seconds(), 'f', -1, 64), "16")
 		pid := p.cmd.Process.Pid
 		p.waitLine(t, "READY", time.Minute)
@@ -820,6 +827,7 @@ func TestSoak(t *testing.T) {
 		tick.Stop()
 		doneAt := time.Now()
 		t.Logf("traffic for %v: %s", doneAt.Sub(start).Round(time.Millisecond), done)
+		checkCarrier(t, tcp, done)
 		t.Logf("during traffic (peaks): %v", peak)
 
 		// TCP flows are closed: their host sockets must go within seconds.
@@ -881,11 +889,11 @@ func TestSoak(t *testing.T) {
 // connection while they are open and after they closed.
 func TestManyTCPConnections(t *testing.T) {
 	const n = 1500
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		echo := startSoakServer(t, e.w, "198.51.100.1:0", smallEcho)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		p := e.startSoak(t, ctx, "tcp-many", echo, strconv.Itoa(n))
+		p := e.startRun(t, ctx, 0, tcp, "tcp-many", echo, strconv.Itoa(n))
 		pid := p.cmd.Process.Pid
 		var lim unix.Rlimit
 		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &lim); err == nil {
@@ -898,6 +906,7 @@ func TestManyTCPConnections(t *testing.T) {
 		line := p.waitLine(t, "HOLDING", 3*time.Minute)
 		holding := mustSample(t, pid)
 		t.Logf("%s", line)
+		checkCarrier(t, tcp, line)
 		t.Logf("rootlessnet before: %v", before)
 		t.Logf("rootlessnet holding %d: %v", n, holding)
 		if holding.tcp < n {

@@ -1,0 +1,87 @@
+package e2e
+
+// The TCP fast path (--tcp-fastpath): outbound TCP from the container
+// skips the netstack. The tests of outbound TCP run on both paths:
+// forEachTCPPath runs a test as before (TestX/USER) and again with the
+// flag (TestX/fastpath/USER). Every helper that opens a connection prints
+// the options its handshake negotiated (tcpOptions): the netstack offers
+// SACK and the fast path does not, so each run also checks which path
+// carried its connections, lest a fast-path test pass on the netstack.
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/rootlessnet/rootlessnet/test/world"
+)
+
+// fastPath is the flag under test.
+var fastPath = []string{"--tcp-fastpath"}
+
+// unprivilegedOnly is for the tests that run as the unprivileged user
+// alone (the product is rootless; the root paths are the same code).
+var unprivilegedOnly = []variant{{"unprivileged", world.Nobody}}
+
+// rootOnly is for the tests that run as root alone.
+var rootOnly = []variant{{"root", nil}}
+
+// forEachTCPPath runs fn as each of users with outbound TCP through the
+// netstack (TestX/USER, as forEachVariant names them; the tests that ran
+// as one user with no subtest are now TestX/unprivileged or TestX/root)
+// and then through the fast path (TestX/fastpath/USER). tcp is nil or
+// fastPath: the flags to put before a run's own (withFlags).
+func forEachTCPPath(t *testing.T, users []variant, fn func(t *testing.T, e *env, tcp []string)) {
+	run := func(t *testing.T, tcp []string) {
+		for _, v := range users {
+			t.Run(v.name, func(t *testing.T) { fn(t, newEnv(t, v.cred), tcp) })
+		}
+	}
+	run(t, nil)
+	t.Run("fastpath", func(t *testing.T) { run(t, fastPath) })
+}
+
+// isFast says whether flags turn the fast path on.
+func isFast(flags []string) bool { return slices.Contains(flags, "--tcp-fastpath") }
+
+// withFlags is the path's flags followed by more, in a new slice.
+func withFlags(tcp []string, more ...string) []string {
+	return append(slices.Clone(tcp), more...)
+}
+
+// checkCarrier wants out (a helper's output) to report at least one
+// connection, and every one it reports carried by the path tcp selects:
+// "sack=false" on the fast path, "sack=true" on the netstack.
+func checkCarrier(t *testing.T, tcp []string, out string) {
+	t.Helper()
+	want, other, path := "sack=true", "sack=false", "the netstack"
+	if isFast(tcp) {
+		want, other, path = other, want, "the fast path"
+	}
+	if !strings.Contains(out, want) || strings.Contains(out, other) {
+		t.Errorf("connections were not all carried by %s (want %q on each, from TCP_INFO):\n%s", path, want, out)
+	}
+}
+
+// mustTCP runs a helper as mustOK does, with the path's flags before
+// flags, and checks that its connections took that path.
+func (e *env) mustTCP(tcp, flags []string, mode string, args ...string) string {
+	e.t.Helper()
+	out := e.mustOK(withFlags(tcp, flags...), mode, args...)
+	checkCarrier(e.t, tcp, out)
+	return out
+}
+
+// sizes of the large transfers: the netstack's 1 GiB one-way transfer
+// is as it was; the fast path's is smaller to keep the suite's time (the
+// checks are the same, and the transfers both ways at two MTUs and
+// without offloads run in full on both paths).
+func largeSinkSize(tcp []string) int {
+	if isFast(tcp) {
+		return 256 << 20
+	}
+	return 1 << 30
+}
+
+// bothWaysSize is the size of each transfer both ways at once.
+const bothWaysSize = 32 << 20
