@@ -256,7 +256,13 @@ func (e *Engine) acceptLoop(ctx context.Context, l *net.TCPListener, spec Spec, 
 func (e *Engine) forwardTCP(ctx context.Context, host *net.TCPConn, spec Spec, d GuestDialer) {
 	client := host.RemoteAddr().(*net.TCPAddr).AddrPort()
 	dst := netip.AddrPortFrom(spec.GuestAddr, spec.GuestPort)
-	guest, err := d.DialGuest(ctx, client, dst)
+	var guest GuestConn
+	var err error
+	if hd, ok := d.(hostDialer); ok {
+		guest, err = hd.DialGuestHost(ctx, client, dst, host)
+	} else {
+		guest, err = d.DialGuest(ctx, client, dst)
+	}
 	if err != nil {
 		// The client sees what a refused connect looks like: a reset.
 		e.log.Debug("published port: guest refused", "client", client, "guest", dst, "err", err)

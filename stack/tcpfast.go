@@ -240,6 +240,7 @@ type flowState uint8
 const (
 	fsConnecting  flowState = iota // dialing the host
 	fsSynAckSent                   // waiting for the container's ACK
+	fsSynSent                      // a published port's SYN, waiting for the container's SYN-ACK
 	fsEstablished                  // data both ways
 )
 
@@ -283,6 +284,8 @@ type tcpFlow struct {
 
 	conn *net.TCPConn
 	raw  syscall.RawConn
+	// answered carries the end of a published flow's handshake.
+	answered chan error
 	// writeFn (writeHost) and its results, under mu.
 	writeFn  func(fd uintptr) bool
 	written  int
@@ -395,6 +398,10 @@ func (f *tcpFlow) readHost() {
 // payload.
 func (f *tcpFlow) segmentLocked(s *tcpSeg) {
 	if f.closed {
+		return
+	}
+	if f.state == fsSynSent {
+		f.synSentLocked(s)
 		return
 	}
 	if s.flags&flagRST != 0 {
@@ -636,6 +643,9 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		return
 	}
 	f.closed = true
+	if f.answered != nil {
+		f.answer(errFastClosed) // a dial still waiting ends now
+	}
 	if rstGuest && f.state != fsConnecting {
 		f.sendLocked(flagRST|flagACK, f.sndNxt, nil, 0)
 	}
@@ -703,6 +713,8 @@ func (f *tcpFlow) retransmitLocked() {
 	switch {
 	case f.state == fsSynAckSent:
 		f.sendSynAckLocked()
+	case f.state == fsSynSent:
+		f.sendLocked(flagSYN, f.iss, nil, 0)
 	case f.dataInFlight() > 0:
 		segMax := f.mss
 		if f.e.vnet {
@@ -805,6 +817,9 @@ func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte
 		vnet:    e.vnet,
 		gsoMSS:  f.mss,
 		synWS:   -1,
+	}
+	if flags&flagACK == 0 {
+		o.ack = 0
 	}
 	if flags&flagSYN != 0 {
 		// A SYN's window is never scaled.

@@ -61,7 +61,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.outboundAddr6, "outbound-addr6", "", "bind outgoing IPv6 connections to this address or interface")
 	fs.UintVar(&o.maxFlows, "max-flows", forwarder.DefaultMaxFlows, "most concurrent TCP and UDP flows from the container; more are refused (TCP RST, ICMP port unreachable); 0: no limit")
 	fs.BoolVar(&o.portBypass, "port-bypass", false, "published TCP ports skip the netstack: a helper inside the container's namespaces connects to the guest port and rootlessnet splices between the two kernel sockets (under half the CPU per byte; faster where CPU is the limit), but the guest sees connections come from its own address instead of the client's; UDP ports are unchanged")
-	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", false, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (lower latency and CPU per connection; experimental)")
+	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", true, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (--tcp-fastpath=false: the netstack carries it, as before)")
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 

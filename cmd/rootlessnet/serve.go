@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -81,9 +83,12 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		Guest: o.addressing.Guest, Gateway: o.addressing.Gateway,
 		Guest6: o.addressing6.Guest, Gateway6: o.addressing6.Gateway,
 	}, log)
-	if dialer != nil {
+	switch {
+	case dialer != nil:
 		engine.SetGuestDialer(portfwd.Bypass(dialer))
 		log.Debug("published TCP ports bypass the netstack", "dialer_pid", dialer.Pid())
+	case o.tcpFastPath && o.pcap == "":
+		engine.SetGuestDialer(engine.FastDialer(fastLink{n.Link}))
 	}
 	var api *portfwd.APIServer
 	stop := func() {
@@ -183,4 +188,16 @@ func outboundBinder(v, flag string, want6 bool) (func(fd int) error, error) {
 		return nil, usageError{fmt.Errorf("invalid %s %q: neither an address nor an interface", flag, v)}
 	}
 	return func(fd int) error { return unix.BindToDevice(fd, v) }, nil
+}
+
+// fastLink gives portfwd the link's TCP fast path, with the link's
+// "netstack instead" error as portfwd's.
+type fastLink struct{ link *stack.TapEndpoint }
+
+func (l fastLink) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (func(context.Context), error) {
+	run, err := l.link.DialTCPFast(ctx, src, dst, host)
+	if errors.Is(err, stack.ErrFastUnavailable) {
+		err = fmt.Errorf("%w: %w", portfwd.ErrFastUnavailable, err)
+	}
+	return run, err
 }

@@ -1,0 +1,178 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// Published ports on the fast path: a host listener's connection becomes
+// a flow that opens the connection to the container itself (SYN, then
+// the container's SYN-ACK), from the client's address, so the container
+// sees who connected, as through the netstack. From then on the flow is
+// the same as an outbound one.
+
+// Errors of DialTCPFast. Those that wrap ErrFastUnavailable say that
+// the netstack should carry the connection instead.
+var (
+	ErrFastUnavailable = errors.New("the TCP fast path cannot take this connection")
+	ErrFastRefused     = errors.New("the container refused the connection (RST)")
+	ErrFastTimeout     = errors.New("the container did not answer")
+	errFastDisabled    = fmt.Errorf("%w: it is off", ErrFastUnavailable)
+	errFastNoGuest     = fmt.Errorf("%w: the container's MAC is not known yet", ErrFastUnavailable)
+	errFastBusy        = fmt.Errorf("%w: no free source port for this client", ErrFastUnavailable)
+	errFastClosed      = errors.New("the link is closing")
+)
+
+// fastDialTimeout bounds the wait for the container's SYN-ACK, as the
+// netstack's dial of a published port.
+const fastDialTimeout = 10 * time.Second
+
+// DialTCPFast connects to the container's dst from src (a zero port: one
+// is chosen) on the fast path, for the host connection host, and returns
+// once the container answered: run then carries the connection until it
+// ends and closes host. On error host is left to the caller.
+func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (run func(context.Context), err error) {
+	fp := &e.tcpf
+	if fp.policy == nil {
+		return nil, errFastDisabled
+	}
+	guestMAC, ok := e.GuestMAC()
+	if !ok {
+		return nil, errFastNoGuest
+	}
+	raw, err := host.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
+	if dst.Addr().Is6() {
+		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
+	}
+	mtu := int(e.MTU())
+	iss := rand.Uint32()
+	f := &tcpFlow{
+		e:        e,
+		guestMAC: guestMAC,
+		cancel:   func() {},
+		iss:      iss,
+		sndUna:   iss,
+		sndNxt:   iss + 1,
+		state:    fsSynSent,
+		wsOK:     true, // offered; the SYN-ACK says whether it holds
+		mss:      536,
+		ourMSS:   uint16(min(mtu-hdrs, 65535)),
+		rto:      fastRTOMin,
+		conn:     host,
+		raw:      raw,
+		answered: make(chan error, 1),
+	}
+	f.cond.L = &f.mu
+	fp.mu.Lock()
+	if fp.closed {
+		fp.mu.Unlock()
+		return nil, errFastClosed
+	}
+	// The client's own port when it is free (a client of two published
+	// ports that reach the same guest port may repeat it), else a
+	// random one.
+	key := tcpFlowKey{src: dst, dst: src}
+	for i := 0; src.Port() == 0 || fp.flows[key] != nil; i++ {
+		if i == 64 {
+			fp.mu.Unlock()
+			return nil, errFastBusy
+		}
+		src = netip.AddrPortFrom(src.Addr(), uint16(32768+rand.IntN(28232)))
+		key.dst = src
+	}
+	f.key = key
+	fp.flows[key] = f
+	fp.mu.Unlock()
+	e.stats.TCPFastFlows.Add(1)
+
+	f.mu.Lock()
+	f.sendLocked(flagSYN, f.iss, nil, 0)
+	f.armLocked()
+	f.mu.Unlock()
+
+	timer := time.NewTimer(fastDialTimeout)
+	defer timer.Stop()
+	select {
+	case err = <-f.answered:
+	case <-timer.C:
+		err = ErrFastTimeout
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		f.mu.Lock()
+		f.closeLocked(false, false) // the caller resets the client
+		f.mu.Unlock()
+		return nil, err
+	}
+	return f.carry, nil
+}
+
+// carry is a published flow's reader: it runs until the flow ends, or
+// ctx does, and closes the host socket.
+func (f *tcpFlow) carry(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.closeLocked(true, true)
+		f.mu.Unlock()
+	})
+	defer stop()
+	f.readHost()
+	f.conn.Close()
+}
+
+// synSentLocked takes the container's answer to our SYN.
+func (f *tcpFlow) synSentLocked(s *tcpSeg) {
+	if s.flags&flagACK == 0 {
+		return // not an answer to our SYN (a simultaneous open is not one either)
+	}
+	if s.ack != f.iss+1 {
+		if s.flags&flagRST == 0 {
+			// An unacceptable ACK: reset it (RFC 9293 3.10.7.3).
+			f.sendLocked(flagRST, s.ack, nil, 0)
+		}
+		return
+	}
+	switch {
+	case s.flags&flagRST != 0:
+		f.answer(ErrFastRefused)
+		f.closeLocked(false, false)
+	case s.flags&flagSYN != 0:
+		f.irs = s.seq
+		f.rcvNxt = s.seq + 1
+		f.sndUna = s.ack
+		if s.mss != 0 {
+			f.mss = max(min(int(s.mss), int(f.ourMSS)), 64)
+		}
+		f.wsOK = s.wscale >= 0
+		if f.wsOK {
+			f.sndShift = uint8(s.wscale)
+		}
+		f.sndWnd = uint32(s.wnd) // a SYN's window is never scaled
+		f.state = fsEstablished
+		f.retries = 0
+		f.restartTimerLocked()
+		f.sendAckLocked()
+		f.answer(nil)
+		f.cond.Broadcast()
+	}
+}
+
+// answer reports the end of the handshake to DialTCPFast, once.
+func (f *tcpFlow) answer(err error) {
+	select {
+	case f.answered <- err:
+	default:
+	}
+}
