@@ -5,6 +5,10 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // FastLink carries published TCP past the netstack: the link's TCP fast
@@ -46,6 +50,12 @@ func (d fastDialer) DialGuest(ctx context.Context, client, dst netip.AddrPort) (
 func (d fastDialer) DialGuestHost(ctx context.Context, client, dst netip.AddrPort, host *net.TCPConn) (GuestConn, error) {
 	src := netip.AddrPortFrom(d.e.sourceFor(client.Addr(), dst.Addr()).Addr(), client.Port())
 	run, err := d.link.DialTCPFast(ctx, src, dst, host)
+	if errors.Is(err, ErrFastUnavailable) && d.e.resolveGuest(ctx, dst.Addr()) {
+		// A quiet container: its ARP or neighbour reply taught the
+		// link its MAC, so the first connection need not take the
+		// netstack.
+		run, err = d.link.DialTCPFast(ctx, src, dst, host)
+	}
 	if errors.Is(err, ErrFastUnavailable) {
 		return stackDialer{d.e}.DialGuest(ctx, client, dst)
 	}
@@ -58,3 +68,28 @@ func (d fastDialer) DialGuestHost(ctx context.Context, client, dst netip.AddrPor
 type fastConn struct{ run func(context.Context) }
 
 func (c fastConn) Relay(ctx context.Context, _ *net.TCPConn) { c.run(ctx) }
+
+// resolveGuest asks the container for its MAC (ARP or neighbour
+// solicitation through the netstack) and reports whether it answered
+// within a second.
+func (e *Engine) resolveGuest(ctx context.Context, a netip.Addr) bool {
+	gw := e.addr.Gateway
+	if a.Is6() {
+		gw = e.addr.Gateway6
+	}
+	done := make(chan stack.LinkResolutionResult, 1)
+	terr := e.st.GetLinkAddress(e.nic, tcpip.AddrFromSlice(a.AsSlice()), tcpip.AddrFromSlice(gw.AsSlice()), protoOf(a),
+		func(r stack.LinkResolutionResult) { done <- r })
+	if _, wait := terr.(*tcpip.ErrWouldBlock); terr != nil && !wait {
+		return false
+	}
+	timer := time.NewTimer(time.Second)
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		return r.Err == nil
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+	return false
+}

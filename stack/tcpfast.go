@@ -2,7 +2,7 @@ package stack
 
 import (
 	"context"
-	"math/rand/v2"
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"sync"
@@ -64,6 +64,7 @@ type tcpFlowKey struct{ src, dst netip.AddrPort }
 // tcpFastPath is the TapEndpoint's table of fast-path flows.
 type tcpFastPath struct {
 	policy TCPFastPolicy // nil: off
+	seed   maphash.Seed  // keys the hash of initial sequence numbers
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -82,6 +83,7 @@ func (e *TapEndpoint) EnableTCPFastPath(p TCPFastPolicy) {
 	fp.policy = p
 	fp.ctx, fp.cancel = context.WithCancel(context.Background())
 	fp.flows = map[tcpFlowKey]*tcpFlow{}
+	fp.seed = maphash.MakeSeed()
 }
 
 // TCPFastFlows counts the connections on the fast path.
@@ -113,6 +115,14 @@ func (e *TapEndpoint) closeTCPFast() {
 		f.mu.Unlock()
 	}
 	fp.wg.Wait()
+}
+
+// isn picks an initial sequence number as RFC 6528 does: a clock that
+// ticks every 4 µs plus a keyed hash of the 4-tuple. A new connection on
+// a 4-tuple then starts above where the last one ended, which is what
+// a container's socket in TIME-WAIT wants of a SYN to accept it.
+func (fp *tcpFastPath) isn(key tcpFlowKey) uint32 {
+	return uint32(time.Now().UnixNano()/4000) + uint32(maphash.Comparable(fp.seed, key))
 }
 
 func (fp *tcpFastPath) remove(f *tcpFlow) {
@@ -189,7 +199,7 @@ func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool
 		return false
 	}
 	ctx, cancel := context.WithCancel(fp.ctx)
-	iss := rand.Uint32()
+	iss := e.tcpf.isn(tcpFlowKey{src: seg.src, dst: seg.dst})
 	mtu := int(e.MTU())
 	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
 	if seg.src.Addr().Is6() {

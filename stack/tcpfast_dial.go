@@ -56,14 +56,10 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
 	}
 	mtu := int(e.MTU())
-	iss := rand.Uint32()
 	f := &tcpFlow{
 		e:        e,
 		guestMAC: guestMAC,
 		cancel:   func() {},
-		iss:      iss,
-		sndUna:   iss,
-		sndNxt:   iss + 1,
 		state:    fsSynSent,
 		wsOK:     true, // offered; the SYN-ACK says whether it holds
 		mss:      536,
@@ -92,6 +88,8 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		key.dst = src
 	}
 	f.key = key
+	f.iss = fp.isn(key)
+	f.sndUna, f.sndNxt = f.iss, f.iss+1
 	fp.flows[key] = f
 	fp.mu.Unlock()
 	e.stats.TCPFastFlows.Add(1)

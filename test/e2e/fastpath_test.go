@@ -1,9 +1,10 @@
 package e2e
 
-// The TCP fast path (--tcp-fastpath): outbound TCP from the container
-// skips the netstack. The tests of outbound TCP run on both paths:
-// forEachTCPPath runs a test as before (TestX/USER) and again with the
-// flag (TestX/fastpath/USER). Every helper that opens a connection prints
+// The TCP fast path (--tcp-fastpath, on by default): outbound TCP from
+// the container skips the netstack. The tests of outbound TCP run on both
+// paths: forEachTCPPath runs a test with --tcp-fastpath=false (TestX/USER,
+// the netstack, as these tests ran before the fast path) and again with
+// the flag (TestX/fastpath/USER). Every helper that opens a connection prints
 // the options its handshake negotiated (tcpOptions): the netstack offers
 // SACK and the fast path does not, so each run also checks which path
 // carried its connections, lest a fast-path test pass on the netstack.
@@ -16,8 +17,12 @@ import (
 	"github.com/rootlessnet/rootlessnet/test/world"
 )
 
-// fastPath is the flag under test.
-var fastPath = []string{"--tcp-fastpath"}
+// fastPath and netstackPath select the path explicitly, whatever the
+// default.
+var (
+	fastPath     = []string{"--tcp-fastpath"}
+	netstackPath = []string{"--tcp-fastpath=false"}
+)
 
 // unprivilegedOnly is for the tests that run as the unprivileged user
 // alone (the product is rootless; the root paths are the same code).
@@ -29,15 +34,16 @@ var rootOnly = []variant{{"root", nil}}
 // forEachTCPPath runs fn as each of users with outbound TCP through the
 // netstack (TestX/USER, as forEachVariant names them; the tests that ran
 // as one user with no subtest are now TestX/unprivileged or TestX/root)
-// and then through the fast path (TestX/fastpath/USER). tcp is nil or
-// fastPath: the flags to put before a run's own (withFlags).
+// and then through the fast path (TestX/fastpath/USER). tcp is
+// netstackPath or fastPath: the flags to put before a run's own
+// (withFlags).
 func forEachTCPPath(t *testing.T, users []variant, fn func(t *testing.T, e *env, tcp []string)) {
 	run := func(t *testing.T, tcp []string) {
 		for _, v := range users {
 			t.Run(v.name, func(t *testing.T) { fn(t, newEnv(t, v.cred), tcp) })
 		}
 	}
-	run(t, nil)
+	run(t, netstackPath)
 	t.Run("fastpath", func(t *testing.T) { run(t, fastPath) })
 }
 
@@ -85,3 +91,23 @@ func largeSinkSize(tcp []string) int {
 
 // bothWaysSize is the size of each transfer both ways at once.
 const bothWaysSize = 32 << 20
+
+// publishedWhoami asks the container's whoami server (slirp-whoami-server,
+// run by p) through the published port at addr, from local when not
+// empty, and checks its reply: the address the container saw starts with
+// wantPrefix, and the path tcp selects carried the connection (the
+// server's TCP_INFO of its accepted connection, as checkCarrier reads
+// it). It returns the address the container saw.
+func (e *env) publishedWhoami(t *testing.T, tcp []string, p *slirpProc, addr, local, wantPrefix string) string {
+	t.Helper()
+	got, err := e.slirpWhoami(addr, local)
+	if err != nil {
+		t.Fatalf("dialing %s (from %q): %v\n%s", addr, local, err, p.output())
+	}
+	seen, opts, _ := strings.Cut(got, " ")
+	if !strings.HasPrefix(seen, wantPrefix) {
+		t.Errorf("through %s (from %q) the container saw %q, want %sPORT", addr, local, seen, wantPrefix)
+	}
+	checkCarrier(t, tcp, "through "+addr+": "+opts)
+	return seen
+}

@@ -142,8 +142,10 @@ func TestIPv6PingNoForgedRepliesAndNoRoute(t *testing.T) {
 	t.Logf("refusals without an IPv6 route took %v (two runs)", time.Since(start))
 }
 
+// TestIPv6Publish runs on both TCP paths: published TCP ports take the
+// fast path over IPv6 too, with the client's address kept.
 func TestIPv6Publish(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		lo := e.slirpFreePort(t, "[::1]")
@@ -151,22 +153,18 @@ func TestIPv6Publish(t *testing.T) {
 		any := e.slirpFreePort(t, "[::]")
 		v4 := e.slirpFreePort(t, "0.0.0.0")
 		sock := filepath.Join(e.scratch, "api.sock")
-		p, in := e.slirpRunServer(t, ctx, "-6", "-a", sock,
+		p, in := e.slirpRunServer(t, ctx, withFlags(tcp, "-6", "-a", sock,
 			"-p", fmt.Sprintf("[::1]:%d:8080", lo),
 			"-p", fmt.Sprintf("[::]:%d:8080", any),
 			"-p", fmt.Sprintf("%d:8080", v4),
-			"-p", fmt.Sprintf("[::1]:%d:8081/udp", loUDP))
+			"-p", fmt.Sprintf("[::1]:%d:8081/udp", loUDP))...)
 
+		// check also wants the path tcp selects to carry the connection.
 		check := func(addr, local, wantPrefix string) {
 			t.Helper()
-			got, err := e.slirpWhoami(addr, local)
-			if err != nil {
-				t.Fatalf("dialing %s: %v\n%s", addr, err, p.output())
-			}
-			if !strings.HasPrefix(got, wantPrefix) {
-				t.Errorf("through %s (from %q) the container saw %q, want %sPORT", addr, local, got, wantPrefix)
-			}
+			e.publishedWhoami(t, tcp, p, addr, local, wantPrefix)
 		}
+		e.publishWarmUp(t, p, fmt.Sprintf("[::1]:%d", lo))
 		// A loopback client appears as the IPv6 gateway.
 		check(fmt.Sprintf("[::1]:%d", lo), "", "["+gateway6+"]:")
 		// A client with a real IPv6 address keeps it.

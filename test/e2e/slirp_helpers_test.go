@@ -80,11 +80,15 @@ func slirpEchoOnce(addr string, msg []byte) error {
 	return nil
 }
 
-// slirpServeWhoami writes the peer's address and a newline, and closes.
+// slirpServeWhoami writes the peer's address, then the options of the
+// connection's handshake as tcpOptions has them ("ADDR sack=B ts=B
+// wscale=B": the netstack offers SACK and the TCP fast path does not, so
+// sack= says which carried a published port's connection), and a
+// newline, and closes.
 func slirpServeWhoami(c net.Conn) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	_, err := io.WriteString(c, c.RemoteAddr().String()+"\n")
+	_, err := io.WriteString(c, c.RemoteAddr().String()+" "+tcpOptions(c)+"\n")
 	return err
 }
 

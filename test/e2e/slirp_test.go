@@ -549,29 +549,24 @@ func slirpFinish(t *testing.T, p *slirpProc, in io.WriteCloser) {
 	}
 }
 
+// TestPublishSourceAddress runs on both TCP paths: with the fast path
+// (the default) a published port's connection is the fast path's too
+// (DialTCPFast), and the container must still see the client's address.
 func TestPublishSourceAddress(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		port := e.slirpFreePort(t, "0.0.0.0")
-		p, in := e.slirpRunServer(t, ctx, "-p", fmt.Sprintf("0.0.0.0:%d:%d", port, slirpGuestPort))
+		p, in := e.slirpRunServer(t, ctx, withFlags(tcp, "-p", fmt.Sprintf("0.0.0.0:%d:%d", port, slirpGuestPort))...)
 
+		e.publishWarmUp(t, p, fmt.Sprintf("127.0.0.1:%d", port))
 		// A client with a real address keeps it.
-		got, err := e.slirpWhoami(fmt.Sprintf("%s:%d", world.UplinkV4, port), world.UplinkV4)
-		if err != nil {
-			t.Fatalf("dialing %s:%d: %v\n%s", world.UplinkV4, port, err, p.output())
-		}
-		if !strings.HasPrefix(got, world.UplinkV4+":") {
-			t.Errorf("the container saw a client from %s as %q: the source address was not kept", world.UplinkV4, got)
-		}
+		e.publishedWhoami(t, tcp, p, fmt.Sprintf("%s:%d", world.UplinkV4, port), world.UplinkV4, world.UplinkV4+":")
 		// A loopback client shows as the gateway.
-		got, err = e.slirpWhoami(fmt.Sprintf("127.0.0.1:%d", port), "")
-		if err != nil {
-			t.Fatalf("dialing 127.0.0.1:%d: %v\n%s", port, err, p.output())
-		}
-		if !strings.HasPrefix(got, "10.0.2.2:") {
-			t.Errorf("the container saw a loopback client as %q, want 10.0.2.2:PORT", got)
-		}
+		e.publishedWhoami(t, tcp, p, fmt.Sprintf("127.0.0.1:%d", port), "", "10.0.2.2:")
+		// Again, both: every connection takes the path.
+		e.publishedWhoami(t, tcp, p, fmt.Sprintf("%s:%d", world.UplinkV4, port), world.UplinkV4, world.UplinkV4+":")
+		e.publishedWhoami(t, tcp, p, fmt.Sprintf("127.0.0.1:%d", port), "", "10.0.2.2:")
 		slirpFinish(t, p, in)
 
 		// A port in use in the world: an error at start naming the port.
@@ -581,7 +576,7 @@ func TestPublishSourceAddress(t *testing.T) {
 		}
 		defer busy.Close()
 		busyPort := busy.Addr().(*net.TCPAddr).Port
-		r := e.run([]string{"-p", fmt.Sprintf("0.0.0.0:%d:%d", busyPort, slirpGuestPort)}, "slirp-whoami-server")
+		r := e.run(withFlags(tcp, "-p", fmt.Sprintf("0.0.0.0:%d:%d", busyPort, slirpGuestPort)), "slirp-whoami-server")
 		if r.status == 0 || strings.Contains(r.stdout, "READY") {
 			t.Errorf("publishing a busy port: status %d, stdout %q; want a failure before the command runs", r.status, r.stdout)
 		}
@@ -591,12 +586,14 @@ func TestPublishSourceAddress(t *testing.T) {
 	})
 }
 
+// TestAPIAddRemoveLive runs on both TCP paths: forwards added through
+// the API take the fast path too.
 func TestAPIAddRemoveLive(t *testing.T) {
-	forEachVariant(t, func(t *testing.T, e *env) {
+	forEachTCPPath(t, variants, func(t *testing.T, e *env, tcp []string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		sock := filepath.Join(e.scratch, "api.sock")
-		p, in := e.slirpRunServer(t, ctx, "-a", sock)
+		p, in := e.slirpRunServer(t, ctx, withFlags(tcp, "-a", sock)...)
 		if fi, err := os.Lstat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("API socket: %v, %v; want mode 0600", fi, err)
 		}
@@ -610,13 +607,8 @@ func TestAPIAddRemoveLive(t *testing.T) {
 		if n := len(slirpListHostfwd(t, sock)); n != 1 {
 			t.Errorf("list_hostfwd has %d entries, want 1", n)
 		}
-		got, err := e.slirpWhoami(addr, "")
-		if err != nil {
-			t.Fatalf("dialing the added forward %s: %v\n%s", addr, err, p.output())
-		}
-		if !strings.HasPrefix(got, "10.0.2.2:") {
-			t.Errorf("the container saw %q, want 10.0.2.2:PORT", got)
-		}
+		e.publishWarmUp(t, p, addr)
+		e.publishedWhoami(t, tcp, p, addr, "", "10.0.2.2:")
 
 		// The same host port twice: an error object, nothing added.
 		m, raw, err := slirpAPICall(sock, fmt.Sprintf(`{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_addr":"127.0.0.1","host_port":%d,"guest_port":%d}}`, port, slirpGuestPort))
@@ -643,9 +635,7 @@ func TestAPIAddRemoveLive(t *testing.T) {
 		if id2 := slirpAddHostfwd(t, sock, "127.0.0.1", port, slirpGuestPort); id2 != id+1 {
 			t.Errorf("re-added forward got id %d, want %d (ids are never reused)", id2, id+1)
 		}
-		if got, err := e.slirpWhoami(addr, ""); err != nil || !strings.HasPrefix(got, "10.0.2.2:") {
-			t.Errorf("the re-added forward: %q, %v", got, err)
-		}
+		e.publishedWhoami(t, tcp, p, addr, "", "10.0.2.2:")
 
 		for _, req := range []string{
 			`{"execute":"no_such_command"}`,
