@@ -57,6 +57,14 @@ const (
 	// fastRetries gives up on a container that acknowledges nothing
 	// for about 3 minutes of backoff.
 	fastRetries = 12
+	// fastAckDelay bounds how long an ACK of the container's data waits
+	// for a segment of ours to carry it (libslirp's fast timer: 2 ms;
+	// Linux's delayed ACK: 40 ms); fastAckEvery is the data after which
+	// it goes at once. A pure ACK costs the container's stack, inside
+	// our TAP write, about as much as a data segment: with one per two
+	// 64 KiB segments, ns->host moved 9% more per CPU second.
+	fastAckDelay = 500 * time.Microsecond
+	fastAckEvery = 128 << 10
 )
 
 type tcpFlowKey struct{ src, dst netip.AddrPort }
@@ -284,6 +292,11 @@ type tcpFlow struct {
 	retries             int
 	timer               *time.Timer
 	timerOn             bool
+	// ackOwed counts the bytes taken since the last ACK sent; ackTimer
+	// sends the ACK that no segment of ours carried in time.
+	ackOwed    int
+	ackTimer   *time.Timer
+	ackTimerOn bool
 
 	// snd holds the host's data from sndUna on: sent, then unsent.
 	snd sendBuf
@@ -524,7 +537,8 @@ func (f *tcpFlow) dataLocked(s *tcpSeg) {
 		}
 		f.rcvNxt += uint32(took)
 		if took < n {
-			fin = false // the rest comes again
+			f.sendAckLocked() // the rest comes again
+			return
 		}
 	}
 	if fin {
@@ -534,7 +548,33 @@ func (f *tcpFlow) dataLocked(s *tcpSeg) {
 			f.shutWriteLocked()
 		}
 	}
-	f.sendAckLocked()
+	f.ackOwed += n
+	if fin || f.flushing || f.ackOwed >= fastAckEvery {
+		f.sendAckLocked()
+		return
+	}
+	// Delayed: the host's answer, or the next segments, carry it.
+	if !f.ackTimerOn {
+		f.ackTimerOn = true
+		if f.ackTimer == nil {
+			f.ackTimer = time.AfterFunc(fastAckDelay, f.onAckTimer)
+		} else {
+			f.ackTimer.Reset(fastAckDelay)
+		}
+	}
+}
+
+// onAckTimer sends a delayed ACK that no segment carried.
+func (f *tcpFlow) onAckTimer() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || !f.ackTimerOn {
+		return
+	}
+	f.ackTimerOn = false
+	if f.ackOwed > 0 {
+		f.sendAckLocked()
+	}
 }
 
 // skipPieces drops the first n bytes of pieces.
@@ -671,6 +711,9 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 	}
 	if f.timer != nil {
 		f.timer.Stop()
+	}
+	if f.ackTimer != nil {
+		f.ackTimer.Stop()
 	}
 	f.snd.release()
 	f.pending = nil
@@ -841,6 +884,13 @@ func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte
 	} else {
 		o.wnd = f.windowField()
 		f.lastWnd = o.wnd
+	}
+	if flags&flagACK != 0 {
+		f.ackOwed = 0
+		if f.ackTimerOn {
+			f.ackTimerOn = false
+			f.ackTimer.Stop()
+		}
 	}
 
 	if o.src.Addr().Is4() {
