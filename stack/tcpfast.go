@@ -119,10 +119,57 @@ func (e *TapEndpoint) closeTCPFast() {
 	fp.cancel()
 	for _, f := range flows {
 		f.mu.Lock()
-		f.closeLocked(false, true)
+		// A flow whose container side has finished and handed all
+		// to the host socket closes gracefully: the kernel still
+		// delivers what the socket holds. The others are reset.
+		f.closeLocked(false, !f.sentAllLocked())
 		f.mu.Unlock()
 	}
 	fp.wg.Wait()
+}
+
+// sentAllLocked says whether the container has closed its side and all
+// it sent is in the host socket.
+func (f *tcpFlow) sentAllLocked() bool {
+	return f.guestFIN && f.shutWr && !f.flushing && len(f.pending) == 0
+}
+
+// DrainTCPFast waits, at most timeout, until every fast-path flow has
+// been closed by the container and has handed all its data to the host
+// socket: what `run` does when its command exits, so that the last
+// bytes a command sent before exiting (its sockets live on in the
+// namespace) are not cut. It reports whether everything drained.
+func (e *TapEndpoint) DrainTCPFast(timeout time.Duration) bool {
+	fp := &e.tcpf
+	if fp.policy == nil {
+		return true
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		fp.mu.RLock()
+		flows := make([]*tcpFlow, 0, len(fp.flows))
+		for _, f := range fp.flows {
+			flows = append(flows, f)
+		}
+		fp.mu.RUnlock()
+		drained := true
+		for _, f := range flows {
+			f.mu.Lock()
+			done := f.closed || f.sentAllLocked()
+			f.mu.Unlock()
+			if !done {
+				drained = false
+				break
+			}
+		}
+		if drained {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // isn picks an initial sequence number as RFC 6528 does: a clock that

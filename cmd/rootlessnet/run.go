@@ -6,6 +6,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -122,6 +123,12 @@ func runCommand(args []string) (int, error) {
 		case sig := <-sigs:
 			c.Signal(sig)
 		case status := <-exited:
+			// The command's sockets live on in the namespace: let
+			// what they still send reach the host before the
+			// network goes.
+			if !n.Link.DrainTCPFast(runDrainTimeout) {
+				log.Debug("connections still open when the command exited", "waited", runDrainTimeout)
+			}
 			return status, nil
 		case <-n.Done():
 			log.Error("the data path stopped", "err", n.Err())
@@ -130,3 +137,7 @@ func runCommand(args []string) (int, error) {
 		}
 	}
 }
+
+// runDrainTimeout bounds the wait, once the command has exited, for its
+// TCP connections to deliver what they still hold.
+const runDrainTimeout = time.Second

@@ -51,6 +51,8 @@ func runHelper() (int, bool) {
 		err = tcpHalfClose(args[0])
 	case "tcp-echo":
 		err = tcpEcho(args[0], args[1])
+	case "tcp-send-exit":
+		err = tcpSendExit(args[0], args[1])
 	case "tcp-peer-halfclose":
 		err = tcpPeerHalfClose(args[0], args[1], args[2])
 	case "tcp-refused":
@@ -203,6 +205,26 @@ func tcpEcho(addr, size string) error {
 // prints SENT. The server checks what it received; the helper keeps the
 // container (and so rootlessnet) alive until stdin's EOF, lest its exit
 // cut the data still on its way.
+// tcpSendExit sends size bytes, half-closes and returns at once: the
+// command exits with its data perhaps still in its socket's queue.
+func tcpSendExit(addr, size string) error {
+	n, err := strconv.Atoi(size)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	printTCPOptions(c)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Write(pattern(n)); err != nil {
+		return fmt.Errorf("write: %w (%s)", err, tcpState(c))
+	}
+	return c.(*net.TCPConn).CloseWrite()
+}
+
 func tcpPeerHalfClose(addr, greeting, size string) error {
 	lines := soakLines()
 	g, err := strconv.Atoi(greeting)
