@@ -567,6 +567,27 @@ func (e *TapEndpoint) learnGuestMAC(src tcpip.LinkAddress) {
 	}
 }
 
+// framePieces appends to dst the pieces of bytes [off, off+n) of a frame
+// read as hdr then rest.
+func framePieces(dst [][]byte, hdr, rest []byte, off, n int) [][]byte {
+	for _, b := range [2][]byte{hdr, rest} {
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > n {
+			b = b[:n]
+		}
+		if len(b) > 0 {
+			dst = append(dst, b)
+		}
+		n -= len(b)
+	}
+	return dst
+}
+
 // firstView is the start of b without copying.
 func firstView(b *buffer.Buffer) []byte {
 	l := b.AsViewList()

@@ -111,13 +111,9 @@ func (e *TapEndpoint) closeTCPFast() {
 	}
 	fp.mu.Lock()
 	fp.closed = true
-	flows := make([]*tcpFlow, 0, len(fp.flows))
-	for _, f := range fp.flows {
-		flows = append(flows, f)
-	}
 	fp.mu.Unlock()
 	fp.cancel()
-	for _, f := range flows {
+	for _, f := range fp.snapshot() {
 		f.mu.Lock()
 		// A flow whose container side has finished and handed all
 		// to the host socket closes gracefully: the kernel still
@@ -146,14 +142,8 @@ func (e *TapEndpoint) DrainTCPFast(timeout time.Duration) bool {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		fp.mu.RLock()
-		flows := make([]*tcpFlow, 0, len(fp.flows))
-		for _, f := range fp.flows {
-			flows = append(flows, f)
-		}
-		fp.mu.RUnlock()
 		drained := true
-		for _, f := range flows {
+		for _, f := range fp.snapshot() {
 			f.mu.Lock()
 			done := f.closed || f.sentAllLocked()
 			f.mu.Unlock()
@@ -178,6 +168,18 @@ func (e *TapEndpoint) DrainTCPFast(timeout time.Duration) bool {
 // a container's socket in TIME-WAIT wants of a SYN to accept it.
 func (fp *tcpFastPath) isn(key tcpFlowKey) uint32 {
 	return uint32(time.Now().UnixNano()/4000) + uint32(maphash.Comparable(fp.seed, key))
+}
+
+// snapshot lists the flows, so that each can be locked without fp.mu
+// (the lock order is a flow's mu, then fp.mu).
+func (fp *tcpFastPath) snapshot() []*tcpFlow {
+	fp.mu.RLock()
+	defer fp.mu.RUnlock()
+	flows := make([]*tcpFlow, 0, len(fp.flows))
+	for _, f := range fp.flows {
+		flows = append(flows, f)
+	}
+	return flows
 }
 
 func (fp *tcpFastPath) remove(f *tcpFlow) {
@@ -221,27 +223,6 @@ func (e *TapEndpoint) deliverTCP(hdr, rest []byte) bool {
 	clear(f.pieces)
 	f.mu.Unlock()
 	return true
-}
-
-// framePieces appends to dst the pieces of bytes [off, off+n) of a frame
-// read as hdr then rest.
-func framePieces(dst [][]byte, hdr, rest []byte, off, n int) [][]byte {
-	for _, b := range [2][]byte{hdr, rest} {
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		b = b[off:]
-		off = 0
-		if len(b) > n {
-			b = b[:n]
-		}
-		if len(b) > 0 {
-			dst = append(dst, b)
-		}
-		n -= len(b)
-	}
-	return dst
 }
 
 func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {

@@ -86,22 +86,7 @@ func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
 		return false
 	}
 	e.learnGuestMAC(eth.SourceAddress())
-	iovs := u.iovs[:0]
-	for _, b := range [2][]byte{hdr, rest} {
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		b = b[off:]
-		off = 0
-		if len(b) > n {
-			b = b[:n]
-		}
-		if len(b) > 0 {
-			iovs = append(iovs, b)
-		}
-		n -= len(b)
-	}
+	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
 	sink(iovs)
 	clear(iovs)
 	u.iovs = iovs[:0]

@@ -101,28 +101,18 @@ func pattern(n int) []byte {
 }
 
 func tcpSink(addr, size string) error {
-	n, err := strconv.Atoi(size)
-	if err != nil {
-		return err
-	}
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	c, data, err := dialSend(addr, size, 120*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	printTCPOptions(c)
-	c.SetDeadline(time.Now().Add(120 * time.Second))
-	data := pattern(n)
-	if _, err := c.Write(data); err != nil {
-		return fmt.Errorf("write: %w (%s)", err, tcpState(c))
-	}
 	c.(*net.TCPConn).CloseWrite()
 	reply, err := io.ReadAll(c)
 	if err != nil {
 		return fmt.Errorf("read reply: %w (%s)", err, tcpState(c))
 	}
 	sum := sha256.Sum256(data)
-	want := binary.BigEndian.AppendUint64(sum[:], uint64(n))
+	want := binary.BigEndian.AppendUint64(sum[:], uint64(len(data)))
 	if !bytes.Equal(reply, want) {
 		return fmt.Errorf("sink reply %x, want %x", reply, want)
 	}
@@ -208,21 +198,35 @@ func tcpEcho(addr, size string) error {
 // tcpSendExit sends size bytes, half-closes and returns at once: the
 // command exits with its data perhaps still in its socket's queue.
 func tcpSendExit(addr, size string) error {
-	n, err := strconv.Atoi(size)
-	if err != nil {
-		return err
-	}
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	c, _, err := dialSend(addr, size, 60*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	printTCPOptions(c)
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := c.Write(pattern(n)); err != nil {
-		return fmt.Errorf("write: %w (%s)", err, tcpState(c))
-	}
 	return c.(*net.TCPConn).CloseWrite()
+}
+
+// dialSend connects to addr, prints the connection's TCP options, and
+// writes size bytes of pattern within timeout; the caller closes c
+// unless err.
+func dialSend(addr, size string, timeout time.Duration) (c net.Conn, data []byte, err error) {
+	n, err := strconv.Atoi(size)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err = net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	printTCPOptions(c)
+	c.SetDeadline(time.Now().Add(timeout))
+	data = pattern(n)
+	if _, err := c.Write(data); err != nil {
+		err = fmt.Errorf("write: %w (%s)", err, tcpState(c))
+		c.Close()
+		return nil, nil, err
+	}
+	return c, data, nil
 }
 
 func tcpPeerHalfClose(addr, greeting, size string) error {
