@@ -99,6 +99,13 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	owns := func(a tcpip.Address) bool { return owned[a] }
+	if cfg.VnetHdr {
+		// Before NewTapEndpoint, which takes the fd over.
+		if err := tap.SetOffload(cfg.Tap); err != nil {
+			cfg.Tap.Close()
+			return nil, err
+		}
+	}
 	link, err := stack.NewTapEndpoint(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError, owns)
 	if err != nil {
 		cfg.Tap.Close()
@@ -115,10 +122,6 @@ func New(cfg Config) (*Network, error) {
 		})
 	}
 	if cfg.VnetHdr {
-		if err := tap.SetOffload(cfg.Tap); err != nil {
-			link.Close()
-			return nil, err
-		}
 		link.EnableVnetHdr()
 	}
 	var ep gstack.LinkEndpoint = link

@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -25,8 +24,13 @@ const maxFrame = VnetHdrSize + header.EthernetMinimumSize + 65535
 // It replaces gVisor's fdbased, whose readv dispatcher in this snapshot
 // stops for good on the first frame addressed to another MAC.
 type TapEndpoint struct {
-	file *os.File
-	raw  syscall.RawConn
+	// fd is the TAP, out of Go's poller; fdMu is held shared by each
+	// write and taken by Close to close fd, so no write meets a reused
+	// number.
+	fd   int
+	fdMu sync.RWMutex
+	// poll waits for the TAP and the fast path's host sockets.
+	poll *poller
 	mac  tcpip.LinkAddress
 
 	mtu atomic.Uint32
@@ -64,8 +68,8 @@ type TapEndpoint struct {
 
 	// udp carries registered UDP flows past the stack (udpshortcut.go).
 	udp udpShortcut
-	// rd is the read loop's readv.
-	rd tapRead
+	// rx is the read loop's state between the poller's calls.
+	rx tapRx
 	// tcpf carries outbound TCP connections past the stack (tcpfast.go).
 	tcpf tcpFastPath
 	// ipID numbers the IPv4 packets WriteUDP and the TCP fast path make.
@@ -89,14 +93,23 @@ type LinkStats struct {
 
 var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
 
-// NewTapEndpoint wraps a non-blocking TAP fd. The endpoint owns file and
-// closes it in Close. onReadError and owns may be nil.
+// NewTapEndpoint takes over a TAP fd: file is closed at once, its fd
+// kept in a duplicate that Close closes. onReadError and owns may be nil.
 func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), owns func(tcpip.Address) bool) (*TapEndpoint, error) {
-	raw, err := file.SyscallConn()
+	fd, err := detachFD(file)
 	if err != nil {
 		return nil, err
 	}
-	e := &TapEndpoint{file: file, raw: raw, mac: mac, onReadError: onReadError, owns: owns,
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	p, err := newPoller()
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	e := &TapEndpoint{fd: fd, poll: p, mac: mac, onReadError: onReadError, owns: owns,
 		txq: make(chan *stack.PacketBuffer, txQueueLen), done: make(chan struct{})}
 	e.mtu.Store(mtu)
 	return e, nil
@@ -160,8 +173,17 @@ func (e *TapEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.dispatcher = d
 	if d != nil && !e.started {
 		e.started = true
+		if err := e.poll.add(e.fd, pollLevel, e); err != nil {
+			// Only a closed endpoint or a broken epoll gets here.
+			if !e.closed.Load() && e.onReadError != nil {
+				e.onReadError(err)
+			}
+		}
 		e.wg.Add(2)
-		go e.readLoop()
+		go func() {
+			defer e.wg.Done()
+			e.poll.run()
+		}()
 		go e.writeLoop()
 	}
 }
@@ -176,13 +198,24 @@ func (e *TapEndpoint) IsAttached() bool {
 // Wait implements stack.LinkEndpoint.
 func (e *TapEndpoint) Wait() { e.wg.Wait() }
 
-// Close closes the TAP fd, which ends the read loop, and the TCP fast
-// path's connections.
+// Close ends the read loop, the TCP fast path's connections and then
+// the TAP fd. It must not run on the read loop.
 func (e *TapEndpoint) Close() {
 	if e.closed.CompareAndSwap(false, true) {
 		e.doneOnce.Do(func() { close(e.done) })
-		e.file.Close()
+		e.mu.RLock()
+		started := e.started
+		e.mu.RUnlock()
+		if started {
+			e.poll.stop()
+		}
 		e.closeTCPFast()
+		e.rx.release()
+		e.fdMu.Lock()
+		unix.Close(e.fd)
+		e.fd = -1
+		e.fdMu.Unlock()
+		e.poll.close()
 	}
 }
 
@@ -357,37 +390,15 @@ func (e *TapEndpoint) Stats() *LinkStats { return &e.stats }
 // flow, behind a container that does not read; TCP retransmits what is
 // lost.
 func (e *TapEndpoint) writev(iovs [][]byte) error {
-	w := tapWrites.Get().(*tapWrite)
-	w.iovs = iovs
-	err := e.raw.Write(w.fn)
-	werr := w.err
-	w.iovs, w.err = nil, nil
-	tapWrites.Put(w)
-	if err != nil {
-		return err
+	e.fdMu.RLock()
+	defer e.fdMu.RUnlock()
+	if e.fd < 0 {
+		return os.ErrClosed
 	}
-	return werr
-}
-
-// tapWrite is one writev through the TAP's RawConn, pooled with its
-// callback bound once: a closure per frame cost two allocations.
-type tapWrite struct {
-	iovs [][]byte
-	err  error
-	fn   func(fd uintptr) bool
-}
-
-var tapWrites = sync.Pool{New: func() any {
-	w := &tapWrite{}
-	w.fn = w.write
-	return w
-}}
-
-func (w *tapWrite) write(fd uintptr) bool {
 	for {
-		_, w.err = rawWritev(int(fd), w.iovs)
-		if w.err != unix.EINTR {
-			return true // never wait for writability
+		_, err := rawWritev(e.fd, iovs)
+		if err != unix.EINTR {
+			return err // EAGAIN too: never wait for writability
 		}
 	}
 }
@@ -417,115 +428,102 @@ const (
 // convert to uint).
 const _ = uint(rxHdrSize + rxHeadSize - (maxFrame - VnetHdrSize))
 
-func (e *TapEndpoint) readLoop() {
-	defer e.wg.Done()
-	var vhdr [VnetHdrSize]byte
-	var head *buffer.View
-	defer func() {
-		if head != nil {
-			head.Release()
-		}
-	}()
-	iovs := make([][]byte, 0, 3)
-	for {
-		if head == nil {
-			head = buffer.NewViewSize(rxHeadSize)
-		}
-		hv := buffer.NewViewSize(rxHdrSize)
-		iovs = iovs[:0]
-		if e.vnet {
-			iovs = append(iovs, vhdr[:])
-		}
-		iovs = append(iovs, hv.AsSlice(), head.AsSlice())
-		n, err := e.readv(iovs)
-		if err != nil {
-			hv.Release()
-			if !e.closed.Load() && e.onReadError != nil {
-				e.onReadError(err)
-			}
-			return
-		}
-		if e.vnet {
-			// Checksums may be partial (the kernel leaves them to the
-			// receiver: RX checksum offload covers that) and TCP may
-			// come as one super-frame, which the stack takes whole.
-			if n < VnetHdrSize {
-				hv.Release()
-				e.stats.RxDropped.Add(1)
-				continue
-			}
-			n -= VnetHdrSize
-		}
-		if udp, tcp := e.udp.n.Load() > 0, e.tcpf.policy != nil; udp || tcp {
-			hdr, rest := hv.AsSlice(), []byte(nil)
-			if n > rxHdrSize {
-				rest = head.AsSlice()[:n-rxHdrSize]
-			} else {
-				hdr = hdr[:n]
-			}
-			if udp && e.deliverUDP(hdr, rest) || tcp && e.deliverTCP(hdr, rest) {
-				hv.Release()
-				continue
-			}
-		}
-		if n <= rxHdrSize {
-			hv.CapLength(n)
-			e.deliver(buffer.MakeWithView(hv))
-			continue
-		}
-		frame := buffer.MakeWithView(hv)
-		rest := n - rxHdrSize
-		if n < rxCopyBelow {
-			frame.Append(buffer.NewViewWithData(head.AsSlice()[:rest]))
-		} else {
-			head.CapLength(rest)
-			frame.Append(head)
-			head = nil
-		}
-		e.deliver(frame)
+// tapRx is what the read loop keeps between the poller's calls: the
+// 64 KiB chunk the next frame's payload goes to.
+type tapRx struct {
+	head   *buffer.View
+	vhdr   [VnetHdrSize]byte
+	iovs   [][]byte
+	failed bool
+}
+
+func (r *tapRx) release() {
+	if r.head != nil {
+		r.head.Release()
+		r.head = nil
 	}
 }
 
-// readv reads one frame, waiting in the poller while the TAP is empty.
-// Only the read loop calls it, so its callback and results live in the
-// endpoint (a closure per frame cost three allocations).
-func (e *TapEndpoint) readv(iovs [][]byte) (int, error) {
-	r := &e.rd
-	if r.fn == nil {
-		r.fn = r.read
+// onPoll is the TAP's handler on the poller: one frame per call, the
+// TAP being level-triggered.
+func (e *TapEndpoint) onPoll(uint32) {
+	if !e.rx.failed {
+		e.readFrame(&e.rx)
 	}
+}
+
+// readFrame reads and delivers one frame; false when the TAP is empty or
+// failed.
+func (e *TapEndpoint) readFrame(r *tapRx) bool {
+	if r.head == nil {
+		r.head = buffer.NewViewSize(rxHeadSize)
+	}
+	hv := buffer.NewViewSize(rxHdrSize)
+	iovs := r.iovs[:0]
+	if e.vnet {
+		iovs = append(iovs, r.vhdr[:])
+	}
+	iovs = append(iovs, hv.AsSlice(), r.head.AsSlice())
 	r.iovs = iovs
-	err := e.raw.Read(r.fn)
-	n, rerr := r.n, r.err
-	r.iovs, r.err = nil, nil
+	n, err := rawReadv(e.fd, iovs)
+	for err == unix.EINTR {
+		n, err = rawReadv(e.fd, iovs)
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
 	if err != nil {
-		return 0, err
-	}
-	if rerr == nil && n == 0 {
-		return 0, io.EOF
-	}
-	return n, rerr
-}
-
-// tapRead is the read loop's readv through the TAP's RawConn.
-type tapRead struct {
-	iovs [][]byte
-	n    int
-	err  error
-	fn   func(fd uintptr) bool
-}
-
-func (r *tapRead) read(fd uintptr) bool {
-	for {
-		r.n, r.err = rawReadv(int(fd), r.iovs)
-		switch r.err {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
+		hv.Release()
+		if err == unix.EAGAIN {
 			return false
 		}
+		r.failed = true
+		e.poll.remove(e.fd)
+		if !e.closed.Load() && e.onReadError != nil {
+			e.onReadError(err)
+			e.poll.handedOff.Store(true)
+		}
+		return false
+	}
+	if e.vnet {
+		// Checksums may be partial (the kernel leaves them to the
+		// receiver: RX checksum offload covers that) and TCP may
+		// come as one super-frame, which the stack takes whole.
+		if n < VnetHdrSize {
+			hv.Release()
+			e.stats.RxDropped.Add(1)
+			return true
+		}
+		n -= VnetHdrSize
+	}
+	if udp, tcp := e.udp.n.Load() > 0, e.tcpf.policy != nil; udp || tcp {
+		hdr, rest := hv.AsSlice(), []byte(nil)
+		if n > rxHdrSize {
+			rest = r.head.AsSlice()[:n-rxHdrSize]
+		} else {
+			hdr = hdr[:n]
+		}
+		if udp && e.deliverUDP(hdr, rest) || tcp && e.deliverTCP(hdr, rest) {
+			hv.Release()
+			return true
+		}
+	}
+	if n <= rxHdrSize {
+		hv.CapLength(n)
+		e.deliver(buffer.MakeWithView(hv))
 		return true
 	}
+	frame := buffer.MakeWithView(hv)
+	rest := n - rxHdrSize
+	if n < rxCopyBelow {
+		frame.Append(buffer.NewViewWithData(r.head.AsSlice()[:rest]))
+	} else {
+		r.head.CapLength(rest)
+		frame.Append(r.head)
+		r.head = nil
+	}
+	e.deliver(frame)
+	return true
 }
 
 // deliver hands one frame to the stack, which takes it over. Frames for
@@ -550,6 +548,7 @@ func (e *TapEndpoint) deliver(frame buffer.Buffer) {
 	e.learnGuestMAC(eth.SourceAddress())
 	if e.onRouterSolicit != nil && isRouterSolicit(hdr) {
 		e.onRouterSolicit()
+		e.poll.handedOff.Store(true)
 	}
 	if e.holdSYN(hdr, &frame) {
 		frame.Release()
@@ -607,6 +606,7 @@ func (e *TapEndpoint) dispatch(frame buffer.Buffer) {
 		return
 	}
 	e.stats.RxFrames.Add(1)
+	e.poll.handedOff.Store(true) // the stack's goroutines take it on
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: frame})
 	defer pkt.DecRef()
 	if !e.ParseHeader(pkt) {

@@ -30,6 +30,18 @@ func rawRead(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
+func rawWrite(fd int, b []byte) (int, error) {
+	var p unsafe.Pointer
+	if len(b) > 0 {
+		p = unsafe.Pointer(&b[0])
+	}
+	n, _, e := syscall.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(p), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
 func rawReadv(fd int, bufs [][]byte) (int, error) {
 	if len(bufs) > maxIovs {
 		return unix.Readv(fd, bufs)

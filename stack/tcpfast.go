@@ -1,12 +1,12 @@
 package stack
 
 import (
-	"context"
 	"hash/maphash"
 	"net"
 	"net/netip"
 	"sync"
 	"syscall"
+
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -34,10 +34,27 @@ import (
 type TCPFastPolicy interface {
 	// TakeTCP is asked, on the read loop (it must not block), about a
 	// SYN from the container's src to dst. With ok the fast path
-	// carries the connection: dial runs on the flow's goroutine (an
-	// error answers RST) and done runs once when the flow has ended.
-	// Without ok the SYN goes to the stack.
-	TakeTCP(src, dst netip.AddrPort) (dial func(context.Context) (*net.TCPConn, error), done func(), ok bool)
+	// carries the connection, its host socket connected as d says (a
+	// failure answers RST). Without ok the SYN goes to the stack.
+	TakeTCP(src, dst netip.AddrPort) (d TCPFastDial, ok bool)
+}
+
+// TCPFastDial says how a flow's host socket is made. The read loop makes
+// it: a non-blocking connect that the poller sees finish, as a goroutine
+// per dial had the SYN-ACK wait for another thread to wake and steal it.
+type TCPFastDial struct {
+	// To is where the socket connects.
+	To netip.AddrPort
+	// Control, when set, runs on the socket before it connects, as a
+	// net.Dialer's does (outbound address binding). It must not block.
+	Control func(network, address string, c syscall.RawConn) error
+	// Timeout bounds the connect; 0 leaves it to the kernel.
+	Timeout time.Duration
+	// Result, when set, is told once how the connect ended (nil:
+	// connected). It runs on the read loop.
+	Result func(error)
+	// Done, when set, runs once when the flow has ended.
+	Done func()
 }
 
 const (
@@ -73,14 +90,15 @@ type tcpFlowKey struct{ src, dst netip.AddrPort }
 type tcpFastPath struct {
 	policy TCPFastPolicy // nil: off
 	seed   maphash.Seed  // keys the hash of initial sequence numbers
-	ctx    context.Context
-	cancel context.CancelFunc
+
+	// last is the flow of the last segment, which the next one most
+	// likely has too: a key compare instead of hashing two AddrPorts.
+	// The read loop's only.
+	last *tcpFlow
 
 	mu     sync.RWMutex
 	flows  map[tcpFlowKey]*tcpFlow
 	closed bool
-	// wg counts flow goroutines: runs and flushes.
-	wg sync.WaitGroup
 }
 
 // EnableTCPFastPath carries the outbound connections p takes past the
@@ -89,7 +107,6 @@ type tcpFastPath struct {
 func (e *TapEndpoint) EnableTCPFastPath(p TCPFastPolicy) {
 	fp := &e.tcpf
 	fp.policy = p
-	fp.ctx, fp.cancel = context.WithCancel(context.Background())
 	fp.flows = map[tcpFlowKey]*tcpFlow{}
 	fp.seed = maphash.MakeSeed()
 }
@@ -112,7 +129,6 @@ func (e *TapEndpoint) closeTCPFast() {
 	fp.mu.Lock()
 	fp.closed = true
 	fp.mu.Unlock()
-	fp.cancel()
 	for _, f := range fp.snapshot() {
 		f.mu.Lock()
 		// A flow whose container side has finished and handed all
@@ -121,7 +137,6 @@ func (e *TapEndpoint) closeTCPFast() {
 		f.closeLocked(false, !f.sentAllLocked())
 		f.mu.Unlock()
 	}
-	fp.wg.Wait()
 }
 
 // sentAllLocked says whether the container has closed its side and all
@@ -200,7 +215,7 @@ func (e *TapEndpoint) deliverTCP(hdr, rest []byte) bool {
 		return false
 	}
 	eth := header.Ethernet(hdr)
-	if eth.DestinationAddress() != e.mac {
+	if string(hdr[:header.EthernetAddressSize]) != string(e.mac) { // no string made per frame
 		return false
 	}
 	seg, ok := parseTCP(hdr, len(hdr)+len(rest))
@@ -208,6 +223,15 @@ func (e *TapEndpoint) deliverTCP(hdr, rest []byte) bool {
 		return false
 	}
 	key := tcpFlowKey{src: seg.src, dst: seg.dst}
+	if f := fp.last; f != nil && f.key == key {
+		f.mu.Lock()
+		if !f.closed {
+			f.applyLocked(&seg, hdr, rest)
+			f.mu.Unlock()
+			return true
+		}
+		f.mu.Unlock()
+	}
 	fp.mu.RLock()
 	f := fp.flows[key]
 	fp.mu.RUnlock()
@@ -217,12 +241,18 @@ func (e *TapEndpoint) deliverTCP(hdr, rest []byte) bool {
 		}
 		return e.startTCPFlow(&seg, eth.SourceAddress())
 	}
+	fp.last = f
 	f.mu.Lock()
-	f.pieces = framePieces(f.pieces[:0], hdr, rest, seg.off, seg.n)
-	f.segmentLocked(&seg)
-	clear(f.pieces)
+	f.applyLocked(&seg, hdr, rest)
 	f.mu.Unlock()
 	return true
+}
+
+// applyLocked applies a segment read as hdr then rest.
+func (f *tcpFlow) applyLocked(seg *tcpSeg, hdr, rest []byte) {
+	f.pieces = framePieces(f.pieces[:0], hdr, rest, seg.off, seg.n)
+	f.segmentLocked(seg)
+	clear(f.pieces)
 }
 
 func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
@@ -230,11 +260,10 @@ func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool
 	if !header.IsValidUnicastEthernetAddress(guestMAC) {
 		return false
 	}
-	dial, done, ok := fp.policy.TakeTCP(seg.src, seg.dst)
+	d, ok := fp.policy.TakeTCP(seg.src, seg.dst)
 	if !ok {
 		return false
 	}
-	ctx, cancel := context.WithCancel(fp.ctx)
 	iss := e.tcpf.isn(tcpFlowKey{src: seg.src, dst: seg.dst})
 	mtu := int(e.MTU())
 	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
@@ -249,7 +278,6 @@ func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool
 		e:        e,
 		key:      tcpFlowKey{src: seg.src, dst: seg.dst},
 		guestMAC: guestMAC,
-		cancel:   cancel,
 		irs:      seg.seq,
 		rcvNxt:   seg.seq + 1,
 		iss:      iss,
@@ -259,25 +287,29 @@ func (e *TapEndpoint) startTCPFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool
 		mss:      max(min(mss, mtu-hdrs), 64),
 		ourMSS:   uint16(min(mtu-hdrs, 65535)),
 		rto:      fastRTOMin,
+		fd:       -1,
 	}
 	if seg.wscale >= 0 {
 		f.wsOK = true
 		f.sndShift = uint8(seg.wscale)
 	}
-	f.cond.L = &f.mu
 	fp.mu.Lock()
 	if fp.closed || fp.flows[f.key] != nil {
 		fp.mu.Unlock()
-		cancel()
-		done()
+		if d.Done != nil {
+			d.Done()
+		}
 		return true
 	}
 	fp.flows[f.key] = f
-	fp.wg.Add(1)
 	fp.mu.Unlock()
 	e.learnGuestMAC(guestMAC)
 	e.stats.TCPFastFlows.Add(1)
-	go f.run(ctx, dial, done)
+	f.done = d.Done
+	f.result = d.Result
+	f.mu.Lock()
+	f.connectLocked(&d)
+	f.mu.Unlock()
 	return true
 }
 
@@ -291,17 +323,19 @@ const (
 )
 
 // tcpFlow is one connection on the fast path. mu guards everything; the
-// read loop holds it to apply a segment, the flow's goroutines to move
-// host data. Sequence variables are named as in RFC 9293: snd* for what
+// poller's goroutine holds it to apply a segment and to move host data,
+// timers and the dial to do their part. Sequence variables are named as in RFC 9293: snd* for what
 // goes to the container, rcv* for what comes from it.
 type tcpFlow struct {
 	e        *TapEndpoint
 	key      tcpFlowKey // src: the container's end; dst: the peer it sees
 	guestMAC tcpip.LinkAddress
-	cancel   context.CancelFunc // ends the dial
+	done     func()      // the policy's, once at the end; may be nil
+	result   func(error) // told how the connect ended; may be nil
+	// ended is closed at the end of a published flow (carry waits).
+	ended chan struct{}
 
 	mu     sync.Mutex
-	cond   sync.Cond // room to read from the host, or the flow's end
 	state  flowState
 	closed bool
 
@@ -318,29 +352,40 @@ type tcpFlow struct {
 	dupAcks             int
 	rto                 time.Duration
 	retries             int
-	timer               *time.Timer
-	timerOn             bool
-	// ackOwed counts the bytes taken since the last ACK sent; ackTimer
-	// sends the ACK that no segment of ours carried in time.
+	// The retransmission timer is lazy: timerOn says it is wanted, for
+	// rtoAt; the runtime timer (timerRunning) is not reset per segment
+	// but re-armed when it fires early, as each reset woke an idle
+	// thread out of Go's poller.
+	timer        *time.Timer
+	timerOn      bool
+	timerRunning bool
+	rtoAt        time.Time // when the timer is wanted
+	timerAt      time.Time // when the runtime timer fires
+	// ackOwed counts the bytes taken since the last ACK sent; the
+	// poller sends the ACK that no segment of ours carried in time
+	// (ackTimerOn, for the request numbered ackGen).
 	ackOwed    int
-	ackTimer   *time.Timer
 	ackTimerOn bool
+	ackGen     uint32
 
 	// snd holds the host's data from sndUna on: sent, then unsent.
 	snd sendBuf
 	// pending is the container's data the host socket has not taken;
-	// flushing says a goroutine is writing it.
+	// flushing says it waits for the socket to be writable (or to be
+	// there at all: a published flow's until its handshake is done).
 	pending  []byte
 	flushing bool
 
-	conn *net.TCPConn
-	raw  syscall.RawConn
+	// fd is the host socket, out of Go's poller (-1: none yet, or
+	// closed). hostReady: it may have data to read (an edge came and
+	// no read found it empty since); hostRDHUP: its peer sent FIN.
+	fd        int
+	hostReady bool
+	hostRDHUP bool
+	// host is a published flow's socket until its handshake is done.
+	host *net.TCPConn
 	// answered carries the end of a published flow's handshake.
 	answered chan error
-	// writeFn (writeHost) and its results, under mu.
-	writeFn  func(fd uintptr) bool
-	written  int
-	writeErr error
 
 	// Scratch under mu.
 	pieces [][]byte
@@ -349,99 +394,76 @@ type tcpFlow struct {
 	hdr    [tcpHeadersMax]byte
 }
 
-// run dials the host, answers the container's SYN, and then reads the
-// host socket until the flow ends.
-func (f *tcpFlow) run(ctx context.Context, dial func(context.Context) (*net.TCPConn, error), done func()) {
-	defer f.e.tcpf.wg.Done()
-	defer done()
-	conn, err := dial(ctx)
-	var raw syscall.RawConn
-	if err == nil {
-		raw, err = conn.SyscallConn()
-		if err != nil {
-			conn.Close()
-		}
-	}
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
-		if err == nil {
-			conn.Close()
-		}
-		return
-	}
-	if err != nil {
-		f.sendLocked(flagRST|flagACK, 0, nil, 0)
-		f.closeLocked(false, false)
-		f.mu.Unlock()
-		return
-	}
-	f.conn, f.raw = conn, raw
-	f.state = fsSynAckSent
-	f.sndNxt = f.iss + 1
-	f.sendSynAckLocked()
-	f.armLocked()
-	f.mu.Unlock()
-	f.readHost()
-	conn.Close()
-}
-
 // readRoomLocked is how much more host data the flow may hold: no more
 // than the container's window, which keeps the host peer's pace.
 func (f *tcpFlow) readRoomLocked() int {
 	return min(fastSendMax, int(f.sndWnd)) - f.snd.size
 }
 
-// readHost reads the host socket into snd and sends what the window
-// allows, until the flow ends, all in one RawConn.Read: its callback
-// waits for the poller only on EAGAIN.
-func (f *tcpFlow) readHost() {
-	err := f.raw.Read(func(fd uintptr) bool {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		for {
-			for !f.closed && (f.state != fsEstablished || f.hostEOF || f.readRoomLocked() <= 0) {
-				f.cond.Wait()
-			}
-			if f.closed {
-				return true
-			}
-			buf := f.snd.tail(f.readRoomLocked())
-			f.mu.Unlock()
-			n, err := rawRead(int(fd), buf)
-			for err == unix.EINTR {
-				n, err = rawRead(int(fd), buf)
-			}
-			f.mu.Lock()
-			if n > 0 && err == nil && !f.closed {
-				f.snd.commit(n)
-			} else {
-				f.snd.unreserve() // an idle flow holds no chunk
-			}
-			switch {
-			case f.closed:
-				f.snd.release()
-				return true
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				f.closeLocked(true, true) // the host reset: so does the container
-				return true
-			case n == 0:
-				f.hostEOF = true
-				f.sendNewLocked()
-				f.maybeFinishLocked()
-			default:
-				// Read again even after a short read: a FIN that came
-				// with the data shows only as the next read's EOF.
-				f.sendNewLocked()
-			}
+// onPoll takes the host socket's events on the poller.
+func (f *tcpFlow) onPoll(events uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || f.fd < 0 {
+		return
+	}
+	if f.state == fsConnecting {
+		if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+			return
 		}
-	})
-	if err != nil {
-		f.mu.Lock()
-		f.closeLocked(true, false)
-		f.mu.Unlock()
+		f.connectedLocked()
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		f.hostReady = true
+	}
+	if events&unix.EPOLLRDHUP != 0 {
+		f.hostRDHUP = true
+	}
+	if f.flushing && events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		f.flushLocked()
+	}
+	f.pumpHostLocked()
+}
+
+// pumpHostLocked reads the host socket into snd while it has data and
+// the container's window room, and sends what the window allows.
+func (f *tcpFlow) pumpHostLocked() {
+	for f.hostReady && !f.closed && f.fd >= 0 && f.state == fsEstablished && !f.hostEOF {
+		room := f.readRoomLocked()
+		if room <= 0 {
+			return // an ACK that opens the window calls again
+		}
+		buf := f.snd.tail(room)
+		n, err := rawRead(f.fd, buf)
+		for err == unix.EINTR {
+			n, err = rawRead(f.fd, buf)
+		}
+		if n > 0 && err == nil {
+			f.snd.commit(n)
+		} else {
+			f.snd.unreserve() // an idle flow holds no chunk
+		}
+		switch {
+		case err == unix.EAGAIN:
+			f.hostReady = false
+			return
+		case err != nil:
+			f.closeLocked(true, true) // the host reset: so does the container
+			return
+		case n == 0:
+			f.hostEOF = true
+			f.sendNewLocked()
+			f.maybeFinishLocked()
+			return
+		}
+		if n < len(buf) && !f.hostRDHUP {
+			// A short read emptied the socket: what comes next, data
+			// or FIN, brings a new edge. (Without EPOLLRDHUP a FIN
+			// that came with the data shows only as the next read's
+			// EOF, so that read is made.)
+			f.hostReady = false
+		}
+		f.sendNewLocked()
 	}
 }
 
@@ -514,7 +536,7 @@ func (f *tcpFlow) ackLocked(s *tcpSeg) {
 			f.sndWnd = wnd
 			if grew {
 				f.sendNewLocked()
-				f.cond.Broadcast()
+				f.pumpHostLocked()
 			}
 		}
 		return
@@ -535,7 +557,7 @@ func (f *tcpFlow) ackLocked(s *tcpSeg) {
 	f.rto = fastRTOMin
 	f.restartTimerLocked()
 	f.sendNewLocked()
-	f.cond.Broadcast()
+	f.pumpHostLocked()
 }
 
 // dataLocked takes the payload and FIN of an acceptable segment and
@@ -584,25 +606,29 @@ func (f *tcpFlow) dataLocked(s *tcpSeg) {
 	// Delayed: the host's answer, or the next segments, carry it.
 	if !f.ackTimerOn {
 		f.ackTimerOn = true
-		if f.ackTimer == nil {
-			f.ackTimer = time.AfterFunc(fastAckDelay, f.onAckTimer)
-		} else {
-			f.ackTimer.Reset(fastAckDelay)
-		}
+		f.ackGen++
+		f.e.poll.ackLater(f, f.ackGen)
 	}
 }
 
-// onAckTimer sends a delayed ACK that no segment carried.
-func (f *tcpFlow) onAckTimer() {
+// onAckDue sends a delayed ACK that no segment carried (request gen).
+func (f *tcpFlow) onAckDue(gen uint32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed || !f.ackTimerOn {
+	if f.closed || !f.ackTimerOn || gen != f.ackGen {
 		return
 	}
 	f.ackTimerOn = false
 	if f.ackOwed > 0 {
 		f.sendAckLocked()
 	}
+}
+
+// ackStillOwed says whether request gen of a delayed ACK still stands.
+func (f *tcpFlow) ackStillOwed(gen uint32) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.closed && f.ackTimerOn && gen == f.ackGen
 }
 
 // skipPieces drops the first n bytes of pieces.
@@ -618,24 +644,21 @@ func skipPieces(pieces [][]byte, n int) [][]byte {
 }
 
 // toHostLocked writes the n bytes of f.pieces to the host socket, and
-// keeps what the socket does not take for a flusher while there is room.
-// It returns how many bytes it took.
+// keeps what the socket does not take for flushLocked while there is
+// room. It returns how many bytes it took.
 func (f *tcpFlow) toHostLocked(n int) (int, error) {
 	w := 0
 	if !f.flushing {
-		if f.writeFn == nil {
-			f.writeFn = f.writeHost // bound once: no closure per segment
+		var err error
+		w, err = rawWritev(f.fd, f.pieces)
+		for err == unix.EINTR {
+			w, err = rawWritev(f.fd, f.pieces)
 		}
-		err := f.raw.Write(f.writeFn)
-		var werr error
-		w, werr = f.written, f.writeErr
 		switch {
+		case err == unix.EAGAIN:
+			w = 0
 		case err != nil:
 			return 0, err
-		case werr == unix.EAGAIN:
-			w = 0
-		case werr != nil:
-			return 0, werr
 		}
 		if w == n {
 			return n, nil
@@ -649,50 +672,40 @@ func (f *tcpFlow) toHostLocked(n int) (int, error) {
 		f.pending = append(f.pending, p...)
 		took += len(p)
 	}
-	if took > 0 && !f.flushing {
-		f.flushing = true
-		f.e.tcpf.wg.Add(1)
-		go f.flush()
+	if took > 0 {
+		f.flushing = true // the socket's EPOLLOUT edge flushes
 	}
 	return w + took, nil
 }
 
-// writeHost is toHostLocked's RawConn callback: it writes f.pieces.
-func (f *tcpFlow) writeHost(fd uintptr) bool {
-	for {
-		f.written, f.writeErr = rawWritev(int(fd), f.pieces)
-		if f.writeErr != unix.EINTR {
-			return true // never wait on the read loop
-		}
+// flushLocked writes the pending data to the host socket until it is all
+// written or the socket is full (its next EPOLLOUT edge calls again), and
+// then shuts the socket's write side if the container has sent FIN.
+func (f *tcpFlow) flushLocked() {
+	if f.fd < 0 {
+		return
 	}
-}
-
-// flush writes the pending data to the host socket, waiting as the
-// socket wants, then shuts its write side if the container has sent FIN.
-func (f *tcpFlow) flush() {
-	defer f.e.tcpf.wg.Done()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for !f.closed && len(f.pending) > 0 {
-		buf := f.pending
-		f.mu.Unlock()
-		n, err := f.conn.Write(buf)
-		f.mu.Lock()
-		if f.closed {
-			return
+	wrote := false
+	defer func() {
+		if wrote && !f.closed && f.lastWnd < f.windowField()/2 {
+			f.sendAckLocked() // the window reopened
 		}
-		if err != nil {
+	}()
+	for len(f.pending) > 0 {
+		n, err := rawWrite(f.fd, f.pending)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return
+		case err != nil:
 			f.closeLocked(true, false)
 			return
 		}
+		wrote = true
 		f.pending = f.pending[n:]
-		if len(f.pending) == 0 {
-			f.pending = nil
-		}
-		if f.lastWnd < f.windowField()/2 {
-			f.sendAckLocked() // the window reopened
-		}
 	}
+	f.pending = nil
 	f.flushing = false
 	if f.guestFIN {
 		f.shutWriteLocked()
@@ -703,7 +716,7 @@ func (f *tcpFlow) flush() {
 func (f *tcpFlow) shutWriteLocked() {
 	if !f.shutWr {
 		f.shutWr = true
-		f.conn.CloseWrite()
+		unix.Shutdown(f.fd, unix.SHUT_WR)
 	}
 }
 
@@ -727,26 +740,31 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 	if rstGuest && f.state != fsConnecting {
 		f.sendLocked(flagRST|flagACK, f.sndNxt, nil, 0)
 	}
-	f.cancel()
-	if f.conn != nil {
+	if f.state == fsConnecting && f.result != nil {
+		f.result(errFastClosed)
+	}
+	if f.fd >= 0 {
+		f.e.poll.remove(f.fd)
 		if rstHost {
-			f.conn.SetLinger(0)
+			unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
-		// Not Close here: it waits for the reader's RawConn.Read to
-		// return, and that reader may be waiting for mu. A deadline
-		// wakes the reader and a flusher; run closes the socket.
-		f.conn.SetDeadline(time.Unix(1, 0))
+		unix.Close(f.fd)
+		f.fd = -1
 	}
 	if f.timer != nil {
 		f.timer.Stop()
 	}
-	if f.ackTimer != nil {
-		f.ackTimer.Stop()
-	}
+	f.ackTimerOn = false
 	f.snd.release()
 	f.pending = nil
-	f.cond.Broadcast()
 	f.e.tcpf.remove(f)
+	if f.ended != nil {
+		close(f.ended)
+		f.e.poll.handedOff.Store(true)
+	}
+	if f.done != nil {
+		f.done()
+	}
 }
 
 // dataInFlight is what was sent from snd and not acknowledged.
@@ -813,12 +831,8 @@ func (f *tcpFlow) retransmitLocked() {
 // armLocked starts the timer if something waits on the container: an
 // acknowledgment, or a window that closed with data to send.
 func (f *tcpFlow) armLocked() {
-	need := f.sndNxt != f.sndUna || f.state == fsEstablished && f.sndWnd == 0
-	if !need {
-		if f.timerOn {
-			f.timer.Stop()
-			f.timerOn = false
-		}
+	if !f.timerWantedLocked() {
+		f.timerOn = false // lazy: onTimer finds it off
 		return
 	}
 	if f.timerOn {
@@ -827,21 +841,34 @@ func (f *tcpFlow) armLocked() {
 	f.restartTimerLocked()
 }
 
+func (f *tcpFlow) timerWantedLocked() bool {
+	if f.state == fsConnecting {
+		return !f.rtoAt.IsZero() // the connect's deadline
+	}
+	return f.sndNxt != f.sndUna || f.state == fsEstablished && f.sndWnd == 0
+}
+
 // restartTimerLocked (re)starts the timer from now if it is needed.
 func (f *tcpFlow) restartTimerLocked() {
-	if f.sndNxt == f.sndUna && !(f.state == fsEstablished && f.sndWnd == 0) {
-		if f.timerOn {
-			f.timer.Stop()
-			f.timerOn = false
-		}
+	if !f.timerWantedLocked() {
+		f.timerOn = false
 		return
 	}
 	f.timerOn = true
+	if f.state != fsConnecting {
+		f.rtoAt = time.Now().Add(f.rto)
+	}
+	if f.timerRunning && !f.rtoAt.Before(f.timerAt) {
+		return // it fires early and re-arms for rtoAt
+	}
+	f.timerRunning = true
+	f.timerAt = f.rtoAt
+	d := time.Until(f.rtoAt)
 	if f.timer == nil {
-		f.timer = time.AfterFunc(f.rto, f.onTimer)
+		f.timer = time.AfterFunc(d, f.onTimer)
 		return
 	}
-	f.timer.Reset(f.rto)
+	f.timer.Reset(d)
 }
 
 // onTimer retransmits or probes a closed window, with backoff, and gives
@@ -849,7 +876,18 @@ func (f *tcpFlow) restartTimerLocked() {
 func (f *tcpFlow) onTimer() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.timerRunning = false
 	if f.closed || !f.timerOn {
+		return
+	}
+	if left := time.Until(f.rtoAt); left > 0 {
+		f.timerRunning = true
+		f.timerAt = f.rtoAt
+		f.timer.Reset(left)
+		return
+	}
+	if f.state == fsConnecting {
+		f.connectFailedLocked(unix.ETIMEDOUT)
 		return
 	}
 	f.timerOn = false
@@ -915,10 +953,7 @@ func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte
 	}
 	if flags&flagACK != 0 {
 		f.ackOwed = 0
-		if f.ackTimerOn {
-			f.ackTimerOn = false
-			f.ackTimer.Stop()
-		}
+		f.ackTimerOn = false // the poller finds it off
 	}
 
 	if o.src.Addr().Is4() {

@@ -8,7 +8,10 @@ import "sync"
 // byte is copied once each way, and a flow with nothing in flight holds
 // no chunk (1500 idle connections cost no buffer memory).
 type sendBuf struct {
-	chunks [][]byte
+	// chunks keeps its backing array when empty, and the pool's
+	// pointers: a flow that goes idle after each answer allocated twice
+	// per round trip when both were made anew.
+	chunks []*[sendChunk]byte
 	// head is where the first byte lies in chunks[0]; size counts bytes.
 	head, size int
 	// reserved: tail handed out a region that commit has not closed.
@@ -17,7 +20,7 @@ type sendBuf struct {
 
 const sendChunk = 64 << 10
 
-var sendChunks = sync.Pool{New: func() any { b := make([]byte, sendChunk); return &b }}
+var sendChunks = sync.Pool{New: func() any { return new([sendChunk]byte) }}
 
 // tail returns the free room after the data, up to max bytes, and adds a
 // chunk when the last is full. The region stays the caller's until commit
@@ -25,7 +28,7 @@ var sendChunks = sync.Pool{New: func() any { b := make([]byte, sendChunk); retur
 func (b *sendBuf) tail(max int) []byte {
 	end := b.head + b.size
 	if end == len(b.chunks)*sendChunk {
-		b.chunks = append(b.chunks, *sendChunks.Get().(*[]byte))
+		b.chunks = append(b.chunks, sendChunks.Get().(*[sendChunk]byte))
 	}
 	b.reserved = true
 	free := b.chunks[len(b.chunks)-1][end%sendChunk:]
@@ -55,10 +58,11 @@ func (b *sendBuf) consume(n int) {
 // trim returns chunks that hold nothing any more.
 func (b *sendBuf) trim() {
 	for len(b.chunks) > 0 && (b.head >= sendChunk || b.size == 0 && !b.reserved) {
-		c := b.chunks[0]
-		sendChunks.Put(&c)
-		b.chunks[0] = nil
-		b.chunks = b.chunks[1:]
+		sendChunks.Put(b.chunks[0])
+		last := len(b.chunks) - 1
+		copy(b.chunks, b.chunks[1:])
+		b.chunks[last] = nil
+		b.chunks = b.chunks[:last]
 		if b.head >= sendChunk {
 			b.head -= sendChunk
 		} else {
@@ -66,7 +70,6 @@ func (b *sendBuf) trim() {
 		}
 	}
 	if len(b.chunks) == 0 {
-		b.chunks = nil
 		b.head = 0
 	}
 }

@@ -207,7 +207,7 @@ func TestSendBufIdleHoldsNothing(t *testing.T) {
 	var b sendBuf
 	b.tail(100)
 	b.unreserve()
-	if b.chunks != nil || b.head != 0 {
+	if len(b.chunks) != 0 || b.head != 0 {
 		t.Fatalf("an unreserved tail left %d chunks, head %d", len(b.chunks), b.head)
 	}
 	for _, n := range []int{1, 1000, sendChunk, sendChunk + 1, 3*sendChunk - 7} {

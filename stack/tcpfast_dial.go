@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -47,10 +48,6 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 	if !ok {
 		return nil, errFastNoGuest
 	}
-	raw, err := host.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
 	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
 	if dst.Addr().Is6() {
 		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
@@ -59,17 +56,17 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 	f := &tcpFlow{
 		e:        e,
 		guestMAC: guestMAC,
-		cancel:   func() {},
 		state:    fsSynSent,
 		wsOK:     true, // offered; the SYN-ACK says whether it holds
 		mss:      536,
 		ourMSS:   uint16(min(mtu-hdrs, 65535)),
 		rto:      fastRTOMin,
-		conn:     host,
-		raw:      raw,
+		fd:       -1,
+		host:     host,
+		flushing: true, // the container's data waits for the socket
+		ended:    make(chan struct{}),
 		answered: make(chan error, 1),
 	}
-	f.cond.L = &f.mu
 	fp.mu.Lock()
 	if fp.closed {
 		fp.mu.Unlock()
@@ -114,20 +111,41 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		f.mu.Unlock()
 		return nil, err
 	}
+	// The host socket joins the poller now, out of Go's: from here on
+	// the flow owns it.
+	fd, err := detachFD(host)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.host = nil
+	if err != nil {
+		f.closeLocked(true, false)
+		return nil, err
+	}
+	if f.closed {
+		unix.Close(fd)
+		return nil, errFastClosed
+	}
+	f.fd = fd
+	if err := e.poll.add(fd, pollEdge, f); err != nil {
+		f.closeLocked(true, true)
+		return nil, err
+	}
+	f.flushLocked() // what the container sent meanwhile
+	f.hostReady = true
+	f.pumpHostLocked()
 	return f.carry, nil
 }
 
-// carry is a published flow's reader: it runs until the flow ends, or
-// ctx does, and closes the host socket.
+// carry waits until the published flow ends, or ctx does, which ends it
+// (its host socket closes with it).
 func (f *tcpFlow) carry(ctx context.Context) {
-	stop := context.AfterFunc(ctx, func() {
+	select {
+	case <-f.ended:
+	case <-ctx.Done():
 		f.mu.Lock()
 		f.closeLocked(true, true)
 		f.mu.Unlock()
-	})
-	defer stop()
-	f.readHost()
-	f.conn.Close()
+	}
 }
 
 // synSentLocked takes the container's answer to our SYN.
@@ -163,7 +181,6 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 		f.restartTimerLocked()
 		f.sendAckLocked()
 		f.answer(nil)
-		f.cond.Broadcast()
 	}
 }
 
@@ -171,6 +188,7 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 func (f *tcpFlow) answer(err error) {
 	select {
 	case f.answered <- err:
+		f.e.poll.handedOff.Store(true)
 	default:
 	}
 }

@@ -2,7 +2,6 @@ package stack
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -33,40 +33,57 @@ type fastPolicy struct {
 	decline bool  // ok=false: the SYN goes to the stack
 	dialErr error // the dial fails with this
 	sndBuf  int   // SO_SNDBUF of the dialed sockets, if > 0
+	// timeout bounds the connect (5 s if 0); results gets what Result
+	// was told, when set.
+	timeout time.Duration
+	results chan error
 
 	asked, taken, dials, dones, doubleDones atomic.Int32
 }
 
-func (p *fastPolicy) TakeTCP(src, dst netip.AddrPort) (func(context.Context) (*net.TCPConn, error), func(), bool) {
+func (p *fastPolicy) TakeTCP(src, dst netip.AddrPort) (TCPFastDial, bool) {
 	p.asked.Add(1)
 	if p.decline {
-		return nil, nil, false
+		return TCPFastDial{}, false
 	}
 	p.taken.Add(1)
-	dial := func(ctx context.Context) (*net.TCPConn, error) {
-		p.dials.Add(1)
-		if p.dialErr != nil {
-			return nil, p.dialErr
-		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", p.addr)
-		if err != nil {
-			return nil, err
-		}
-		if p.sndBuf > 0 {
-			c.(*net.TCPConn).SetWriteBuffer(p.sndBuf)
-		}
-		return c.(*net.TCPConn), nil
+	to, err := netip.ParseAddrPort(p.addr)
+	if err != nil {
+		panic(err)
 	}
 	var once atomic.Bool
-	done := func() {
-		if !once.CompareAndSwap(false, true) {
-			p.doubleDones.Add(1)
-			return
-		}
-		p.dones.Add(1)
+	timeout := p.timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
 	}
-	return dial, done, true
+	var result func(error)
+	if p.results != nil {
+		result = func(err error) { p.results <- err }
+	}
+	return TCPFastDial{
+		To: to,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			p.dials.Add(1)
+			if p.dialErr != nil {
+				return p.dialErr
+			}
+			if p.sndBuf > 0 {
+				c.Control(func(fd uintptr) {
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, p.sndBuf)
+				})
+			}
+			return nil
+		},
+		Timeout: timeout,
+		Result:  result,
+		Done: func() {
+			if !once.CompareAndSwap(false, true) {
+				p.doubleDones.Add(1)
+				return
+			}
+			p.dones.Add(1)
+		},
+	}, true
 }
 
 // fastFixture is a harness with the fast path on and the listener.
@@ -699,6 +716,92 @@ func TestTCPFastDialRefused(t *testing.T) {
 	f.waitFlows(0)
 	f.waitDones(1)
 	g.nothing(300*time.Millisecond, "after the RST")
+}
+
+// TestTCPFastConnectRefused: a connect that the host refuses after it
+// started (a closed loopback port) answers the SYN with RST|ACK, and the
+// policy hears why.
+func TestTCPFastConnectRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	results := make(chan error, 4)
+	f := newFastFixture(t, func(p *fastPolicy) { p.addr, p.results = closed, results })
+	g := f.guest(false, 44100)
+	g.syn()
+	r := g.expect("RST", func(rxSeg) bool { return true })
+	if r.flags != flagRST|flagACK || r.ack != g.iss+1 {
+		t.Fatalf("answer %v, want RST|ACK ack %d", r, g.iss+1)
+	}
+	if err := <-results; !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Result told %v, want ECONNREFUSED", err)
+	}
+	f.waitFlows(0)
+	f.waitDones(1)
+}
+
+// TestTCPFastConnectTimeout: a connect that gets no answer (a loopback
+// listener whose accept queue is full drops SYNs) ends at the policy's
+// timeout with RST|ACK to the container, not at the kernel's two
+// minutes of SYN retries.
+func TestTCPFastConnectTimeout(t *testing.T) {
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(lfd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port)).String()
+	// Fill the accept queue (backlog 0 holds one) and see it full: a
+	// non-blocking connect that does not finish at once.
+	var fillers []net.Conn
+	defer func() {
+		for _, c := range fillers {
+			c.Close()
+		}
+	}()
+	for full := false; !full; {
+		if len(fillers) == 4 {
+			t.Skip("the accept queue does not fill on this kernel")
+		}
+		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		if err != nil {
+			full = true
+			break
+		}
+		fillers = append(fillers, c)
+	}
+	results := make(chan error, 4)
+	f := newFastFixture(t, func(p *fastPolicy) {
+		p.addr, p.results, p.timeout = addr, results, 300*time.Millisecond
+	})
+	g := f.guest(false, 44200)
+	start := time.Now()
+	g.syn()
+	r := g.expect("RST", func(rxSeg) bool { return true })
+	if r.flags != flagRST|flagACK || r.ack != g.iss+1 {
+		t.Fatalf("answer %v, want RST|ACK ack %d", r, g.iss+1)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Fatalf("RST after %v, before the 300 ms timeout", took)
+	}
+	if err := <-results; !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("Result told %v, want ETIMEDOUT", err)
+	}
+	f.waitFlows(0)
+	f.waitDones(1)
 }
 
 // TestTCPFastGuestReset: the container's RST resets the host socket and

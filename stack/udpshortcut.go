@@ -72,7 +72,7 @@ func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
 		return false
 	}
 	eth := header.Ethernet(hdr)
-	if eth.DestinationAddress() != e.mac {
+	if string(hdr[:header.EthernetAddressSize]) != string(e.mac) { // no string made per frame
 		return false
 	}
 	src, dst, off, n, ok := parseUDP(hdr, len(hdr)+len(rest))

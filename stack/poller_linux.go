@@ -1,0 +1,269 @@
+package stack
+
+import (
+	"encoding/binary"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// poller is the link's own event loop: one goroutine waiting in
+// epoll_wait for the TAP and the TCP fast path's host sockets, and
+// running their handlers itself. In Go's poller each ready fd woke a
+// goroutine through the scheduler: two hand-offs per request/response,
+// a third of the user-space CPU of a round trip (docs/tcp-fastpath.md).
+// The fds it serves are out of Go's poller (detachFD), or Go's epoll
+// would wake for each of their events too.
+//
+// It also keeps the delayed ACKs' deadlines: arming a runtime timer for
+// each of them woke an idle thread out of Go's poller to shorten its
+// sleep.
+type poller struct {
+	epfd   int
+	wakefd int // eventfd: Close's wake-up
+
+	mu sync.RWMutex
+	// handlers is indexed by fd: fds are small and dense, and a map's
+	// hash was a visible share of a round trip.
+	handlers []pollHandler
+	stopping bool
+
+	// acks are the flows owing a delayed ACK, by deadline (a constant
+	// delay, so in order of arming). Only the loop touches it.
+	acks []ackDue
+	// handedOff says a handler made a goroutine runnable (the netstack's,
+	// a published dial's). It waits in this P's run queue, which the
+	// loop holds while it sleeps in epoll_wait: the loop yields first,
+	// or the goroutine waited for another thread to wake and steal it
+	// (about 0.1-0.2 ms a time).
+	handedOff atomic.Bool
+	done      chan struct{}
+}
+
+// pollHandler serves one fd's events on the poller's goroutine.
+type pollHandler interface {
+	onPoll(events uint32)
+}
+
+type ackDue struct {
+	f   *tcpFlow
+	at  time.Time
+	gen uint32
+}
+
+// pollEdge is a socket's interest: edge-triggered, so its handler reads
+// until EAGAIN or a short read. pollLevel is the TAP's: level-triggered,
+// one frame per call, as a read that finds the TAP empty cost a syscall
+// per request.
+const (
+	pollEdge  = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	pollLevel = unix.EPOLLIN
+)
+
+func newPoller() (*poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	p := &poller{epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, err
+	}
+	return p, nil
+}
+
+var errPollerClosed = errors.New("poller closed")
+
+// add registers fd for events (pollEdge or pollLevel); h's onPoll may
+// run before add returns.
+func (p *poller) add(fd int, events uint32, h pollHandler) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopping {
+		return errPollerClosed
+	}
+	for fd >= len(p.handlers) {
+		p.handlers = append(p.handlers, nil)
+	}
+	p.handlers[fd] = h
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		p.handlers[fd] = nil
+		return err
+	}
+	return nil
+}
+
+// remove unregisters fd; call it before closing fd. An event the loop
+// already holds for fd may still reach the next handler of that number,
+// which must take a spurious event (every handler does: edge-triggered
+// reads end at EAGAIN).
+func (p *poller) remove(fd int) {
+	p.mu.Lock()
+	if fd < len(p.handlers) {
+		p.handlers[fd] = nil
+	}
+	p.mu.Unlock()
+	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+// ackLater asks the loop for f.onAckDue(gen) after fastAckDelay. Loop
+// only.
+func (p *poller) ackLater(f *tcpFlow, gen uint32) {
+	p.acks = append(p.acks, ackDue{f: f, at: time.Now().Add(fastAckDelay), gen: gen})
+}
+
+// run is the loop; it returns after stop.
+func (p *poller) run() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 128)
+	for {
+		timeout := p.fireAcks()
+		n, err := epollWait(p.epfd, events, timeout)
+		if err != nil && err != unix.EINTR {
+			// Only a broken epoll fd gets here: nothing to serve.
+			return
+		}
+		for i := 0; i < n; i++ {
+			fd := events[i].Fd
+			if fd == int32(p.wakefd) {
+				p.mu.RLock()
+				stop := p.stopping
+				p.mu.RUnlock()
+				if stop {
+					return
+				}
+				continue
+			}
+			var h pollHandler
+			p.mu.RLock()
+			if int(fd) < len(p.handlers) {
+				h = p.handlers[fd]
+			}
+			p.mu.RUnlock()
+			if h != nil {
+				h.onPoll(events[i].Events)
+			}
+		}
+		if p.handedOff.Swap(false) {
+			runtime.Gosched()
+		}
+	}
+}
+
+// fireAcks sends the delayed ACKs that are due and returns how long the
+// loop may sleep: until the next one, or for good (-1).
+func (p *poller) fireAcks() time.Duration {
+	if len(p.acks) == 0 {
+		return -1
+	}
+	now := time.Now()
+	i := 0
+	for ; i < len(p.acks); i++ {
+		a := p.acks[i]
+		if a.at.After(now) && a.f.ackStillOwed(a.gen) {
+			break
+		}
+		if !a.at.After(now) {
+			a.f.onAckDue(a.gen)
+		}
+	}
+	clear(p.acks[:i])
+	p.acks = p.acks[i:]
+	if len(p.acks) == 0 {
+		p.acks = nil
+		return -1
+	}
+	return p.acks[0].at.Sub(now)
+}
+
+// stop ends the loop and waits for it; the registered fds stay open
+// (their owners close them).
+func (p *poller) stop() {
+	p.mu.Lock()
+	already := p.stopping
+	p.stopping = true
+	p.mu.Unlock()
+	if !already {
+		var one [8]byte
+		binary.NativeEndian.PutUint64(one[:], 1)
+		unix.Write(p.wakefd, one[:])
+	}
+	<-p.done
+	p.acks = nil
+}
+
+// close frees the epoll and eventfd; after stop.
+func (p *poller) close() {
+	unix.Close(p.epfd)
+	unix.Close(p.wakefd)
+}
+
+// epollWait waits up to timeout (-1: no limit) with epoll_pwait2's
+// nanoseconds where the kernel has it (5.11), else epoll_wait's
+// milliseconds, rounded up so that a deadline is never early.
+func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
+	if timeout >= 0 && !noPwait2 {
+		ts := unix.NsecToTimespec(int64(timeout))
+		n, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		if e == 0 {
+			return int(n), nil
+		}
+		if e != unix.ENOSYS {
+			return 0, e
+		}
+		noPwait2 = true
+	}
+	msec := -1
+	if timeout >= 0 {
+		msec = int((timeout + time.Millisecond - 1) / time.Millisecond)
+	}
+	return unix.EpollWait(epfd, events, msec)
+}
+
+// noPwait2 is set, by the loop only, once the kernel lacks epoll_pwait2.
+var noPwait2 bool
+
+// detachFD takes c's fd out of Go's poller: it returns a duplicate the
+// caller owns (non-blocking: the flag belongs to the open file, which
+// both share) and closes c, whose close unregisters it from Go's epoll.
+func detachFD(c interface {
+	SyscallConn() (syscall.RawConn, error)
+	Close() error
+}) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		c.Close()
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	cerr := raw.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	c.Close()
+	if cerr != nil {
+		derr = cerr
+	}
+	if derr != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return -1, derr
+	}
+	return fd, nil
+}
