@@ -429,9 +429,13 @@ const (
 const _ = uint(rxHdrSize + rxHeadSize - (maxFrame - VnetHdrSize))
 
 // tapRx is what the read loop keeps between the poller's calls: the
-// 64 KiB chunk the next frame's payload goes to.
+// 64 KiB chunk the next frame's payload goes to, and the buffer its
+// headers go to. A frame becomes gVisor buffers only when the stack
+// takes it: the fast paths take most, and a view per frame was a pool
+// round trip and a clear each.
 type tapRx struct {
 	head   *buffer.View
+	hdr    [rxHdrSize]byte
 	vhdr   [VnetHdrSize]byte
 	iovs   [][]byte
 	failed bool
@@ -458,12 +462,11 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 	if r.head == nil {
 		r.head = buffer.NewViewSize(rxHeadSize)
 	}
-	hv := buffer.NewViewSize(rxHdrSize)
 	iovs := r.iovs[:0]
 	if e.vnet {
 		iovs = append(iovs, r.vhdr[:])
 	}
-	iovs = append(iovs, hv.AsSlice(), r.head.AsSlice())
+	iovs = append(iovs, r.hdr[:], r.head.AsSlice())
 	r.iovs = iovs
 	n, err := rawReadv(e.fd, iovs)
 	for err == unix.EINTR {
@@ -473,7 +476,6 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 		err = io.EOF
 	}
 	if err != nil {
-		hv.Release()
 		if err == unix.EAGAIN {
 			return false
 		}
@@ -490,35 +492,31 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 		// receiver: RX checksum offload covers that) and TCP may
 		// come as one super-frame, which the stack takes whole.
 		if n < VnetHdrSize {
-			hv.Release()
 			e.stats.RxDropped.Add(1)
 			return true
 		}
 		n -= VnetHdrSize
 	}
+	hdr, rest := r.hdr[:], []byte(nil)
+	if n > rxHdrSize {
+		rest = r.head.AsSlice()[:n-rxHdrSize]
+	} else {
+		hdr = hdr[:n]
+	}
 	if udp, tcp := e.udp.n.Load() > 0, e.tcpf.policy != nil; udp || tcp {
-		hdr, rest := hv.AsSlice(), []byte(nil)
-		if n > rxHdrSize {
-			rest = r.head.AsSlice()[:n-rxHdrSize]
-		} else {
-			hdr = hdr[:n]
-		}
 		if udp && e.deliverUDP(hdr, rest) || tcp && e.deliverTCP(hdr, rest) {
-			hv.Release()
 			return true
 		}
 	}
+	frame := buffer.MakeWithView(buffer.NewViewWithData(hdr))
 	if n <= rxHdrSize {
-		hv.CapLength(n)
-		e.deliver(buffer.MakeWithView(hv))
+		e.deliver(frame)
 		return true
 	}
-	frame := buffer.MakeWithView(hv)
-	rest := n - rxHdrSize
 	if n < rxCopyBelow {
-		frame.Append(buffer.NewViewWithData(r.head.AsSlice()[:rest]))
+		frame.Append(buffer.NewViewWithData(rest))
 	} else {
-		r.head.CapLength(rest)
+		r.head.CapLength(len(rest))
 		frame.Append(r.head)
 		r.head = nil
 	}

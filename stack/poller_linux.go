@@ -182,10 +182,12 @@ func (p *poller) fireAcks() time.Duration {
 			a.f.onAckDue(a.gen)
 		}
 	}
-	clear(p.acks[:i])
-	p.acks = p.acks[i:]
-	if len(p.acks) == 0 {
-		p.acks = nil
+	// Shift down rather than reslice, so that the array is kept: an
+	// append per round trip allocated.
+	left := copy(p.acks, p.acks[i:])
+	clear(p.acks[left:])
+	p.acks = p.acks[:left]
+	if left == 0 {
 		return -1
 	}
 	return p.acks[0].at.Sub(now)
