@@ -131,9 +131,27 @@ func (p *poller) ackLater(f *tcpFlow, gen uint32) {
 func (p *poller) run() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
+	busy := false
 	for {
 		timeout := p.fireAcks()
-		n, err := epollWait(p.epfd, events, timeout)
+		var n int
+		var err error
+		if busy {
+			// Keep the P: see busyWait.
+			wait := timeout
+			if wait < 0 || wait > busyWait {
+				wait = busyWait
+			}
+			n, err = epollWaitRaw(p.epfd, events, wait)
+			if err == nil && n == 0 && wait == busyWait {
+				busy = false // idle: the next wait lets the P go
+			}
+		} else {
+			n, err = epollWait(p.epfd, events, timeout)
+			// Busy again: hold the P while there is another P for
+			// the rest of the program.
+			busy = n > 0 && runtime.GOMAXPROCS(0) > 1
+		}
 		if err != nil && err != unix.EINTR {
 			// Only a broken epoll fd gets here: nothing to serve.
 			return
@@ -239,6 +257,42 @@ func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, 
 
 // noPwait2 is set, by the loop only, once the kernel lacks epoll_pwait2.
 var noPwait2 bool
+
+// busyWait is how long the loop, once busy, waits for the next event
+// while it keeps its P: it waits in a raw syscall, which the runtime
+// sees as running code. The runtime's syscall path (entersyscall, the
+// P left for sysmon to hand off, exitsyscall taking one back, the
+// goroutine moved to another thread when the P was gone) cost 2-3 µs of
+// a 64-byte round trip, p50 38.5 vs 36.0 µs (three interleaved pairs).
+// After busyWait with no event the loop waits as a normal syscall again,
+// so an idle link holds no P and wakes no one. The runtime can still
+// stop the loop at any time: a preemption signal ends the wait (EINTR)
+// and the loop's next call yields; and no raw wait lasts longer than
+// busyWait. With GOMAXPROCS 1 the loop never holds its P: it is the
+// only one.
+const busyWait = 10 * time.Millisecond
+
+// epollWaitRaw is epollWait in a raw syscall, timeout >= 0.
+func epollWaitRaw(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
+	if noPwait2 {
+		msec := int((timeout + time.Millisecond - 1) / time.Millisecond)
+		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+		if e != 0 {
+			return 0, e
+		}
+		return int(n), nil
+	}
+	ts := unix.NsecToTimespec(int64(timeout))
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	if e == unix.ENOSYS {
+		noPwait2 = true
+		return epollWaitRaw(epfd, events, timeout)
+	}
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
 
 // detachFD takes c's fd out of Go's poller: it returns a duplicate the
 // caller owns (non-blocking: the flag belongs to the open file, which
