@@ -173,6 +173,9 @@ func (e *TapEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.dispatcher = d
 	if d != nil && !e.started {
 		e.started = true
+		// Without the fast path, frames go to the netstack's goroutines:
+		// the loop waits in Go's poller (runViaGo).
+		e.poll.viaGo = e.tcpf.policy == nil
 		if err := e.poll.add(e.fd, pollLevel, e); err != nil {
 			// Only a closed endpoint or a broken epoll gets here.
 			if !e.closed.Load() && e.onReadError != nil {

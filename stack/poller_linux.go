@@ -3,6 +3,7 @@ package stack
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,10 @@ type poller struct {
 	// or the goroutine waited for another thread to wake and steal it
 	// (about 0.1-0.2 ms a time).
 	handedOff atomic.Bool
-	done      chan struct{}
+	// viaGo: the loop waits in Go's poller, on the epoll fd itself (see
+	// runViaGo). Set before run.
+	viaGo bool
+	done  chan struct{}
 }
 
 // pollHandler serves one fd's events on the poller's goroutine.
@@ -131,6 +135,10 @@ func (p *poller) ackLater(f *tcpFlow, gen uint32) {
 func (p *poller) run() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
+	if p.viaGo {
+		p.runViaGo(events)
+		return
+	}
 	busy := false
 	for {
 		timeout := p.fireAcks()
@@ -152,35 +160,97 @@ func (p *poller) run() {
 			// the rest of the program.
 			busy = n > 0 && runtime.GOMAXPROCS(0) > 1
 		}
-		if err != nil && err != unix.EINTR {
-			// Only a broken epoll fd gets here: nothing to serve.
-			return
+		if err != nil {
+			if err != unix.EINTR {
+				// Only a broken epoll fd gets here: nothing to serve.
+				return
+			}
+			n = 0 // a signal (EpollWait then says -1)
 		}
-		for i := 0; i < n; i++ {
-			fd := events[i].Fd
-			if fd == int32(p.wakefd) {
-				p.mu.RLock()
-				stop := p.stopping
-				p.mu.RUnlock()
-				if stop {
-					return
-				}
-				continue
-			}
-			var h pollHandler
-			p.mu.RLock()
-			if int(fd) < len(p.handlers) {
-				h = p.handlers[fd]
-			}
-			p.mu.RUnlock()
-			if h != nil {
-				h.onPoll(events[i].Events)
-			}
+		if p.dispatch(events[:n]) {
+			return
 		}
 		if p.handedOff.Swap(false) {
 			runtime.Gosched()
 		}
 	}
+}
+
+// runViaGo is the loop for a link whose TCP goes through the netstack:
+// it parks in Go's poller, which watches the epoll fd, so that the
+// thread goes straight on to the stack's goroutines that a frame made
+// runnable, as a goroutine reading the TAP did. From the loop's own
+// epoll_wait they waited for another thread to steal them, or for the
+// loop to yield (Gosched, which wakes a thread to take the loop): a
+// 64-byte round trip through the netstack took 230 µs instead of 100.
+func (p *poller) runViaGo(events []unix.EpollEvent) {
+	fd, err := unix.FcntlInt(uintptr(p.epfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err == nil {
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		return
+	}
+	file := os.NewFile(uintptr(fd), "epoll")
+	defer file.Close()
+	raw, err := file.SyscallConn()
+	if err != nil {
+		return
+	}
+	var n int
+	var werr error
+	wait := func(fd uintptr) bool {
+		n, werr = epollWaitRaw(int(fd), events, 0)
+		return n > 0 || werr != nil && werr != unix.EINTR
+	}
+	for {
+		timeout := p.fireAcks()
+		deadline := time.Time{}
+		if timeout >= 0 {
+			deadline = time.Now().Add(timeout)
+		}
+		file.SetReadDeadline(deadline)
+		n = 0
+		if err := raw.Read(wait); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+		if werr != nil {
+			if werr != unix.EINTR {
+				return
+			}
+			n = 0
+		}
+		if p.dispatch(events[:max(n, 0)]) {
+			return
+		}
+		p.handedOff.Store(false) // parking hands off
+	}
+}
+
+// dispatch runs the handlers of events, and reports a stop request.
+func (p *poller) dispatch(events []unix.EpollEvent) (stop bool) {
+	for i := range events {
+		fd := events[i].Fd
+		if fd == int32(p.wakefd) {
+			p.mu.RLock()
+			stop := p.stopping
+			p.mu.RUnlock()
+			if stop {
+				return true
+			}
+			continue
+		}
+		var h pollHandler
+		p.mu.RLock()
+		if int(fd) < len(p.handlers) {
+			h = p.handlers[fd]
+		}
+		p.mu.RUnlock()
+		if h != nil {
+			h.onPoll(events[i].Events)
+		}
+	}
+	return false
 }
 
 // fireAcks sends the delayed ACKs that are due and returns how long the

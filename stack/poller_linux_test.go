@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,12 +52,13 @@ func newPipe(t *testing.T) (r, w int, closeW func()) {
 	return p[0], p[1], closeW
 }
 
-func startPoller(t *testing.T) *poller {
+func startPoller(t *testing.T, viaGo bool) *poller {
 	t.Helper()
 	p, err := newPoller()
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.viaGo = viaGo
 	go p.run()
 	t.Cleanup(func() { p.stop(); p.close() })
 	return p
@@ -65,7 +67,13 @@ func startPoller(t *testing.T) *poller {
 // TestPollerDispatch: an fd's events reach its handler, on each new
 // edge, until it is removed; an unknown fd and a removed one get nothing.
 func TestPollerDispatch(t *testing.T) {
-	p := startPoller(t)
+	for _, viaGo := range []bool{false, true} {
+		t.Run(fmt.Sprintf("viaGo=%v", viaGo), func(t *testing.T) { testPollerDispatch(t, viaGo) })
+	}
+}
+
+func testPollerDispatch(t *testing.T, viaGo bool) {
+	p := startPoller(t, viaGo)
 	r, w, _ := newPipe(t)
 	h := &pipeHandler{fd: r, got: make(chan uint32, 16)}
 	if err := p.add(r, pollEdge, h); err != nil {
@@ -112,7 +120,13 @@ func TestPollerDispatch(t *testing.T) {
 // benchmark's business: without the yield it waits in the loop's run
 // queue until another thread steals it, which this test cannot tell.)
 func TestPollerHandOff(t *testing.T) {
-	p := startPoller(t)
+	for _, viaGo := range []bool{false, true} {
+		t.Run(fmt.Sprintf("viaGo=%v", viaGo), func(t *testing.T) { testPollerHandOff(t, viaGo) })
+	}
+}
+
+func testPollerHandOff(t *testing.T, viaGo bool) {
+	p := startPoller(t, viaGo)
 	r, w, _ := newPipe(t)
 	ran := make(chan struct{}, 64)
 	wake := make(chan struct{})
@@ -143,11 +157,13 @@ func TestPollerHandOff(t *testing.T) {
 // TestPollerStop: stop ends an idle loop and a busy one, and add after
 // stop fails.
 func TestPollerStop(t *testing.T) {
-	for _, busy := range []bool{false, true} {
+	for _, c := range []struct{ busy, viaGo bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		busy := c.busy
 		p, err := newPoller()
 		if err != nil {
 			t.Fatal(err)
 		}
+		p.viaGo = c.viaGo
 		done := make(chan struct{})
 		go func() { p.run(); close(done) }()
 		if busy {
@@ -164,7 +180,7 @@ func TestPollerStop(t *testing.T) {
 		select {
 		case <-stopped:
 		case <-time.After(5 * time.Second):
-			t.Fatalf("busy=%v: stop did not return", busy)
+			t.Fatalf("%+v: stop did not return", c)
 		}
 		<-done
 		r, _, _ := newPipe(t)
