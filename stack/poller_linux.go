@@ -125,6 +125,17 @@ func (p *poller) remove(fd int) {
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 }
 
+// forget unregisters fd that is about to be closed, and is its only
+// reference: the close takes it out of the epoll, which spares an
+// epoll_ctl per connection.
+func (p *poller) forget(fd int) {
+	p.mu.Lock()
+	if fd < len(p.handlers) {
+		p.handlers[fd] = nil
+	}
+	p.mu.Unlock()
+}
+
 // ackLater asks the loop for f.onAckDue(gen) after fastAckDelay. Loop
 // only.
 func (p *poller) ackLater(f *tcpFlow, gen uint32) {

@@ -744,7 +744,7 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		f.result(errFastClosed)
 	}
 	if f.fd >= 0 {
-		f.e.poll.remove(f.fd)
+		f.e.poll.forget(f.fd) // the flow's fd is the socket's only one
 		if rstHost {
 			unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
