@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -174,8 +175,10 @@ func (e *TapEndpoint) Attach(d stack.NetworkDispatcher) {
 	if d != nil && !e.started {
 		e.started = true
 		// Without the fast path, frames go to the netstack's goroutines:
-		// the loop waits in Go's poller (runViaGo).
-		e.poll.viaGo = e.tcpf.policy == nil
+		// the loop waits in Go's poller (runViaGo). So it does with one
+		// P, which its own waits would keep from Go's poller and the
+		// rest of the program.
+		e.poll.viaGo = e.tcpf.policy == nil || runtime.GOMAXPROCS(0) < 2
 		if err := e.poll.add(e.fd, pollLevel, e); err != nil {
 			// Only a closed endpoint or a broken epoll gets here.
 			if !e.closed.Load() && e.onReadError != nil {

@@ -23,7 +23,6 @@ func main() {
 	if conn, role, ok := userns.ChildConn(); ok {
 		os.Exit(launcher.ChildMain(conn, role))
 	}
-	setStackProcs()
 	stopProfiles := startProfiles()
 	status := realMain(os.Args[1:])
 	stopProfiles()

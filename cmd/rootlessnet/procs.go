@@ -5,26 +5,41 @@ import (
 	"runtime"
 )
 
-// stackProcs is the GOMAXPROCS the stack runs with: half of the Go
-// runtime's default (the CPUs, or the cgroup's CPU limit), at least one,
-// unless the GOMAXPROCS environment variable sets it.
+// stackProcs is the GOMAXPROCS the stack runs with, unless the
+// GOMAXPROCS environment variable sets it.
 //
-// Why half: every byte the stack relays has a sender and a receiver on
-// this same machine (the container's process and a host process), and
-// each hand-off between the stack's goroutines that finds an idle P wakes
-// another thread, which then competes with those two for the CPUs. On the
-// 2-CPU machine of docs/benchmarks.md, one P instead of two measured, in a
-// 5-run interleaved A/B: TCP host->ns +30%, published ports +29%, UDP
-// +32%, round-trip p50 125 -> 77 µs, connections per second +16%, and 16
-// to 32% less CPU per GB.
-func stackProcs(runtimeDefault int, env string) int {
+// With the netstack carrying TCP (no fast path): half of the Go runtime's
+// default (the CPUs, or the cgroup's CPU limit), at least one. Every byte
+// the stack relays has a sender and a receiver on this same machine (the
+// container's process and a host process), and each hand-off between the
+// stack's goroutines that finds an idle P wakes another thread, which then
+// competes with those two for the CPUs. On the 2-CPU machine of
+// docs/benchmarks.md, one P instead of two measured, in a 5-run
+// interleaved A/B: TCP host->ns +30%, published ports +29%, UDP +32%,
+// round-trip p50 125 -> 77 µs, connections per second +16%, and 16 to 32%
+// less CPU per GB.
+//
+// With the TCP fast path: at least two where the runtime has two. Its
+// event loop keeps a P while traffic flows (stack/poller_linux.go), and
+// the other P serves the rest: the API socket, published ports' listeners,
+// UDP relays, timers. With one P the loop either starved those (an API
+// request waited 10 ms behind a bulk transfer) or had to wait through the
+// Go scheduler on every event (round trip p50 38-44 µs instead of 36-37).
+func stackProcs(runtimeDefault int, env string, fastPath bool) int {
 	if env != "" {
 		return runtimeDefault // the runtime already applied it
 	}
-	return max(1, runtimeDefault/2)
+	half := max(1, runtimeDefault/2)
+	if fastPath {
+		return max(half, min(2, runtimeDefault))
+	}
+	return half
 }
 
 // setStackProcs applies stackProcs to this process.
-func setStackProcs() {
-	runtime.GOMAXPROCS(stackProcs(runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS")))
+func setStackProcs(fastPath bool) {
+	runtime.GOMAXPROCS(stackProcs(runtimeProcs, os.Getenv("GOMAXPROCS"), fastPath))
 }
+
+// runtimeProcs is the runtime's own GOMAXPROCS, before setStackProcs.
+var runtimeProcs = runtime.GOMAXPROCS(0)

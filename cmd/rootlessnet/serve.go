@@ -27,6 +27,7 @@ import (
 // dialer, when not nil (--port-bypass), makes the guest side of published
 // TCP ports; startNetwork owns it: the closer, or an error, closes it.
 func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool, dialer *launcher.Dialer) (_ *network.Network, _ func(), err error) {
+	setStackProcs(o.tcpFastPath && o.pcap == "")
 	defer func() {
 		if err != nil && dialer != nil {
 			dialer.Close()
