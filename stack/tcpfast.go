@@ -16,9 +16,9 @@ import (
 )
 
 // The TCP fast path carries the container's outbound TCP connections
-// without a netstack endpoint, as pasta does: the read loop translates the
-// container's segments into calls on a host socket, and the flow's
-// goroutine turns what the host socket reads into segments. A 64-byte
+// without a netstack endpoint, as pasta does: the link's event loop
+// (poller_linux.go) translates the container's segments into calls on a
+// host socket, and what the host socket reads into segments. A 64-byte
 // round trip through gVisor cost the process about 60 µs of CPU against
 // slirp4netns' 18 (docs/benchmarks.md); most of that was the netstack and
 // its goroutine hand-offs. See docs/tcp-fastpath.md for the design.
@@ -119,8 +119,8 @@ func (e *TapEndpoint) TCPFastFlows() int {
 	return len(fp.flows)
 }
 
-// closeTCPFast ends every flow (their host sockets close) and waits for
-// their goroutines.
+// closeTCPFast ends every flow: their host sockets close. The loop has
+// stopped by then; flows have no goroutines of their own.
 func (e *TapEndpoint) closeTCPFast() {
 	fp := &e.tcpf
 	if fp.policy == nil {
