@@ -318,7 +318,7 @@ func (p *poller) close() {
 // nanoseconds where the kernel has it (5.11), else epoll_wait's
 // milliseconds, rounded up so that a deadline is never early.
 func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
-	if timeout >= 0 && !noPwait2 {
+	if timeout >= 0 && !noPwait2.Load() {
 		ts := unix.NsecToTimespec(int64(timeout))
 		n, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
 		if e == 0 {
@@ -327,7 +327,7 @@ func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, 
 		if e != unix.ENOSYS {
 			return 0, e
 		}
-		noPwait2 = true
+		noPwait2.Store(true)
 	}
 	msec := -1
 	if timeout >= 0 {
@@ -336,8 +336,9 @@ func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, 
 	return unix.EpollWait(epfd, events, msec)
 }
 
-// noPwait2 is set, by the loop only, once the kernel lacks epoll_pwait2.
-var noPwait2 bool
+// noPwait2 is set once the kernel lacks epoll_pwait2 (5.11); every link's
+// loop reads it.
+var noPwait2 atomic.Bool
 
 // busyWait is how long the loop, once busy, waits for the next event
 // while it keeps its P: it waits in a raw syscall, which the runtime
@@ -355,7 +356,7 @@ const busyWait = 10 * time.Millisecond
 
 // epollWaitRaw is epollWait in a raw syscall, timeout >= 0.
 func epollWaitRaw(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
-	if noPwait2 {
+	if noPwait2.Load() {
 		msec := int((timeout + time.Millisecond - 1) / time.Millisecond)
 		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 		if e != 0 {
@@ -366,7 +367,7 @@ func epollWaitRaw(epfd int, events []unix.EpollEvent, timeout time.Duration) (in
 	ts := unix.NsecToTimespec(int64(timeout))
 	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
 	if e == unix.ENOSYS {
-		noPwait2 = true
+		noPwait2.Store(true)
 		return epollWaitRaw(epfd, events, timeout)
 	}
 	if e != 0 {
