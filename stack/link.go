@@ -462,9 +462,8 @@ func (e *TapEndpoint) onPoll(uint32) {
 	}
 }
 
-// readFrame reads and delivers one frame; false when the TAP is empty or
-// failed.
-func (e *TapEndpoint) readFrame(r *tapRx) bool {
+// readFrame reads and delivers one frame, if the TAP has one.
+func (e *TapEndpoint) readFrame(r *tapRx) {
 	if r.head == nil {
 		r.head = buffer.NewViewSize(rxHeadSize)
 	}
@@ -483,7 +482,7 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 	}
 	if err != nil {
 		if err == unix.EAGAIN {
-			return false
+			return
 		}
 		r.failed = true
 		e.poll.remove(e.fd)
@@ -491,7 +490,7 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 			e.onReadError(err)
 			e.poll.handedOff.Store(true)
 		}
-		return false
+		return
 	}
 	if e.vnet {
 		// Checksums may be partial (the kernel leaves them to the
@@ -499,7 +498,7 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 		// come as one super-frame, which the stack takes whole.
 		if n < VnetHdrSize {
 			e.stats.RxDropped.Add(1)
-			return true
+			return
 		}
 		n -= VnetHdrSize
 	}
@@ -511,13 +510,13 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 	}
 	if udp, tcp := e.udp.n.Load() > 0, e.tcpf.policy != nil; udp || tcp {
 		if udp && e.deliverUDP(hdr, rest) || tcp && e.deliverTCP(hdr, rest) {
-			return true
+			return
 		}
 	}
 	frame := buffer.MakeWithView(buffer.NewViewWithData(hdr))
 	if n <= rxHdrSize {
 		e.deliver(frame)
-		return true
+		return
 	}
 	if n < rxCopyBelow {
 		frame.Append(buffer.NewViewWithData(rest))
@@ -527,7 +526,6 @@ func (e *TapEndpoint) readFrame(r *tapRx) bool {
 		r.head = nil
 	}
 	e.deliver(frame)
-	return true
 }
 
 // deliver hands one frame to the stack, which takes it over. Frames for

@@ -23,8 +23,8 @@ import (
 // would wake for each of their events too.
 //
 // It also keeps the delayed ACKs' deadlines: arming a runtime timer for
-// each of them woke an idle thread out of Go's poller to shorten its
-// sleep.
+// each of them can wake an idle thread out of Go's poller to shorten its
+// sleep (the runtime's wakeNetPoller).
 type poller struct {
 	epfd   int
 	wakefd int // eventfd: Close's wake-up
@@ -117,11 +117,7 @@ func (p *poller) add(fd int, events uint32, h pollHandler) error {
 // which must take a spurious event (every handler does: edge-triggered
 // reads end at EAGAIN).
 func (p *poller) remove(fd int) {
-	p.mu.Lock()
-	if fd < len(p.handlers) {
-		p.handlers[fd] = nil
-	}
-	p.mu.Unlock()
+	p.forget(fd)
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 }
 
@@ -161,22 +157,19 @@ func (p *poller) run() {
 			if wait < 0 || wait > busyWait {
 				wait = busyWait
 			}
-			n, err = epollWaitRaw(p.epfd, events, wait)
+			n, err = epollWait(p.epfd, events, wait, true)
 			if err == nil && n == 0 && wait == busyWait {
 				busy = false // idle: the next wait lets the P go
 			}
 		} else {
-			n, err = epollWait(p.epfd, events, timeout)
+			n, err = epollWait(p.epfd, events, timeout, false)
 			// Busy again: hold the P while there is another P for
 			// the rest of the program.
 			busy = n > 0 && runtime.GOMAXPROCS(0) > 1
 		}
-		if err != nil {
-			if err != unix.EINTR {
-				// Only a broken epoll fd gets here: nothing to serve.
-				return
-			}
-			n = 0 // a signal (EpollWait then says -1)
+		if err != nil && err != unix.EINTR {
+			// Only a broken epoll fd gets here: nothing to serve.
+			return
 		}
 		if p.dispatch(events[:n]) {
 			return
@@ -211,7 +204,7 @@ func (p *poller) runViaGo(events []unix.EpollEvent) {
 	var n int
 	var werr error
 	wait := func(fd uintptr) bool {
-		n, werr = epollWaitRaw(int(fd), events, 0)
+		n, werr = epollWait(int(fd), events, 0, true)
 		return n > 0 || werr != nil && werr != unix.EINTR
 	}
 	for {
@@ -225,13 +218,10 @@ func (p *poller) runViaGo(events []unix.EpollEvent) {
 		if err := raw.Read(wait); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return
 		}
-		if werr != nil {
-			if werr != unix.EINTR {
-				return
-			}
-			n = 0
+		if werr != nil && werr != unix.EINTR {
+			return
 		}
-		if p.dispatch(events[:max(n, 0)]) {
+		if p.dispatch(events[:n]) {
 			return
 		}
 		p.handedOff.Store(false) // parking hands off
@@ -274,11 +264,12 @@ func (p *poller) fireAcks() time.Duration {
 	i := 0
 	for ; i < len(p.acks); i++ {
 		a := p.acks[i]
-		if a.at.After(now) && a.f.ackStillOwed(a.gen) {
-			break
-		}
 		if !a.at.After(now) {
 			a.f.onAckDue(a.gen)
+			continue
+		}
+		if a.f.ackStillOwed(a.gen) {
+			break // the first still to come; stale ones go
 		}
 	}
 	// Shift down rather than reslice, so that the array is kept: an
@@ -315,17 +306,22 @@ func (p *poller) close() {
 }
 
 // epollWait waits up to timeout (-1: no limit) with epoll_pwait2's
-// nanoseconds where the kernel has it (5.11), else epoll_wait's
-// milliseconds, rounded up so that a deadline is never early.
-func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
+// nanoseconds where the kernel has it (5.11), else epoll_pwait's
+// milliseconds, rounded up so that a deadline is never early. raw makes
+// the call without the runtime's syscall bookkeeping (see busyWait). An
+// error comes with n = 0.
+func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration, raw bool) (int, error) {
+	var r uintptr
+	var e syscall.Errno
 	if timeout >= 0 && !noPwait2.Load() {
 		ts := unix.NsecToTimespec(int64(timeout))
-		n, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
-		if e == 0 {
-			return int(n), nil
+		if raw {
+			r, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		} else {
+			r, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
 		}
 		if e != unix.ENOSYS {
-			return 0, e
+			return epollResult(r, e)
 		}
 		noPwait2.Store(true)
 	}
@@ -333,7 +329,19 @@ func epollWait(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, 
 	if timeout >= 0 {
 		msec = int((timeout + time.Millisecond - 1) / time.Millisecond)
 	}
-	return unix.EpollWait(epfd, events, msec)
+	if raw {
+		r, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	} else {
+		r, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
+	}
+	return epollResult(r, e)
+}
+
+func epollResult(r uintptr, e syscall.Errno) (int, error) {
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
 }
 
 // noPwait2 is set once the kernel lacks epoll_pwait2 (5.11); every link's
@@ -353,28 +361,6 @@ var noPwait2 atomic.Bool
 // busyWait. With GOMAXPROCS 1 the loop never holds its P: it is the
 // only one.
 const busyWait = 10 * time.Millisecond
-
-// epollWaitRaw is epollWait in a raw syscall, timeout >= 0.
-func epollWaitRaw(epfd int, events []unix.EpollEvent, timeout time.Duration) (int, error) {
-	if noPwait2.Load() {
-		msec := int((timeout + time.Millisecond - 1) / time.Millisecond)
-		n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
-		if e != 0 {
-			return 0, e
-		}
-		return int(n), nil
-	}
-	ts := unix.NsecToTimespec(int64(timeout))
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
-	if e == unix.ENOSYS {
-		noPwait2.Store(true)
-		return epollWaitRaw(epfd, events, timeout)
-	}
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
 
 // detachFD takes c's fd out of Go's poller: it returns a duplicate the
 // caller owns (non-blocking: the flag belongs to the open file, which

@@ -2,11 +2,9 @@ package stack
 
 import (
 	"hash/maphash"
-	"net"
 	"net/netip"
 	"sync"
 	"syscall"
-
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -324,8 +322,9 @@ const (
 
 // tcpFlow is one connection on the fast path. mu guards everything; the
 // poller's goroutine holds it to apply a segment and to move host data,
-// timers and the dial to do their part. Sequence variables are named as in RFC 9293: snd* for what
-// goes to the container, rcv* for what comes from it.
+// timers and a published flow's dial to do their part. Sequence
+// variables are named as in RFC 9293: snd* for what goes to the
+// container, rcv* for what comes from it.
 type tcpFlow struct {
 	e        *TapEndpoint
 	key      tcpFlowKey // src: the container's end; dst: the peer it sees
@@ -354,7 +353,7 @@ type tcpFlow struct {
 	retries             int
 	// The retransmission timer is lazy: timerOn says it is wanted, for
 	// rtoAt; the runtime timer (timerRunning) is not reset per segment
-	// but re-armed when it fires early, as each reset woke an idle
+	// but re-armed when it fires early, as a reset can wake an idle
 	// thread out of Go's poller.
 	timer        *time.Timer
 	timerOn      bool
@@ -383,8 +382,6 @@ type tcpFlow struct {
 	fd        int
 	hostReady bool
 	hostRDHUP bool
-	// host is a published flow's socket until its handshake is done.
-	host *net.TCPConn
 	// answered carries the end of a published flow's handshake.
 	answered chan error
 
@@ -895,6 +892,11 @@ func (f *tcpFlow) restartTimerLocked() {
 	if f.timerRunning && !f.rtoAt.Before(f.timerAt) {
 		return // it fires early and re-arms for rtoAt
 	}
+	f.runTimerLocked()
+}
+
+// runTimerLocked schedules the runtime timer for rtoAt.
+func (f *tcpFlow) runTimerLocked() {
 	f.timerRunning = true
 	f.timerAt = f.rtoAt
 	d := time.Until(f.rtoAt)
@@ -914,10 +916,8 @@ func (f *tcpFlow) onTimer() {
 	if f.closed || !f.timerOn {
 		return
 	}
-	if left := time.Until(f.rtoAt); left > 0 {
-		f.timerRunning = true
-		f.timerAt = f.rtoAt
-		f.timer.Reset(left)
+	if time.Until(f.rtoAt) > 0 {
+		f.runTimerLocked() // early: the deadline moved on
 		return
 	}
 	if f.state == fsConnecting {

@@ -55,7 +55,7 @@ func (f *tcpFlow) connectLocked(d *TCPFastDial) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, fastKeepIntvl)
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, fastKeepCnt)
 	err = unix.Connect(fd, sa)
-	for err == unix.EINTR {
+	if err == unix.EINTR {
 		// The connect goes on in the background; the poller sees
 		// its end as for EINPROGRESS.
 		err = unix.EINPROGRESS

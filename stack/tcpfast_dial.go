@@ -62,7 +62,6 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		ourMSS:   uint16(min(mtu-hdrs, 65535)),
 		rto:      fastRTOMin,
 		fd:       -1,
-		host:     host,
 		flushing: true, // the container's data waits for the socket
 		ended:    make(chan struct{}),
 		answered: make(chan error, 1),
@@ -116,7 +115,6 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 	fd, err := detachFD(host)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.host = nil
 	if err != nil {
 		f.closeLocked(true, false)
 		return nil, err

@@ -432,9 +432,7 @@ func TestDialTCPFastHandshake(t *testing.T) {
 			client.CloseWrite()
 			g.recv(len(down), tc.maxSeg, true, true)
 			g.sendData([]byte("last words"))
-			g.send(tcpACK|tcpFIN, g.sndNxt, nil)
-			g.sndNxt++
-			g.expect("ACK of the FIN", func(s rxSeg) bool { return s.ack == g.sndNxt })
+			g.fin()
 			got, err := readEnd(t, client)
 			if string(got) != "last words" || err != io.EOF {
 				t.Errorf("the client read %q then %v, want \"last words\" then EOF", got, err)
@@ -711,24 +709,7 @@ func TestDialTCPFastIPv6(t *testing.T) {
 		t.Fatalf("DialTCPFast: %v", r.err)
 	}
 	_, done := f.carry(r.run)
-	up := randomBytes(66, 7000)
-	g.sendData(up)
-	if got := readFull(t, client, len(up)); !bytes.Equal(got, up) {
-		t.Fatal("the client got other data")
-	}
-	down := randomBytes(67, 10000)
-	client.Write(down)
-	client.CloseWrite()
-	g.recv(len(down), 1460, true, true)
-	if !bytes.Equal(g.stream, down) {
-		t.Fatal("the container got other data")
-	}
-	g.send(tcpACK|tcpFIN, g.sndNxt, nil)
-	g.sndNxt++
-	g.expect("ACK of the FIN", func(s rxSeg) bool { return s.ack == g.sndNxt })
-	if _, err := readEnd(t, client); err != io.EOF {
-		t.Errorf("the client's end ended with %v, want EOF", err)
-	}
+	g.exchange(client, "client", randomBytes(66, 7000), randomBytes(67, 10000))
 	waitDone(t, done, "run's return after both FINs")
 	f.waitFlows(0)
 }

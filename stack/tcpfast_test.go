@@ -352,6 +352,37 @@ func (g *guest) sendData(data []byte) {
 	g.sndNxt += uint32(len(data))
 }
 
+// fin sends the container's FIN and returns the segment that
+// acknowledges it.
+func (g *guest) fin() rxSeg {
+	g.t.Helper()
+	g.send(tcpACK|tcpFIN, g.sndNxt, nil)
+	g.sndNxt++
+	return g.expect("ACK of the FIN", func(s rxSeg) bool { return s.ack == g.sndNxt })
+}
+
+// exchange sends up from the container to peer (named who in failures)
+// and down from peer, which then closes its write side; the container's
+// FIN follows, and peer must see EOF.
+func (g *guest) exchange(peer *net.TCPConn, who string, up, down []byte) {
+	t := g.t
+	t.Helper()
+	g.sendData(up)
+	if got := readFull(t, peer, len(up)); !bytes.Equal(got, up) {
+		t.Fatalf("the %s got other data", who)
+	}
+	peer.Write(down)
+	peer.CloseWrite()
+	g.recv(len(down), 1460, true, true)
+	if !bytes.Equal(g.stream, down) {
+		t.Fatal("the container got other data")
+	}
+	g.fin()
+	if _, err := readEnd(t, peer); err != io.EOF {
+		t.Errorf("the %s's end ended with %v, want EOF", who, err)
+	}
+}
+
 func (g *guest) ack() {
 	g.t.Helper()
 	g.send(tcpACK, g.sndNxt, nil)
@@ -896,9 +927,7 @@ func TestTCPFastHostClosesFirst(t *testing.T) {
 		t.Fatalf("the host read %q", got)
 	}
 	g.expect("ACK of the data", func(s rxSeg) bool { return s.ack == g.sndNxt })
-	g.send(tcpACK|tcpFIN, g.sndNxt, nil)
-	g.sndNxt++
-	a := g.expect("ACK of the FIN", func(s rxSeg) bool { return s.ack == g.sndNxt })
+	a := g.fin()
 	if a.flags != flagACK || a.seq != g.rcvNxt {
 		t.Errorf("answer to the FIN %v, want a bare ACK at %d", a, g.rcvNxt)
 	}
@@ -1068,24 +1097,7 @@ func TestTCPFastIPv6(t *testing.T) {
 	if sa.opts.MSS != fastMSS6 || sa.opts.WS != fastRcvShift {
 		t.Errorf("SYN-ACK options %+v, want MSS %d WS %d", sa.opts, fastMSS6, fastRcvShift)
 	}
-	up := randomBytes(61, 3000)
-	g.sendData(up)
-	if got := readFull(t, host, len(up)); !bytes.Equal(got, up) {
-		t.Fatal("the host got other data")
-	}
-	down := randomBytes(62, 10000)
-	host.Write(down)
-	host.CloseWrite()
-	g.recv(len(down), 1460, true, true)
-	if !bytes.Equal(g.stream, down) {
-		t.Fatal("the container got other data")
-	}
-	g.send(tcpACK|tcpFIN, g.sndNxt, nil)
-	g.sndNxt++
-	g.expect("ACK of the FIN", func(s rxSeg) bool { return s.ack == g.sndNxt })
-	if _, err := readEnd(t, host); err != io.EOF {
-		t.Errorf("the host's end ended with %v, want EOF", err)
-	}
+	g.exchange(host, "host", randomBytes(61, 3000), randomBytes(62, 10000))
 	f.waitFlows(0)
 }
 
