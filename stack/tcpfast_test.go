@@ -803,14 +803,16 @@ func TestTCPFastConnectTimeout(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for full := false; !full; {
-		if len(fillers) == 4 {
+	for full, tries := false, 0; !full; tries++ {
+		if len(fillers) == 4 || tries == 8 {
 			t.Skip("the accept queue does not fill on this kernel")
 		}
-		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err != nil {
-			full = true
-			break
+			// Full once one connection waits in it: a first dial
+			// that failed only says the machine was slow.
+			full = len(fillers) > 0
+			continue
 		}
 		fillers = append(fillers, c)
 	}
