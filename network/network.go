@@ -47,6 +47,9 @@ type Config struct {
 	// TCPFastPath carries outbound TCP past the netstack
 	// (stack/tcpfast.go); off with Pcap, which must see every segment.
 	TCPFastPath bool
+	// BusyPoll is the fast path's longest busy-poll window
+	// (stack/busypoll.go); 0: none.
+	BusyPoll time.Duration
 	// Dialer makes the host-side connections.
 	Dialer *net.Dialer
 	Log    *slog.Logger
@@ -158,6 +161,7 @@ func New(cfg Config) (*Network, error) {
 	})
 	if cfg.TCPFastPath && cfg.Pcap == nil {
 		link.EnableTCPFastPath(n.Forwarder)
+		link.SetBusyPoll(cfg.BusyPoll)
 	}
 	s, err := stack.New(stack.Config{
 		Link:       ep,

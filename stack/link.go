@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -120,6 +121,11 @@ func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadErro
 // the container: gVisor is no router and would ignore them. Call it
 // before the NIC is created.
 func (e *TapEndpoint) OnRouterSolicit(fn func()) { e.onRouterSolicit = fn }
+
+// SetBusyPoll sets the longest busy-poll window of the fast path's loop
+// (busypoll.go); 0 turns busy polling off. Call it before the NIC is
+// created.
+func (e *TapEndpoint) SetBusyPoll(d time.Duration) { e.poll.busyPoll = max(0, min(d, MaxBusyPoll)) }
 
 // EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
 // offloads set (tap.SetOffload). Call it before the NIC is created.

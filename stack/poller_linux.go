@@ -47,7 +47,12 @@ type poller struct {
 	// viaGo: the loop waits in Go's poller, on the epoll fd itself (see
 	// runViaGo). Set before run.
 	viaGo bool
-	done  chan struct{}
+	// busyPoll is the longest busy-poll window (busypoll.go), 0 for
+	// none; set before run. spinLimit is the window now, in
+	// nanoseconds: the loop's, atomic for tests.
+	busyPoll  time.Duration
+	spinLimit atomic.Int64
+	done      chan struct{}
 }
 
 // pollHandler serves one fd's events on the poller's goroutine.
@@ -152,15 +157,7 @@ func (p *poller) run() {
 		var n int
 		var err error
 		if busy {
-			// Keep the P: see busyWait.
-			wait := timeout
-			if wait < 0 || wait > busyWait {
-				wait = busyWait
-			}
-			n, err = epollWait(p.epfd, events, wait, true)
-			if err == nil && n == 0 && wait == busyWait {
-				busy = false // idle: the next wait lets the P go
-			}
+			n, busy, err = p.pollBusy(events, timeout)
 		} else {
 			n, err = epollWait(p.epfd, events, timeout, false)
 			// Busy again: hold the P while there is another P for
@@ -177,6 +174,50 @@ func (p *poller) run() {
 		if p.handedOff.Swap(false) {
 			runtime.Gosched()
 		}
+	}
+}
+
+// pollBusy is the busy loop's wait, up to timeout (-1: none): a spin
+// first (busypoll.go), then a raw epoll_wait that keeps the P (see
+// busyWait), for at most busyWait. stillBusy is false once that passed
+// with no event.
+func (p *poller) pollBusy(events []unix.EpollEvent, timeout time.Duration) (n int, stillBusy bool, err error) {
+	began := time.Now()
+	if limit := time.Duration(p.spinLimit.Load()); limit > 0 {
+		n, err = p.spin(events, began, limit, timeout)
+	}
+	idle := false
+	if n == 0 && err == nil {
+		wait := busyWait
+		if timeout >= 0 {
+			wait = min(wait, timeout-time.Since(began))
+		}
+		if wait > 0 {
+			n, err = epollWait(p.epfd, events, wait, true)
+			idle = err == nil && n == 0 && wait == busyWait
+		}
+	}
+	if waited := time.Since(began); n > 0 || waited > p.busyPoll {
+		p.spinLimit.Store(int64(nextSpin(time.Duration(p.spinLimit.Load()), waited, p.busyPoll)))
+	}
+	return n, !idle, err
+}
+
+// spin polls the epoll without sleeping until an event, or until limit
+// or the timeout (-1: none) passed since began.
+func (p *poller) spin(events []unix.EpollEvent, began time.Time, limit, timeout time.Duration) (int, error) {
+	if timeout >= 0 {
+		limit = min(limit, timeout)
+	}
+	for {
+		n, err := epollWait(p.epfd, events, 0, true)
+		if n > 0 || err != nil || time.Since(began) >= limit {
+			return n, err
+		}
+		// Let a thread that shares this CPU run: the container's or
+		// the host's peer makes the next event. Without it the
+		// spin delayed them: p99 90 µs against 55.
+		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 }
 

@@ -52,13 +52,30 @@ func newPipe(t *testing.T) (r, w int, closeW func()) {
 	return p[0], p[1], closeW
 }
 
-func startPoller(t *testing.T, viaGo bool) *poller {
+// pollerMode is how a test's loop waits: in its own epoll_wait, with or
+// without busy polling, or in Go's poller.
+type pollerMode struct {
+	viaGo    bool
+	busyPoll time.Duration
+}
+
+var pollerModes = []pollerMode{{}, {busyPoll: DefaultBusyPoll}, {viaGo: true}}
+
+func (m pollerMode) String() string {
+	if m.viaGo {
+		return "viaGo"
+	}
+	return fmt.Sprintf("busyPoll=%v", m.busyPoll)
+}
+
+func startPoller(t *testing.T, m pollerMode) *poller {
 	t.Helper()
 	p, err := newPoller()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.viaGo = viaGo
+	p.viaGo = m.viaGo
+	p.busyPoll = m.busyPoll
 	go p.run()
 	t.Cleanup(func() { p.stop(); p.close() })
 	return p
@@ -67,13 +84,13 @@ func startPoller(t *testing.T, viaGo bool) *poller {
 // TestPollerDispatch: an fd's events reach its handler, on each new
 // edge, until it is removed; an unknown fd and a removed one get nothing.
 func TestPollerDispatch(t *testing.T) {
-	for _, viaGo := range []bool{false, true} {
-		t.Run(fmt.Sprintf("viaGo=%v", viaGo), func(t *testing.T) { testPollerDispatch(t, viaGo) })
+	for _, m := range pollerModes {
+		t.Run(m.String(), func(t *testing.T) { testPollerDispatch(t, m) })
 	}
 }
 
-func testPollerDispatch(t *testing.T, viaGo bool) {
-	p := startPoller(t, viaGo)
+func testPollerDispatch(t *testing.T, m pollerMode) {
+	p := startPoller(t, m)
 	r, w, _ := newPipe(t)
 	h := &pipeHandler{fd: r, got: make(chan uint32, 16)}
 	if err := p.add(r, pollEdge, h); err != nil {
@@ -120,13 +137,13 @@ func testPollerDispatch(t *testing.T, viaGo bool) {
 // benchmark's business: without the yield it waits in the loop's run
 // queue until another thread steals it, which this test cannot tell.)
 func TestPollerHandOff(t *testing.T) {
-	for _, viaGo := range []bool{false, true} {
-		t.Run(fmt.Sprintf("viaGo=%v", viaGo), func(t *testing.T) { testPollerHandOff(t, viaGo) })
+	for _, m := range pollerModes {
+		t.Run(m.String(), func(t *testing.T) { testPollerHandOff(t, m) })
 	}
 }
 
-func testPollerHandOff(t *testing.T, viaGo bool) {
-	p := startPoller(t, viaGo)
+func testPollerHandOff(t *testing.T, m pollerMode) {
+	p := startPoller(t, m)
 	r, w, _ := newPipe(t)
 	ran := make(chan struct{}, 64)
 	wake := make(chan struct{})
@@ -157,13 +174,22 @@ func testPollerHandOff(t *testing.T, viaGo bool) {
 // TestPollerStop: stop ends an idle loop and a busy one, and add after
 // stop fails.
 func TestPollerStop(t *testing.T) {
-	for _, c := range []struct{ busy, viaGo bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+	type stopCase struct {
+		busy bool
+		pollerMode
+	}
+	var cases []stopCase
+	for _, m := range pollerModes {
+		cases = append(cases, stopCase{false, m}, stopCase{true, m})
+	}
+	for _, c := range cases {
 		busy := c.busy
 		p, err := newPoller()
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.viaGo = c.viaGo
+		p.busyPoll = c.busyPoll
 		done := make(chan struct{})
 		go func() { p.run(); close(done) }()
 		if busy {
@@ -188,5 +214,53 @@ func TestPollerStop(t *testing.T) {
 			t.Fatalf("add after stop: %v, want errPollerClosed", err)
 		}
 		p.close()
+	}
+}
+
+// TestPollerBusyPollAdapts: events that follow each other closely open
+// the busy-poll window, and events further apart than its ceiling close
+// it, so that a link with sparse traffic does not spin.
+func TestPollerBusyPollAdapts(t *testing.T) {
+	const ceiling = time.Millisecond
+	p := startPoller(t, pollerMode{busyPoll: ceiling})
+	r, w, _ := newPipe(t)
+	h := &pipeHandler{fd: r, got: make(chan uint32, 1)}
+	if err := p.add(r, pollEdge, h); err != nil {
+		t.Fatal(err)
+	}
+	event := func() {
+		t.Helper()
+		unix.Write(w, []byte{1})
+		select {
+		case <-h.got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no event")
+		}
+	}
+	// Each event follows the last one's handling by a goroutine switch:
+	// well within the ceiling, but a loaded machine may now and then
+	// take longer, which halves the window; so a few tries.
+	open := false
+	for try := 0; try < 5 && !open; try++ {
+		for i := 0; i < 200; i++ {
+			event()
+		}
+		open = p.spinLimit.Load() > 0
+	}
+	if !open {
+		t.Fatal("close events did not open the busy-poll window")
+	}
+	if got := time.Duration(p.spinLimit.Load()); got > ceiling {
+		t.Fatalf("window %v above its ceiling %v", got, ceiling)
+	}
+	// Three times the ceiling apart (a sleep is never shorter), and
+	// within busyWait, so that the loop stays busy: each one halves the
+	// window, until it is shut.
+	for i := 0; i < 8; i++ {
+		time.Sleep(3 * ceiling)
+		event()
+	}
+	if got := time.Duration(p.spinLimit.Load()); got != 0 {
+		t.Fatalf("window %v after sparse events, want 0", got)
 	}
 }

@@ -35,6 +35,12 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"--port-bypass", "-p", "8080:80", "-p", "5353:53/udp"}, ""},
 		{[]string{"--port-bypass=false"}, ""},
 		{[]string{"--port-bypass=sometimes"}, "invalid argument"},
+		{[]string{"--busy-poll", "0"}, ""},
+		{[]string{"--busy-poll", "200us"}, ""},
+		{[]string{"--busy-poll", "1ms"}, ""},
+		{[]string{"--busy-poll", "2ms"}, "invalid --busy-poll 2ms"},
+		{[]string{"--busy-poll", "-1us"}, "invalid --busy-poll"},
+		{[]string{"--busy-poll", "50"}, "invalid argument"},
 	} {
 		var o options
 		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)

@@ -43,6 +43,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		DisableDNS:          o.disableDNS,
 		VnetHdr:             o.offload,
 		TCPFastPath:         o.tcpFastPath,
+		BusyPoll:            o.busyPoll,
 		Log:                 log,
 	}
 	if !o.disableDNS {
