@@ -44,10 +44,19 @@ type holdResult struct {
 //	latency ADDR N SIZE    N round trips of SIZE bytes on one connection
 //	connrate ADDR SECONDS  connect, write 1 byte, read 1 byte, close, for SECONDS
 //	hold ADDR N            open N connections, print, hold them until stdin closes
+//	echo PORT              an echo server on PORT (all addresses); prints
+//	                       "listening", serves until killed
 func helperMain(args []string) int {
 	raiseNofile()
+	if len(args) == 2 && args[0] == "echo" {
+		if err := helperEcho(args[1]); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		return 0
+	}
 	if len(args) < 3 {
-		fmt.Fprintln(os.Stderr, "helper: usage: latency|connrate|hold ADDR ARG...")
+		fmt.Fprintln(os.Stderr, "helper: usage: latency|connrate|hold ADDR ARG... or echo PORT")
 		return 2
 	}
 	var err error
@@ -82,9 +91,31 @@ func printJSON(v any) {
 }
 
 func helperLatency(addr string, n, size int) error {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r, err := roundTrips(addr, n, size)
 	if err != nil {
 		return err
+	}
+	printJSON(r)
+	return nil
+}
+
+// helperEcho serves echoes on port until the process is killed.
+func helperEcho(port string) error {
+	s, err := newEchoServer(net.JoinHostPort("", port))
+	if err != nil {
+		return err
+	}
+	fmt.Println("listening")
+	s.wg.Wait() // until killed: the listener is never closed
+	return nil
+}
+
+// roundTrips makes n round trips of size bytes on one connection to an
+// echo server at addr, after a warm-up.
+func roundTrips(addr string, n, size int) (latencyResult, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return latencyResult{}, err
 	}
 	defer c.Close()
 	c.(*net.TCPConn).SetNoDelay(true)
@@ -97,10 +128,10 @@ func helperLatency(addr string, n, size int) error {
 		msg[0] = byte(i)
 		t0 := time.Now()
 		if _, err := c.Write(msg); err != nil {
-			return err
+			return latencyResult{}, err
 		}
 		if _, err := io.ReadFull(c, buf); err != nil {
-			return err
+			return latencyResult{}, err
 		}
 		if i >= warmup {
 			rtts = append(rtts, time.Since(t0))
@@ -110,8 +141,7 @@ func helperLatency(addr string, n, size int) error {
 	us := func(q float64) float64 {
 		return float64(rtts[int(q*float64(len(rtts)-1))].Nanoseconds()) / 1e3
 	}
-	printJSON(latencyResult{N: len(rtts), P50us: us(0.50), P99us: us(0.99)})
-	return nil
+	return latencyResult{N: len(rtts), P50us: us(0.50), P99us: us(0.99)}, nil
 }
 
 // oneShot is one short connection: connect, 1 byte each way, close.
@@ -228,8 +258,9 @@ func raiseNofile() {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
 }
 
-// echoServer is the host side of the latency, connection and RSS figures:
-// a TCP echo server on 127.0.0.1 (a fresh port per session).
+// echoServer is the host side of the latency, connection and RSS figures
+// (a TCP echo server on 127.0.0.1, a fresh port per session), and the
+// namespace's side of the published port's latency.
 type echoServer struct {
 	ln    net.Listener
 	mu    sync.Mutex
@@ -237,8 +268,8 @@ type echoServer struct {
 	wg    sync.WaitGroup
 }
 
-func newEchoServer() (*echoServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func newEchoServer(addr string) (*echoServer, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

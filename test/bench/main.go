@@ -63,6 +63,8 @@ var figures = []figure{
 	{"udp-in-loss", "UDP host->ns loss, % (lower is better)", "%.1f", false},
 	{"lat-p50", "TCP 64 B round trip p50, µs (lower is better)", "%.0f", false},
 	{"lat-p99", "TCP 64 B round trip p99, µs (lower is better)", "%.0f", false},
+	{"pub-lat-p50", "published port TCP 64 B round trip p50, µs (lower is better)", "%.0f", false},
+	{"pub-lat-p99", "published port TCP 64 B round trip p99, µs (lower is better)", "%.0f", false},
 	{"connrate", "new TCP connections ns->host, conn/s", "%.0f", false},
 	{"rss-idle", "RSS idle, MiB (lower is better)", "%.1f", false},
 	{"rss-hold", "RSS with 1500 connections, MiB (lower is better)", "%.1f", false},
@@ -323,11 +325,12 @@ Notes (whole run %.0f s):
 - Published port with --port-bypass (rootlessnet only; the peers' cells are n/a): the same measurement in a session of its own, rootlessnet started with --port-bypass: a helper in the namespace connects to the guest port and rootlessnet splices between the two kernel sockets, without the netstack (the guest sees its own address as the peer).
 - UDP: iperf3 -u %s -l 1400 ns->host, and host->ns (-R); the received rate and the loss reported by the receiver.
 - Latency: one TCP connection (TCP_NODELAY) from a client in the namespace (this binary re-executed through nsenter) to an echo server of the bench on 127.0.0.1; 100 warm-up then %d round trips of 64 bytes; p50/p99 of the round-trip times.
+- Published-port latency: the same round trips from a client in the bench's process on the host to the published 127.0.0.1:PORT, answered by an echo server in the namespace on port %d (this binary through nsenter).
 - Connections per second: the same client connects, writes 1 byte, reads it back and closes, one at a time, for a fixed time.
 - RSS: VmRSS of the stack process (and any children), 0.5 s after it is ready, and with %d connections to the echo server open (opened by 8 parallel dialers, each one echoed once), in a session of its own with no other traffic.
 - CPU per GB: utime+stime of the stack process across the iperf3 run (/proc/PID/stat, 10 ms ticks), divided by the GB (1e9 bytes) received.
 - Ratios are rootlessnet/peer of the medians; for the "lower is better" rows a ratio below 1 favours rootlessnet. n/a: the figure failed (reason on stderr).
-`, elapsed.Seconds(), secs, guestPort, udp, cfg.rtts, hold)
+`, elapsed.Seconds(), secs, guestPort, udp, cfg.rtts, guestPort, hold)
 	return b.String()
 }
 

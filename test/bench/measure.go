@@ -69,7 +69,7 @@ const (
 
 var kindFigures = map[string][]string{
 	kindRSS:    {"rss-idle", "rss-hold"},
-	kindMain:   {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "udp-in", "udp-in-loss", "lat-p50", "lat-p99", "connrate"},
+	kindMain:   {"tcp-out-65520", "tcp-in-65520", "cpu-out", "cpu-in", "pub-in", "pub-out", "udp-out", "udp-loss", "udp-in", "udp-in-loss", "lat-p50", "lat-p99", "connrate", "pub-lat-p50", "pub-lat-p99"},
 	kind1500:   {"tcp-out-1500", "tcp-in-1500"},
 	kindBypass: {"pub-in-bypass", "pub-out-bypass"},
 }
@@ -111,7 +111,7 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 
 	cfg.sessions++
 	s := &session{t: t, kind: kind, seq: cfg.sessions, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}, bypass: kind == kindBypass}
-	if kind == kindMain && cfg.wantAny("pub-in", "pub-out") || kind == kindBypass {
+	if kind == kindMain && cfg.wantAny("pub-in", "pub-out", "pub-lat-p50", "pub-lat-p99") || kind == kindBypass {
 		if s.hostPort, err = freePort(); err != nil {
 			failAll(err)
 			return
@@ -159,6 +159,9 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 		if cfg.wantAny("pub-in", "pub-out") {
 			measurePublished(cfg, s, rec, "")
 		}
+		if cfg.wantAny("pub-lat-p50", "pub-lat-p99") {
+			measurePublishedLatency(cfg, s, rec)
+		}
 		if cfg.wantAny("udp-out", "udp-loss") {
 			measureUDP(cfg, s, rec, "udp-out", "udp-loss")
 		}
@@ -175,7 +178,7 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 // withEcho runs f with the address (through the gateway) of a fresh echo
 // server on the host's 127.0.0.1.
 func withEcho(s *session, rec *recorder, figs []string, f func(addr string)) {
-	echo, err := newEchoServer()
+	echo, err := newEchoServer("127.0.0.1:0")
 	if err != nil {
 		for _, fig := range figs {
 			rec.fail(s.t.name, fig, err)
@@ -330,6 +333,28 @@ func measurePublished(cfg *config, s *session, rec *recorder, suffix string) {
 		}
 		rec.add(s.t.name, "pub-"+dir+suffix, r.End.SumReceived.BitsPerSecond/1e9)
 	}
+}
+
+// measurePublishedLatency runs an echo server inside the namespace on the
+// guest port and round trips from this process to the published port.
+func measurePublishedLatency(cfg *config, s *session, rec *recorder) {
+	fail := func(err error) {
+		rec.fail(s.t.name, "pub-lat-p50", err)
+		rec.fail(s.t.name, "pub-lat-p99", err)
+	}
+	srv, _, err := startWithLine(helperCmd(context.Background(), s, cfg, "echo", fmt.Sprint(guestPort)), "listening", 10*time.Second)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer srv.stop(time.Second)
+	r, err := roundTrips(net.JoinHostPort("127.0.0.1", fmt.Sprint(s.hostPort)), cfg.rtts, 64)
+	if err != nil {
+		fail(err)
+		return
+	}
+	rec.add(s.t.name, "pub-lat-p50", r.P50us)
+	rec.add(s.t.name, "pub-lat-p99", r.P99us)
 }
 
 // helperCmd runs the bench binary inside the namespace as a client.
