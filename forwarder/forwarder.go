@@ -42,6 +42,9 @@ type Config struct {
 	Dialer *net.Dialer
 	// UDPIdleTimeout ends UDP flows that carried nothing for that long.
 	UDPIdleTimeout time.Duration
+	// DNSIdleTimeout ends UDP flows to the DNS address that carried no
+	// query for that long (default dnsUDPFlowIdle).
+	DNSIdleTimeout time.Duration
 	// UDPShortcut, when set, carries a UDP flow's datagrams both ways
 	// once its host socket is connected.
 	UDPShortcut UDPShortcut
@@ -78,6 +81,9 @@ func New(cfg Config) *Forwarder {
 	}
 	if cfg.UDPIdleTimeout <= 0 {
 		cfg.UDPIdleTimeout = 90 * time.Second
+	}
+	if cfg.DNSIdleTimeout <= 0 {
+		cfg.DNSIdleTimeout = dnsUDPFlowIdle
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Forwarder{
