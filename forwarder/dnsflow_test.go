@@ -1,20 +1,13 @@
 package forwarder
 
 import (
-	"context"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
-	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	rstack "github.com/rootlessnet/rootlessnet/stack"
 )
 
 // TestDNSFlowLifetime drives the DNS forwarder through a real netstack: a
@@ -52,22 +45,12 @@ func TestDNSFlowLifetime(t *testing.T) {
 	}()
 	upstream := up.LocalAddr().(*net.UDPAddr).AddrPort()
 
-	a, err := rstack.ParseCIDR(rstack.DefaultCIDR)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const idle = 500 * time.Millisecond
 	f, _ := testForwarder(t)
-	f.cfg.Policy = Policy{Gateway: a.Gateway, DNS: a.DNS, Network: a.Network}
 	f.cfg.Nameservers = []netip.AddrPort{upstream}
 	f.cfg.DNSIdleTimeout = idle
-	link := channel.New(64, 1500, "")
-	s, err := rstack.New(rstack.Config{Link: link, Addressing: a, Handlers: rstack.Handlers{UDP: f.HandleUDP}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Attach(s)
-	t.Cleanup(func() { s.Close(); s.Wait(); link.Close() })
+	st := newUDPTestStack(t, f)
+	a := st.a
 
 	query := func(srcPort, id uint16) {
 		t.Helper()
@@ -78,22 +61,12 @@ func TestDNSFlowLifetime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ip := udpPacket(netip.AddrPortFrom(a.Guest, srcPort), netip.AddrPortFrom(a.DNS, 53), b)
-		pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
-		link.InjectInbound(ipv4.ProtocolNumber, pkt)
-		pkt.DecRef()
+		st.inject(udpPacket(netip.AddrPortFrom(a.Guest, srcPort), netip.AddrPortFrom(a.DNS, 53), b))
 	}
 	// answer reads the next packet to the container: the answer to id.
 	answer := func(id uint16) {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		pkt := link.ReadContext(ctx)
-		if pkt == nil {
-			t.Fatal("no answer came back to the container")
-		}
-		defer pkt.DecRef()
-		ip := header.IPv4(pkt.ToView().AsSlice())
+		ip := st.receive()
 		if ip.Protocol() != uint8(header.UDPProtocolNumber) {
 			t.Fatalf("got protocol %d, want UDP", ip.Protocol())
 		}

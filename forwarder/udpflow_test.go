@@ -33,6 +33,53 @@ func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
 	return ip
 }
 
+// udpTestStack is a real netstack on a channel link whose UDP goes to a
+// forwarder, for tests that play the container with IPv4 packets.
+type udpTestStack struct {
+	a    rstack.Addressing
+	link *channel.Endpoint
+	t    *testing.T
+}
+
+// newUDPTestStack attaches f, with the default addressing's policy, to a
+// new netstack; the test's cleanup closes it.
+func newUDPTestStack(t *testing.T, f *Forwarder) *udpTestStack {
+	t.Helper()
+	a, err := rstack.ParseCIDR(rstack.DefaultCIDR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.cfg.Policy = Policy{Gateway: a.Gateway, DNS: a.DNS, Network: a.Network}
+	link := channel.New(64, 1500, "")
+	s, err := rstack.New(rstack.Config{Link: link, Addressing: a, Handlers: rstack.Handlers{UDP: f.HandleUDP}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Attach(s)
+	t.Cleanup(func() { s.Close(); s.Wait(); link.Close() })
+	return &udpTestStack{a: a, link: link, t: t}
+}
+
+// inject delivers an IPv4 packet from the container.
+func (st *udpTestStack) inject(ip []byte) {
+	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
+	st.link.InjectInbound(ipv4.ProtocolNumber, pkt)
+	pkt.DecRef()
+}
+
+// receive returns the next packet to the container as IPv4 bytes.
+func (st *udpTestStack) receive() header.IPv4 {
+	st.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pkt := st.link.ReadContext(ctx)
+	if pkt == nil {
+		st.t.Fatal("nothing came back to the container")
+	}
+	defer pkt.DecRef()
+	return header.IPv4(pkt.ToView().AsSlice())
+}
+
 // TestUDPFlowLifetime drives the UDP forwarder through a real netstack:
 // a flow to the gateway reaches a loopback echo server and back, counts as
 // one flow, and ends after the idle timeout; with the cap at one, a second
@@ -55,39 +102,13 @@ func TestUDPFlowLifetime(t *testing.T) {
 	}()
 	port := uint16(echo.LocalAddr().(*net.UDPAddr).Port)
 
-	a, err := rstack.ParseCIDR(rstack.DefaultCIDR)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const idle = 500 * time.Millisecond
 	f, _ := testForwarder(t)
-	f.cfg.Policy = Policy{Gateway: a.Gateway, DNS: a.DNS, Network: a.Network}
 	f.cfg.UDPIdleTimeout = idle
-	link := channel.New(64, 1500, "")
-	s, err := rstack.New(rstack.Config{Link: link, Addressing: a, Handlers: rstack.Handlers{UDP: f.HandleUDP}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Attach(s)
-	t.Cleanup(func() { s.Close(); s.Wait(); link.Close() })
-
+	st := newUDPTestStack(t, f)
+	a, receive := st.a, st.receive
 	send := func(srcPort uint16, msg string) {
-		ip := udpPacket(netip.AddrPortFrom(a.Guest, srcPort), netip.AddrPortFrom(a.Gateway, port), []byte(msg))
-		pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
-		link.InjectInbound(ipv4.ProtocolNumber, pkt)
-		pkt.DecRef()
-	}
-	// receive returns the next packet to the container as IPv4 bytes.
-	receive := func() header.IPv4 {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		pkt := link.ReadContext(ctx)
-		if pkt == nil {
-			t.Fatal("nothing came back to the container")
-		}
-		defer pkt.DecRef()
-		return header.IPv4(pkt.ToView().AsSlice())
+		st.inject(udpPacket(netip.AddrPortFrom(a.Guest, srcPort), netip.AddrPortFrom(a.Gateway, port), []byte(msg)))
 	}
 
 	send(40000, "hello")

@@ -24,10 +24,10 @@ const DefaultBusyPoll = 50 * time.Microsecond
 // that a sleep would wait for just as well.
 const MaxBusyPoll = time.Millisecond
 
-// nextSpin is the busy-poll window after an event that came waited after
-// the loop began to wait, when the window was limit and may reach
-// ceiling. It starts at an eighth of ceiling and doubles, and halves back
-// to zero.
+// nextSpin is the busy-poll window that follows a wait which lasted
+// waited (until an event, or until it gave up) with the window at limit
+// and its ceiling at ceiling. The window opens at an eighth of ceiling,
+// doubles, and halves back to zero.
 func nextSpin(limit, waited, ceiling time.Duration) time.Duration {
 	start := ceiling / 8
 	switch {

@@ -68,6 +68,13 @@ func (m pollerMode) String() string {
 	return fmt.Sprintf("busyPoll=%v", m.busyPoll)
 }
 
+// forEachPollerMode runs test as a subtest in each of pollerModes.
+func forEachPollerMode(t *testing.T, test func(*testing.T, pollerMode)) {
+	for _, m := range pollerModes {
+		t.Run(m.String(), func(t *testing.T) { test(t, m) })
+	}
+}
+
 func startPoller(t *testing.T, m pollerMode) *poller {
 	t.Helper()
 	p, err := newPoller()
@@ -84,9 +91,7 @@ func startPoller(t *testing.T, m pollerMode) *poller {
 // TestPollerDispatch: an fd's events reach its handler, on each new
 // edge, until it is removed; an unknown fd and a removed one get nothing.
 func TestPollerDispatch(t *testing.T) {
-	for _, m := range pollerModes {
-		t.Run(m.String(), func(t *testing.T) { testPollerDispatch(t, m) })
-	}
+	forEachPollerMode(t, testPollerDispatch)
 }
 
 func testPollerDispatch(t *testing.T, m pollerMode) {
@@ -137,9 +142,7 @@ func testPollerDispatch(t *testing.T, m pollerMode) {
 // benchmark's business: without the yield it waits in the loop's run
 // queue until another thread steals it, which this test cannot tell.)
 func TestPollerHandOff(t *testing.T) {
-	for _, m := range pollerModes {
-		t.Run(m.String(), func(t *testing.T) { testPollerHandOff(t, m) })
-	}
+	forEachPollerMode(t, testPollerHandOff)
 }
 
 func testPollerHandOff(t *testing.T, m pollerMode) {
