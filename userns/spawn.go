@@ -76,8 +76,10 @@ func Spawn(opts SpawnOptions) (*Child, error) {
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET | syscall.CLONE_NEWNS
 		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
 		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
-		// An unprivileged writer of gid_map must deny setgroups first.
-		cmd.SysProcAttr.GidMappingsEnableSetgroups = uid == 0
+		// An unprivileged writer of gid_map must deny setgroups first, and
+		// a namespace nested in one that denies it (unshare -r, bwrap,
+		// flatpak) cannot allow it again: the kernel refuses the write.
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = MayAllowSetgroups()
 	}
 	if opts.JoinUser != nil || opts.JoinNet != nil {
 		userFD, netFD := -1, -1
