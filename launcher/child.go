@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +20,13 @@ import (
 // called first thing in main when userns.ChildConn reports a role.
 func ChildMain(conn *userns.Conn, role string) int {
 	defer conn.Close()
+	// A terminal's Ctrl-C or timeout(1) signals the whole process group,
+	// this child too; the parent decides what a stop means (it kills or
+	// signals this child), so a helper must not die half-way through a
+	// setup step. Caught rather than ignored: an exec into the command
+	// restores the default action, where an ignored signal would stay
+	// ignored.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	if role == RoleDialer {
 		return dialerMain(conn)
 	}

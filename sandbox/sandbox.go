@@ -125,6 +125,12 @@ static void sb_helper_main(int req, int resp) {
 	char c;
 	int res[2];
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	// A terminal's Ctrl-C or timeout(1) signals the whole process group:
+	// the parent decides what a stop means, and its exit ends this helper
+	// (the request pipe's end, or the death signal above).
+	signal(SIGINT, SIG_IGN);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 	// Hold nothing of the parent's: its TAP, ready and exit fds.
 	for (int fd = 3; fd < 1024; fd++)
 		if (fd != req && fd != resp)

@@ -44,6 +44,19 @@ func runCommand(args []string) (int, error) {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
+	// A stop asked for before the command runs (Ctrl-C at the terminal,
+	// or timeout(1) signalling its whole process group, helpers included)
+	// ends the start quietly, with the status a shell reports for a
+	// command killed by that signal: a setup step the signal broke is not
+	// an error to report.
+	stopped := func(err error) (int, error) {
+		select {
+		case sig := <-sigs:
+			return 128 + int(sig.(syscall.Signal)), nil
+		default:
+			return 0, err
+		}
+	}
 
 	req := launcher.SetupRequest{
 		Tap:       o.tapName,
@@ -77,7 +90,7 @@ func runCommand(args []string) (int, error) {
 	}
 	c, tapFile, warnings, err := launcher.Launch(req)
 	if err != nil {
-		return 0, err
+		return stopped(err)
 	}
 	if req.ResolvConf != "" {
 		// The child's bind mount holds the file; the sandbox would hide
@@ -95,21 +108,28 @@ func runCommand(args []string) (int, error) {
 			tapFile.Close()
 			c.Signal(syscall.SIGKILL)
 			c.Wait()
-			return 0, fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err)
+			return stopped(fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err))
 		}
 	}
 	n, stop, err := startNetwork(&o, log, tapFile, true, dialer)
 	if err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()
-		return 0, err
+		return stopped(err)
 	}
 	if stop, _, err = confine(&so, &o, log, stop, ""); err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()
-		return 0, err
+		return stopped(err)
 	}
 	defer stop()
+	if status, _ := stopped(nil); status != 0 {
+		c.Signal(syscall.SIGKILL)
+		c.Wait()
+		return status, nil
+	}
+	// From here a signal is passed on to the command: Start returns once
+	// it has been executed.
 	if err := c.Start(); err != nil {
 		c.Wait()
 		return 0, err

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -54,18 +55,71 @@ type env struct {
 	bin    string
 	helper string
 	cred   *syscall.Credential
+	// nestedIn, when not 0, is the pid of a process in a user namespace
+	// the env's user made with `unshare -r` (setgroups denied, as
+	// bubblewrap, flatpak and many CI sandboxes leave it): every command
+	// runs in it.
+	nestedIn int
 	// scratch is a directory the user can write to.
 	scratch string
 }
 
 type variant struct {
-	name string
-	cred *syscall.Credential
+	name   string
+	cred   *syscall.Credential
+	nested bool
 }
 
-// variants are the users rootlessnet runs as: root, and an unprivileged
-// uid with no capability at all.
-var variants = []variant{{"root", nil}, {"unprivileged", world.Nobody}}
+// variants are where rootlessnet runs: as root, as an unprivileged uid
+// with no capability at all, and as that uid nested inside a user
+// namespace of its own made by `unshare -r`.
+var variants = []variant{{name: "root"}, {name: "unprivileged", cred: world.Nobody}, {name: "nested", cred: world.Nobody, nested: true}}
+
+// newVariantEnv is newEnv for a variant.
+func newVariantEnv(t *testing.T, v variant) *env {
+	t.Helper()
+	e := newEnv(t, v.cred)
+	if v.nested {
+		e.nest(t)
+	}
+	return e
+}
+
+// nest makes the env's commands run inside a user namespace made by
+// `unshare -r` as the env's user: a holder process keeps it, and each
+// command joins it with nsenter, as a shell inside `unshare -r` would
+// start them.
+func (e *env) nest(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"unshare", "nsenter"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s (util-linux) is not installed", tool)
+		}
+	}
+	holder := exec.Command("unshare", "-Ur", "--", "sleep", "600")
+	holder.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	holder.SysProcAttr = &syscall.SysProcAttr{Credential: e.cred, Pdeathsig: syscall.SIGKILL}
+	if err := e.w.Start(holder); err != nil {
+		t.Fatalf("unshare -Ur: %v", err)
+	}
+	t.Cleanup(func() {
+		holder.Process.Kill()
+		holder.Wait()
+	})
+	// unshare execs sleep once the namespace is made and mapped.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/setgroups", holder.Process.Pid))
+		if strings.TrimSpace(string(b)) == "deny" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unshare -Ur never denied setgroups (setgroups %q)", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.nestedIn = holder.Process.Pid
+}
 
 func newEnv(t *testing.T, cred *syscall.Credential) *env {
 	t.Helper()
@@ -101,7 +155,18 @@ type result struct {
 // command makes a rootlessnet command line for the world, as the env's
 // user.
 func (e *env) command(ctx context.Context, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, e.bin, args...)
+	return e.commandPath(ctx, e.bin, args...)
+}
+
+// commandPath makes a command line for the world that runs path, as the
+// env's user and, in a nested env, inside its user namespace.
+func (e *env) commandPath(ctx context.Context, path string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, path, args...)
+	if e.nestedIn != 0 {
+		// nsenter execs path (no fork): the process is still path's.
+		nsenter := []string{"nsenter", "-U", "--preserve-credentials", "-t", strconv.Itoa(e.nestedIn), "--", path}
+		cmd = exec.CommandContext(ctx, "nsenter", append(nsenter[1:], args...)...)
+	}
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "TMPDIR=" + e.scratch, "GORACE=atexit_sleep_ms=0"}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: e.cred, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
@@ -145,7 +210,7 @@ func (e *env) mustOK(flags []string, mode string, args ...string) string {
 
 func forEachVariant(t *testing.T, fn func(t *testing.T, e *env)) {
 	for _, v := range variants {
-		t.Run(v.name, func(t *testing.T) { fn(t, newEnv(t, v.cred)) })
+		t.Run(v.name, func(t *testing.T) { fn(t, newVariantEnv(t, v)) })
 	}
 }
 
@@ -429,8 +494,7 @@ func TestBadInput(t *testing.T) {
 // pid it printed first, the rest of its stdout and its stderr.
 func (e *env) nsContainer(t *testing.T, ctx context.Context, mode string, args ...string) (*exec.Cmd, int, *bufio.Reader, *bytes.Buffer) {
 	t.Helper()
-	ctr := e.command(ctx)
-	ctr.Path, ctr.Args = e.helper, []string{e.helper}
+	ctr := e.commandPath(ctx, e.helper)
 	ctr.Env = append(ctr.Env, helperEnv+"="+mode, "RLN_ARGS="+strings.Join(args, " "))
 	ctrOut, err := ctr.StdoutPipe()
 	if err != nil {
@@ -512,4 +576,47 @@ func TestPcap(t *testing.T) {
 	if !bytes.Contains(b, []byte("datagram 0")) {
 		t.Errorf("the capture lacks the UDP payload (%d bytes)", len(b))
 	}
+}
+
+// TestRunStopDuringStart signals run's whole process group (as a
+// terminal's Ctrl-C and timeout(1) do, so its helpers get the signal too)
+// at moments spread over its start: before the namespaces exist, during
+// the TAP's setup, the sandbox's pivot, and once the command runs. Each
+// stop is quiet, with the status a shell gives a command killed by
+// SIGTERM.
+func TestRunStopDuringStart(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		const port = 15203 // the world's loopback is the env's own
+		for delay := time.Duration(0); delay <= 60*time.Millisecond; delay += 4 * time.Millisecond {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			cmd := e.command(ctx, "run", "--resolv-conf", e.w.ResolvConf(), "--enable-sandbox",
+				"-p", fmt.Sprintf("127.0.0.1:%d:5203", port), "--", "sleep", "30")
+			cmd.SysProcAttr.Setpgid = true
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			if err := e.w.Start(cmd); err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			time.Sleep(delay)
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			err := cmd.Wait()
+			cancel()
+			status := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				status = ee.ExitCode()
+				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					status = 128 + int(ws.Signal())
+				}
+			}
+			if status != 128+int(syscall.SIGTERM) {
+				t.Errorf("signalled after %v: status %d (%v), want 143; stderr:\n%s", delay, status, err, stderr.String())
+			}
+			for _, line := range strings.Split(stderr.String(), "\n") {
+				if strings.HasPrefix(line, "rootlessnet:") || strings.Contains(line, "level=ERROR") {
+					t.Errorf("signalled after %v, run printed an error: %s", delay, line)
+				}
+			}
+		}
+	})
 }

@@ -31,10 +31,10 @@ var (
 
 // unprivilegedOnly is for the tests that run as the unprivileged user
 // alone (the product is rootless; the root paths are the same code).
-var unprivilegedOnly = []variant{{"unprivileged", world.Nobody}}
+var unprivilegedOnly = []variant{{name: "unprivileged", cred: world.Nobody}}
 
 // rootOnly is for the tests that run as root alone.
-var rootOnly = []variant{{"root", nil}}
+var rootOnly = []variant{{name: "root"}}
 
 // forEachTCPPath runs fn as each of users with outbound TCP through the
 // netstack (TestX/USER, as forEachVariant names them; the tests that ran
@@ -45,7 +45,7 @@ var rootOnly = []variant{{"root", nil}}
 func forEachTCPPath(t *testing.T, users []variant, fn func(t *testing.T, e *env, tcp []string)) {
 	run := func(t *testing.T, tcp []string) {
 		for _, v := range users {
-			t.Run(v.name, func(t *testing.T) { fn(t, newEnv(t, v.cred), tcp) })
+			t.Run(v.name, func(t *testing.T) { fn(t, newVariantEnv(t, v), tcp) })
 		}
 	}
 	run(t, netstackPath)

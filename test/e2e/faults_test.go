@@ -323,12 +323,11 @@ func (e *env) startRun(t *testing.T, ctx context.Context, nofile int, flags []st
 	full := append([]string{"run", "--resolv-conf", e.w.ResolvConf()}, flags...)
 	cmd := e.command(ctx, append(full, "--", e.helper)...)
 	if nofile > 0 {
-		prlimit, err := exec.LookPath("prlimit")
-		if err != nil {
+		if _, err := exec.LookPath("prlimit"); err != nil {
 			t.Skip("prlimit (util-linux) is not installed")
 		}
-		cmd.Path = prlimit
-		cmd.Args = append([]string{"prlimit", fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--", e.bin}, cmd.Args[1:]...)
+		cmd = e.commandPath(ctx, "prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--", e.bin}, full...)...)
+		cmd.Args = append(cmd.Args, "--", e.helper)
 	}
 	cmd.Env = append(cmd.Env, helperEnv+"="+mode, "RLN_ARGS="+strings.Join(args, " "))
 	p := &soakProc{cmd: cmd, lines: make(chan string, 256), done: make(chan struct{})}

@@ -272,8 +272,7 @@ func TestSandboxRefused(t *testing.T) {
 			defer cancel()
 			args := append([]string{e.bin, "run", "--resolv-conf", e.w.ResolvConf()}, flags...)
 			args = append(args, "--", "/bin/true")
-			cmd := e.command(ctx)
-			cmd.Path, cmd.Args = e.helper, []string{e.helper}
+			cmd := e.commandPath(ctx, e.helper)
 			cmd.Env = append(cmd.Env, helperEnv+"=sandbox-deny-unshare", "RLN_ARGS="+strings.Join(args, " "))
 			var stdout, stderr strings.Builder
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr

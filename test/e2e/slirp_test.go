@@ -395,8 +395,7 @@ func (e *env) slirpContainer(t *testing.T, ctx context.Context) (int, *slirpProc
 // containerAs is slirpContainer with another helper role.
 func (e *env) containerAs(t *testing.T, ctx context.Context, role string) (int, *slirpProc, io.WriteCloser) {
 	t.Helper()
-	ctr := e.command(ctx)
-	ctr.Path, ctr.Args = e.helper, []string{e.helper}
+	ctr := e.commandPath(ctx, e.helper)
 	ctr.Env = append(ctr.Env, helperEnv+"="+role)
 	ctrIn, err := ctr.StdinPipe()
 	if err != nil {
