@@ -34,6 +34,32 @@ const (
 	maxDNSMessage  = 65535
 )
 
+// Names answers DNS queries for local names: the reply, or nil when the
+// upstreams should answer.
+type Names interface {
+	Answer(q *dns.Msg) *dns.Msg
+}
+
+// localAnswer is cfg.Names' reply to query, packed, or nil.
+func (f *Forwarder) localAnswer(query []byte) []byte {
+	if f.cfg.Names == nil {
+		return nil
+	}
+	var q dns.Msg
+	if q.Unpack(query) != nil {
+		return nil
+	}
+	r := f.cfg.Names.Answer(&q)
+	if r == nil {
+		return nil
+	}
+	b, err := r.Pack()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
 // serveDNS answers the queries of one container UDP flow to the DNS
 // address until it is idle.
 func (f *Forwarder) serveDNS(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter.Queue) {
@@ -59,7 +85,11 @@ func (f *Forwarder) serveDNS(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		}
 		if !f.goFlow(func() {
 			defer func() { <-f.dnsSlots }()
-			if reply := f.exchangeUDP(query); reply != nil {
+			reply := f.localAnswer(query)
+			if reply == nil {
+				reply = f.exchangeUDP(query)
+			}
+			if reply != nil {
 				guest.Write(reply)
 			}
 		}) {

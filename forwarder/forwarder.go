@@ -45,6 +45,10 @@ type Config struct {
 	// DNSIdleTimeout ends UDP flows to the DNS address that carried no
 	// query for that long (default dnsUDPFlowIdle).
 	DNSIdleTimeout time.Duration
+	// Names, when set, answers the queries for names the network knows
+	// itself (a rootless network's members) before any upstream is
+	// asked.
+	Names Names
 	// UDPShortcut, when set, carries a UDP flow's datagrams both ways
 	// once its host socket is connected.
 	UDPShortcut UDPShortcut

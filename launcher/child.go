@@ -27,21 +27,35 @@ func ChildMain(conn *userns.Conn, role string) int {
 	// restores the default action, where an ignored signal would stay
 	// ignored.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	if role == RoleDialer {
+	switch role {
+	case RoleDialer:
 		return dialerMain(conn)
+	case RoleHub:
+		return hubMain(conn)
 	}
 	var req SetupRequest
 	if _, err := conn.Recv(&req); err != nil {
 		fmt.Fprintln(os.Stderr, "rootlessnet child:", err)
 		return 1
 	}
-	f, warnings, err := setup(req)
+	var f *os.File
+	var warnings []string
+	var err error
+	if req.Member {
+		warnings, err = setupMember(conn, req)
+	} else {
+		f, warnings, err = setup(req)
+	}
 	if err != nil {
 		conn.Send(SetupReply{Error: err.Error()})
 		return 1
 	}
-	err = conn.Send(SetupReply{Warnings: warnings}, f)
-	f.Close()
+	if f != nil {
+		err = conn.Send(SetupReply{Warnings: warnings}, f)
+		f.Close()
+	} else {
+		err = conn.Send(SetupReply{Warnings: warnings})
+	}
 	if err != nil || role != RoleRun {
 		if err != nil {
 			return 1
@@ -73,38 +87,50 @@ func ChildMain(conn *userns.Conn, role string) int {
 	return status
 }
 
+// setupMember has the parent plug this member's network namespace into
+// the network's bridge, then configures the link, host name and
+// resolv.conf.
+func setupMember(conn *userns.Conn, req SetupRequest) ([]string, error) {
+	ns, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("opening the member's network namespace: %w", err)
+	}
+	err = conn.Send(MemberNetNS{}, ns)
+	ns.Close()
+	if err != nil {
+		return nil, err
+	}
+	var attached MemberAttached
+	if _, err := conn.Recv(&attached); err != nil {
+		return nil, err
+	}
+	if attached.Error != "" {
+		return nil, errors.New(attached.Error)
+	}
+	if req.Hostname != "" {
+		if err := unix.Sethostname([]byte(req.Hostname)); err != nil {
+			return nil, fmt.Errorf("setting the host name: %w", err)
+		}
+	}
+	if err := configure(req); err != nil {
+		return nil, err
+	}
+	var warnings []string
+	if req.ResolvConf != "" {
+		if err := bindResolvConf(req.ResolvConf); err != nil {
+			warnings = append(warnings, err.Error())
+		}
+	}
+	return warnings, nil
+}
+
 func setup(req SetupRequest) (*os.File, []string, error) {
 	f, err := tap.Open(tap.Options{Name: req.Tap, VnetHdr: req.VnetHdr})
 	if err != nil {
 		return nil, nil, err
 	}
 	if req.Configure {
-		cfg := tap.Config{Name: req.Tap, MTU: req.MTU}
-		if req.MAC != "" {
-			if cfg.MAC, err = net.ParseMAC(req.MAC); err != nil {
-				f.Close()
-				return nil, nil, fmt.Errorf("invalid MAC %q: %w", req.MAC, err)
-			}
-		}
-		if cfg.Address, err = netip.ParsePrefix(req.Address); err != nil {
-			f.Close()
-			return nil, nil, err
-		}
-		if cfg.Gateway, err = netip.ParseAddr(req.Gateway); err != nil {
-			f.Close()
-			return nil, nil, err
-		}
-		if req.Address6 != "" {
-			if cfg.Address6, err = netip.ParsePrefix(req.Address6); err != nil {
-				f.Close()
-				return nil, nil, err
-			}
-			if cfg.Gateway6, err = netip.ParseAddr(req.Gateway6); err != nil {
-				f.Close()
-				return nil, nil, err
-			}
-		}
-		if err := tap.Configure(cfg); err != nil {
+		if err := configure(req); err != nil {
 			f.Close()
 			return nil, nil, err
 		}
@@ -116,6 +142,32 @@ func setup(req SetupRequest) (*os.File, []string, error) {
 		}
 	}
 	return f, warnings, nil
+}
+
+// configure sets the link's MTU, MAC, addresses and default routes.
+func configure(req SetupRequest) error {
+	cfg := tap.Config{Name: req.Tap, MTU: req.MTU}
+	var err error
+	if req.MAC != "" {
+		if cfg.MAC, err = net.ParseMAC(req.MAC); err != nil {
+			return fmt.Errorf("invalid MAC %q: %w", req.MAC, err)
+		}
+	}
+	if cfg.Address, err = netip.ParsePrefix(req.Address); err != nil {
+		return err
+	}
+	if cfg.Gateway, err = netip.ParseAddr(req.Gateway); err != nil {
+		return err
+	}
+	if req.Address6 != "" {
+		if cfg.Address6, err = netip.ParsePrefix(req.Address6); err != nil {
+			return err
+		}
+		if cfg.Gateway6, err = netip.ParseAddr(req.Gateway6); err != nil {
+			return err
+		}
+	}
+	return tap.Configure(cfg)
 }
 
 // bindResolvConf puts the container's resolv.conf over /etc/resolv.conf

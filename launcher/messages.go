@@ -32,6 +32,25 @@ type SetupRequest struct {
 	ResolvConf string
 	// Command is what a run-mode child executes after StartRequest.
 	Command []string
+	// Member: the child is a member of a rootless network, in namespaces
+	// of its own inside the network's user namespace. It opens no TAP:
+	// it sends its network namespace (MemberNetNS), the parent has the
+	// network plug it into the bridge, and the child configures the
+	// link Tap names as it would a TAP.
+	Member bool
+	// Hostname, when set, is the member's host name (its own UTS
+	// namespace).
+	Hostname string
+}
+
+// MemberNetNS carries a member child's network namespace (child ->
+// parent, the namespace's fd attached).
+type MemberNetNS struct{}
+
+// MemberAttached says the member's link is in its namespace, or why not
+// (parent -> child).
+type MemberAttached struct {
+	Error string
 }
 
 // SetupReply answers SetupRequest (child -> parent), with the TAP fd

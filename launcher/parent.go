@@ -39,6 +39,62 @@ func Launch(req SetupRequest) (*Container, *os.File, []string, error) {
 	return c, f, warnings, nil
 }
 
+// LaunchMember starts a member of a rootless network: a child that joins
+// the network's user namespace (userNS) and makes network, mount and UTS
+// namespaces of its own there. plug connects the child's network
+// namespace to the network (the network's process has its hub create the
+// veth pair); the child then configures the link req.Tap names. The
+// command does not run until Start.
+func LaunchMember(userNS *os.File, plug func(netns *os.File) error, req SetupRequest) (*Container, []string, error) {
+	req.Member = true
+	child, err := userns.Spawn(userns.SpawnOptions{
+		Role:     RoleRun,
+		JoinUser: userNS,
+		Member:   true,
+		Stdin:    os.Stdin,
+		Stdout:   os.Stdout,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	c := &Container{child: child}
+	fail := func(err error) (*Container, []string, error) {
+		if s := child.Stderr(); s != "" && userns.IsClosed(err) {
+			err = errors.New(s)
+		}
+		c.kill()
+		return nil, nil, err
+	}
+	if err := child.Conn.Send(req); err != nil {
+		return fail(fmt.Errorf("talking to the namespace helper: %w", err))
+	}
+	var hello MemberNetNS
+	files, err := child.Conn.Recv(&hello)
+	if err == nil && len(files) != 1 {
+		err = errors.New("the member sent no network namespace")
+	}
+	if err != nil {
+		closeFiles(files)
+		return fail(err)
+	}
+	perr := plug(files[0])
+	files[0].Close()
+	if err := child.Conn.Send(MemberAttached{Error: errString(perr)}); err != nil {
+		return fail(err)
+	}
+	if perr != nil {
+		return fail(perr)
+	}
+	var reply SetupReply
+	if _, err := child.Conn.Recv(&reply); err != nil {
+		return fail(err)
+	}
+	if reply.Error != "" {
+		return fail(errors.New(reply.Error))
+	}
+	return c, reply.Warnings, nil
+}
+
 // Start runs the command; an error means it could not be executed, and
 // carries the exit status to use.
 func (c *Container) Start() error {
@@ -137,17 +193,24 @@ func requestTap(child *userns.Child, req SetupRequest) (*os.File, []string, erro
 		}
 		return nil, nil, errors.New("the namespace helper sent no TAP fd")
 	}
-	if err := syscall.SetNonblock(int(files[0].Fd()), true); err != nil {
-		files[0].Close()
-		return nil, nil, err
-	}
-	// Re-wrap so that os.File registers the non-blocking fd with the
-	// poller.
-	fd, err := syscall.Dup(int(files[0].Fd()))
-	files[0].Close()
+	f, err := nonBlocking(files[0])
 	if err != nil {
 		return nil, nil, err
 	}
+	return f, reply.Warnings, nil
+}
+
+// nonBlocking makes a received TAP fd non-blocking and re-wraps it so that
+// os.File registers it with the poller; it takes f over.
+func nonBlocking(f *os.File) (*os.File, error) {
+	defer f.Close()
+	if err := syscall.SetNonblock(int(f.Fd()), true); err != nil {
+		return nil, err
+	}
+	fd, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		return nil, err
+	}
 	syscall.CloseOnExec(fd)
-	return os.NewFile(uintptr(fd), "tap"), reply.Warnings, nil
+	return os.NewFile(uintptr(fd), "tap"), nil
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -52,6 +53,15 @@ type Config struct {
 	BusyPoll time.Duration
 	// Dialer makes the host-side connections.
 	Dialer *net.Dialer
+	// Names answers DNS queries for local names (a rootless network's
+	// members) before the upstreams.
+	Names forwarder.Names
+	// Bridged: the TAP is a port of a bridge with several guests behind
+	// it (a rootless network), not one container. What the data path
+	// writes to "the guest" outside gVisor must then find each guest's
+	// MAC: ICMP replies look it up in the stack's neighbor table, and the
+	// UDP shortcut, which writes to the last guest seen, stays off.
+	Bridged bool
 	Log    *slog.Logger
 }
 
@@ -138,10 +148,11 @@ func New(cfg Config) (*Network, error) {
 	}
 	a := cfg.Addressing
 	var shortcut forwarder.UDPShortcut
-	if cfg.Pcap == nil {
+	if cfg.Pcap == nil && !cfg.Bridged {
 		// The capture must see every datagram.
 		shortcut = link
 	}
+	guest := &guestWriter{link: link, mac: stack.GatewayMAC(a), bridged: cfg.Bridged}
 	n.Forwarder = forwarder.New(forwarder.Config{
 		Policy: forwarder.Policy{
 			Gateway:             a.Gateway,
@@ -154,9 +165,10 @@ func New(cfg Config) (*Network, error) {
 			DisableDNS:          cfg.DisableDNS,
 		},
 		Nameservers: cfg.Nameservers,
-		Guest:       guestWriter{link: link, mac: stack.GatewayMAC(a)},
+		Guest:       guest,
 		Dialer:      cfg.Dialer,
 		UDPShortcut: shortcut,
+		Names:       cfg.Names,
 		Log:         cfg.Log,
 	})
 	if cfg.TCPFastPath && cfg.Pcap == nil {
@@ -180,6 +192,7 @@ func New(cfg Config) (*Network, error) {
 		return nil, err
 	}
 	n.Stack = s
+	guest.stack.Store(s)
 	link.SetSYNBusy(func(id gstack.TransportEndpointID, proto tcpip.NetworkProtocolNumber) bool {
 		return s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, stack.NICID) != nil
 	})
@@ -254,15 +267,15 @@ func (n *Network) Close() {
 type guestWriter struct {
 	link *stack.TapEndpoint
 	mac  tcpip.LinkAddress
+	// bridged: find the destination's MAC in stack's neighbor table
+	// (stack is set before any packet flows).
+	bridged bool
+	stack   atomic.Pointer[gstack.Stack]
 }
 
 var errNoGuestMAC = errors.New("the container's MAC is not known yet")
 
-func (g guestWriter) WriteToGuest(ip []byte) error {
-	dst, ok := g.link.GuestMAC()
-	if !ok {
-		return errNoGuestMAC
-	}
+func (g *guestWriter) WriteToGuest(ip []byte) error {
 	if len(ip) == 0 {
 		return errors.New("empty packet")
 	}
@@ -270,8 +283,43 @@ func (g guestWriter) WriteToGuest(ip []byte) error {
 	if ip[0]>>4 == 6 {
 		proto = header.IPv6ProtocolNumber
 	}
+	dst, ok := g.neighbor(ip, proto)
+	if !ok {
+		dst, ok = g.link.GuestMAC()
+	}
+	if !ok {
+		return errNoGuestMAC
+	}
 	frame := make([]byte, header.EthernetMinimumSize+len(ip))
 	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: g.mac, DstAddr: dst, Type: proto})
 	copy(frame[header.EthernetMinimumSize:], ip)
 	return g.link.WriteFrame(frame)
+}
+
+// neighbor returns the MAC of ip's destination from the stack's neighbor
+// table, which holds every guest that asked for the gateway's (ARP, NDP).
+func (g *guestWriter) neighbor(ip []byte, proto tcpip.NetworkProtocolNumber) (tcpip.LinkAddress, bool) {
+	st := g.stack.Load()
+	if !g.bridged || st == nil {
+		return "", false
+	}
+	var dst tcpip.Address
+	switch {
+	case proto == header.IPv4ProtocolNumber && header.IPv4(ip).IsValid(len(ip)):
+		dst = header.IPv4(ip).DestinationAddress()
+	case proto == header.IPv6ProtocolNumber && header.IPv6(ip).IsValid(len(ip)):
+		dst = header.IPv6(ip).DestinationAddress()
+	default:
+		return "", false
+	}
+	entries, err := st.Neighbors(stack.NICID, proto)
+	if err != nil {
+		return "", false
+	}
+	for _, e := range entries {
+		if e.Addr == dst && e.LinkAddr != "" {
+			return e.LinkAddr, true
+		}
+	}
+	return "", false
 }

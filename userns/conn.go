@@ -160,3 +160,16 @@ func closeAll(files []*os.File) {
 		f.Close()
 	}
 }
+
+// NewConn makes a Conn of a connected SOCK_SEQPACKET unix socket, such as
+// one accepted on a rootless network's control socket.
+func NewConn(uc *net.UnixConn) *Conn { return &Conn{uc: uc} }
+
+// Dial connects to a SOCK_SEQPACKET unix socket at path.
+func Dial(path string) (*Conn, error) {
+	uc, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{uc: uc}, nil
+}

@@ -40,6 +40,9 @@ type SpawnOptions struct {
 	NewNamespaces bool
 	// JoinUser and JoinNet are namespaces to join (either may be nil).
 	JoinUser, JoinNet *os.File
+	// Member, with JoinUser, makes new network, mount and UTS namespaces
+	// in the joined user namespace (a member of a rootless network).
+	Member bool
 	// NonDumpable makes a joining child non-dumpable before it joins: a
 	// long-lived child that the container's root must not ptrace.
 	NonDumpable bool
@@ -94,6 +97,9 @@ func Spawn(opts SpawnOptions) (*Child, error) {
 		spec := strconv.Itoa(userFD) + "," + strconv.Itoa(netFD)
 		if opts.NonDumpable {
 			spec += nsenter.NoDump
+		}
+		if opts.Member {
+			spec += nsenter.Member
 		}
 		cmd.Env = append(cmd.Env, nsenter.Env+"="+spec)
 	}

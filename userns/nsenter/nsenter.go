@@ -56,6 +56,15 @@ __attribute__((constructor)) static void rootlessnet_nsenter(void) {
 		}
 		close(netfd);
 	}
+	// ",member": new network, mount and UTS namespaces made inside the
+	// joined user namespace, whose root this process now is: a member of
+	// a rootless network, in the namespace that owns the network's bridge.
+	if (strstr(spec, ",member") != NULL) {
+		if (unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWUTS) != 0) {
+			fprintf(stderr, "cannot create the member's namespaces: %s\n", strerror(errno));
+			_exit(NSENTER_FAILED);
+		}
+	}
 	unsetenv("_ROOTLESSNET_NSENTER");
 }
 */
@@ -68,6 +77,10 @@ const Env = "_ROOTLESSNET_NSENTER"
 // NoDump, appended to Env's value, makes the process non-dumpable before
 // it joins.
 const NoDump = ",nodump"
+
+// Member, appended to Env's value, makes new network, mount and UTS
+// namespaces once the user namespace is joined.
+const Member = ",member"
 
 // FailedStatus is the exit status of a child that could not join.
 const FailedStatus = 125

@@ -1,0 +1,399 @@
+package netd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rootlessnet/rootlessnet/portfwd"
+	"github.com/rootlessnet/rootlessnet/userns"
+)
+
+// Plugger connects members' network namespaces to the network's bridge
+// (launcher.Hub).
+type Plugger interface {
+	Attach(id int, memberNS *os.File, mtu int) error
+	Detach(id int) error
+	// UserNS opens the network's user namespace, which members join.
+	UserNS() (*os.File, error)
+}
+
+// Publisher publishes ports into the network (portfwd.Engine).
+type Publisher interface {
+	Add(spec portfwd.Spec) (int, error)
+	Remove(id int) error
+}
+
+// Daemon serves a network's control socket: members join and leave,
+// their names are answered by Names, their ports published.
+type Daemon struct {
+	cfg   Config
+	paths Paths
+	hub   Plugger
+	ports Publisher
+	names *Names
+	log   *slog.Logger
+
+	ln      *net.UnixListener
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	stopped chan struct{} // closed by a "stop" request
+	stopOne sync.Once
+
+	mu      sync.Mutex
+	nextID  int
+	members map[int]*member
+}
+
+type member struct {
+	id    int
+	info  MemberInfo
+	ports []int
+	conn  *userns.Conn
+	// sendMu orders the member connection's replies and the unasked
+	// stop.
+	sendMu sync.Mutex
+}
+
+// NewDaemon listens on the network's control socket.
+func NewDaemon(cfg Config, paths Paths, hub Plugger, ports Publisher, names *Names, log *slog.Logger) (*Daemon, error) {
+	os.Remove(paths.Control()) // a crashed process's socket
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: paths.Control(), Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Daemon{
+		cfg: cfg, paths: paths, hub: hub, ports: ports, names: names, log: log,
+		ln: ln, ctx: ctx, cancel: cancel, stopped: make(chan struct{}),
+		nextID: 1, members: map[int]*member{},
+	}, nil
+}
+
+// Stopped is closed when `network rm` asked the network to end.
+func (d *Daemon) Stopped() <-chan struct{} { return d.stopped }
+
+// Serve accepts control connections until Close.
+func (d *Daemon) Serve() error {
+	for {
+		uc, err := d.ln.AcceptUnix()
+		if err != nil {
+			if d.ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// EMFILE and the like: wait, as net/http does, rather
+			// than spin or give up on every member to come.
+			d.log.Warn("control socket: accept", "err", err)
+			select {
+			case <-d.ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		conn := userns.NewConn(uc)
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.serveConn(conn)
+		}()
+	}
+}
+
+// Close stops accepting, ends every connection and waits for them.
+func (d *Daemon) Close() {
+	d.cancel()
+	d.ln.Close()
+	d.mu.Lock()
+	for _, m := range d.members {
+		m.conn.Close()
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+}
+
+// requestTimeout bounds a request's read once a connection is not a
+// member's (which may idle for as long as the member lives).
+const requestTimeout = 10 * time.Second
+
+func (d *Daemon) serveConn(conn *userns.Conn) {
+	defer conn.Close()
+	stop := context.AfterFunc(d.ctx, func() { conn.Close() })
+	defer stop()
+	var m *member
+	defer func() {
+		if m != nil {
+			d.leave(m)
+		}
+	}()
+	for {
+		if m == nil {
+			conn.SetDeadline(time.Now().Add(requestTimeout))
+		}
+		var req Request
+		files, err := conn.Recv(&req)
+		if err != nil {
+			if errors.Is(err, userns.ErrMessage) {
+				conn.Send(Reply{Error: err.Error()})
+				continue
+			}
+			return
+		}
+		reply, send := d.handle(&m, conn, req, files)
+		for _, f := range files {
+			f.Close()
+		}
+		if err := d.send(m, conn, reply, send...); err != nil {
+			return
+		}
+		for _, f := range send {
+			f.Close()
+		}
+		if req.Op == "stop" && reply.Error == "" {
+			d.stopOne.Do(func() { close(d.stopped) })
+		}
+	}
+}
+
+func (d *Daemon) send(m *member, conn *userns.Conn, reply Reply, files ...*os.File) error {
+	if m != nil {
+		m.sendMu.Lock()
+		defer m.sendMu.Unlock()
+	}
+	return conn.Send(reply, files...)
+}
+
+// handle answers one request; *mp is the connection's member, once it
+// joined. The files returned go with the reply.
+func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os.File) (Reply, []*os.File) {
+	fail := func(format string, args ...any) (Reply, []*os.File) {
+		return Reply{Error: fmt.Sprintf(format, args...)}, nil
+	}
+	m := *mp
+	switch req.Op {
+	case "inspect":
+		cfg := d.cfg
+		return Reply{Network: &cfg, Members: d.Members()}, nil
+	case "join":
+		if m != nil {
+			return fail("this connection already joined as %s", m.info.Name)
+		}
+		userNS, err := d.hub.UserNS()
+		if err != nil {
+			return fail("opening the network's user namespace: %v", err)
+		}
+		m, err := d.join(req, conn)
+		if err != nil {
+			userNS.Close()
+			return fail("%v", err)
+		}
+		conn.SetDeadline(time.Time{})
+		*mp = m
+		cfg := d.cfg
+		info := m.info
+		return Reply{Network: &cfg, Member: &info}, []*os.File{userNS}
+	case "plug":
+		if m == nil {
+			return fail("plug: join first")
+		}
+		if len(files) != 1 {
+			return fail("plug: got %d descriptors, want the member's network namespace", len(files))
+		}
+		if err := d.hub.Attach(m.id, files[0], d.cfg.MTU); err != nil {
+			return fail("plugging %s into the network: %v", m.info.Name, err)
+		}
+		return Reply{}, nil
+	case "publish":
+		if m == nil {
+			return fail("publish: join first")
+		}
+		if err := d.publish(m, req.Ports); err != nil {
+			return fail("%v", err)
+		}
+		return Reply{}, nil
+	case "stop":
+		members := d.Members()
+		if len(members) > 0 && !req.Force {
+			names := make([]string, len(members))
+			for i, mi := range members {
+				names[i] = mi.Name
+			}
+			return fail("network %s has %d running member(s) (%s): stop them, or use rm -f", d.cfg.Name, len(members), strings.Join(names, ", "))
+		}
+		d.stopMembers()
+		return Reply{}, nil
+	}
+	return fail("unknown request %q", req.Op)
+}
+
+// join registers a new member: its name and address checked or picked.
+func (d *Daemon) join(req Request, conn *userns.Conn) (*member, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id := d.nextID
+	name := req.Name
+	if name == "" {
+		name = fmt.Sprintf("member-%d", id)
+	} else if err := ValidName("member", name); err != nil {
+		return nil, err
+	}
+	for _, o := range d.members {
+		if strings.EqualFold(o.info.Name, name) {
+			return nil, fmt.Errorf("the name %s is taken on network %s (by the member at %s)", name, d.cfg.Name, o.info.Address)
+		}
+	}
+	inUse := func(a netip.Addr) bool {
+		for _, o := range d.members {
+			if o.info.Address == a {
+				return true
+			}
+		}
+		return false
+	}
+	var addr netip.Addr
+	if req.IP != "" {
+		a, err := netip.ParseAddr(req.IP)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("invalid --ip %q: want an IPv4 address in %s", req.IP, d.cfg.Subnet)
+		}
+		switch {
+		case !d.cfg.Subnet.Contains(a) || a == d.cfg.Subnet.Addr() || a == lastAddr(d.cfg.Subnet):
+			return nil, fmt.Errorf("--ip %s is not a host address of network %s (%s)", a, d.cfg.Name, d.cfg.Subnet)
+		case a == d.cfg.Gateway || a == d.cfg.DNS:
+			return nil, fmt.Errorf("--ip %s is network %s's gateway or DNS address", a, d.cfg.Name)
+		case inUse(a):
+			return nil, fmt.Errorf("--ip %s is in use on network %s", a, d.cfg.Name)
+		}
+		addr = a
+	} else {
+		for i := 0; ; i++ {
+			a, ok := MemberAddress(d.cfg.Subnet, i)
+			if !ok {
+				return nil, fmt.Errorf("network %s (%s) has no free address", d.cfg.Name, d.cfg.Subnet)
+			}
+			if !inUse(a) {
+				addr = a
+				break
+			}
+		}
+	}
+	m := &member{id: id, conn: conn, info: MemberInfo{Name: name, Address: addr, Pid: req.Pid}}
+	if d.cfg.Subnet6.IsValid() {
+		m.info.Address6 = sameHost(d.cfg.Subnet, addr, d.cfg.Subnet6)
+	}
+	d.nextID++
+	d.members[id] = m
+	d.names.Add(name, m.info.Address, m.info.Address6)
+	d.log.Info("member joined", "name", name, "address", addr, "pid", req.Pid)
+	return m, nil
+}
+
+// sameHost maps a's host part in p4 into p6.
+func sameHost(p4 netip.Prefix, a netip.Addr, p6 netip.Prefix) netip.Addr {
+	b4, n4 := a.As4(), p4.Addr().As4()
+	host := uint32(b4[0]-n4[0])<<24 | uint32(b4[1]-n4[1])<<16 | uint32(b4[2]-n4[2])<<8 | uint32(b4[3]-n4[3])
+	b6 := p6.Addr().As16()
+	b6[12], b6[13], b6[14], b6[15] = byte(host>>24), byte(host>>16), byte(host>>8), byte(host)
+	return netip.AddrFrom16(b6)
+}
+
+func (d *Daemon) publish(m *member, specs []portfwd.Spec) error {
+	var ids []int
+	var shown []string
+	for _, spec := range specs {
+		spec.GuestAddr = m.info.Address
+		if spec.HostAddr.Is6() && !spec.HostAddr.Is4In6() && m.info.Address6.IsValid() {
+			spec.GuestAddr = m.info.Address6
+		}
+		id, err := d.ports.Add(spec)
+		if err != nil {
+			for _, id := range ids {
+				d.ports.Remove(id)
+			}
+			return fmt.Errorf("publishing %s: %w", spec, err)
+		}
+		ids = append(ids, id)
+		shown = append(shown, spec.String())
+	}
+	d.mu.Lock()
+	m.ports = append(m.ports, ids...)
+	m.info.Ports = append(m.info.Ports, shown...)
+	d.mu.Unlock()
+	return nil
+}
+
+// leave undoes a member's join: its ports, its bridge port, its name.
+func (d *Daemon) leave(m *member) {
+	d.mu.Lock()
+	delete(d.members, m.id)
+	ports := m.ports
+	d.mu.Unlock()
+	for _, id := range ports {
+		d.ports.Remove(id)
+	}
+	if err := d.hub.Detach(m.id); err != nil {
+		d.log.Warn("unplugging a member", "name", m.info.Name, "err", err)
+	}
+	d.names.Remove(m.info.Name)
+	d.log.Info("member left", "name", m.info.Name, "address", m.info.Address)
+}
+
+// stopMembers asks every member to stop (rm -f).
+func (d *Daemon) stopMembers() {
+	d.mu.Lock()
+	members := make([]*member, 0, len(d.members))
+	for _, m := range d.members {
+		members = append(members, m)
+	}
+	d.mu.Unlock()
+	for _, m := range members {
+		m.sendMu.Lock()
+		m.conn.Send(Reply{Stop: true})
+		m.sendMu.Unlock()
+	}
+}
+
+// Members lists the members by address.
+func (d *Daemon) Members() []MemberInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]MemberInfo, 0, len(d.members))
+	for _, m := range d.members {
+		info := m.info
+		info.Ports = append([]string(nil), m.info.Ports...)
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address.Less(out[j].Address) })
+	return out
+}
+
+// WaitMembers waits until no member is left, at most d.
+func (d *Daemon) WaitMembers(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		d.mu.Lock()
+		n := len(d.members)
+		d.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,46 @@
+package netd
+
+import (
+	"net/netip"
+
+	"github.com/rootlessnet/rootlessnet/portfwd"
+)
+
+// Request is one message to a network's control socket.
+//
+//   - "inspect": the network and its members.
+//   - "join": become a member (Name, IP optional). The reply carries the
+//     network's user namespace; the connection is the membership from
+//     then on: closing it leaves the network.
+//   - "plug": (a member) plug the attached network namespace into the
+//     bridge.
+//   - "publish": (a member) publish Ports to the member's address.
+//   - "stop": end the network; refused while members run, unless Force,
+//     which stops them.
+type Request struct {
+	Op    string         `json:"op"`
+	Name  string         `json:"name,omitempty"`
+	IP    string         `json:"ip,omitempty"`
+	Pid   int            `json:"pid,omitempty"`
+	Ports []portfwd.Spec `json:"ports,omitempty"`
+	Force bool           `json:"force,omitempty"`
+}
+
+// Reply answers a Request. The network sends a member's connection an
+// unasked Reply with Stop set when `network rm -f` stops it.
+type Reply struct {
+	Error   string       `json:"error,omitempty"`
+	Network *Config      `json:"network,omitempty"`
+	Members []MemberInfo `json:"members,omitempty"`
+	Member  *MemberInfo  `json:"member,omitempty"`
+	Stop    bool         `json:"stop,omitempty"`
+}
+
+// MemberInfo is what `network inspect` shows of a member.
+type MemberInfo struct {
+	Name     string     `json:"name"`
+	Address  netip.Addr `json:"address"`
+	Address6 netip.Addr `json:"address6,omitzero"`
+	Ports    []string   `json:"ports,omitempty"`
+	Pid      int        `json:"pid,omitempty"`
+}
