@@ -164,7 +164,9 @@ func TestAutoPublishes(t *testing.T) {
 
 	p1, p2, p3 := freePort(t), freePort(t), freePort(t)
 	sock := func(p uint16) Socket { return Socket{Proto: ProtoTCP, Addr: any4, Port: p} }
-	spec := func(p uint16) string { return Spec{Proto: ProtoTCP, HostAddr: lo4, HostPort: p, GuestAddr: guest4, GuestPort: p}.String() }
+	spec := func(p uint16) string {
+		return Spec{Proto: ProtoTCP, HostAddr: lo4, HostPort: p, GuestAddr: guest4, GuestPort: p}.String()
+	}
 
 	// A socket: published, on the same port.
 	lister.set(nil, sock(p1), Socket{Proto: ProtoUDP, Addr: any4, Port: p2})
