@@ -32,8 +32,21 @@ func ChildMain(conn *userns.Conn, role string) int {
 		conn.Send(SetupReply{Error: err.Error()})
 		return 1
 	}
-	err = conn.Send(SetupReply{Warnings: warnings}, f)
-	f.Close()
+	files := []*os.File{f}
+	if req.SockDiag {
+		// Made here, it lists this namespace's sockets wherever it goes.
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		if err != nil {
+			f.Close()
+			conn.Send(SetupReply{Error: fmt.Sprintf("-p auto: a sock_diag socket in the container's namespace: %v", err)})
+			return 1
+		}
+		files = append(files, os.NewFile(uintptr(fd), "sock_diag"))
+	}
+	err = conn.Send(SetupReply{Warnings: warnings}, files...)
+	for _, f := range files {
+		f.Close()
+	}
 	if err != nil || role != RoleRun {
 		if err != nil {
 			return 1

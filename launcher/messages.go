@@ -32,10 +32,13 @@ type SetupRequest struct {
 	ResolvConf string
 	// Command is what a run-mode child executes after StartRequest.
 	Command []string
+	// SockDiag asks for a NETLINK_SOCK_DIAG socket made in the
+	// namespace too (-p auto lists the container's sockets with it).
+	SockDiag bool
 }
 
 // SetupReply answers SetupRequest (child -> parent), with the TAP fd
-// attached when Error is empty.
+// attached when Error is empty, and then the sock_diag socket when asked.
 type SetupReply struct {
 	Error    string
 	Warnings []string
