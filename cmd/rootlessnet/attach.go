@@ -52,6 +52,7 @@ func newAttachFlags(o *attachOptions) *pflag.FlagSet {
   rootlessnet run [flags] -- CMD [ARGS...]
   rootlessnet [flags] --netns PATH
   rootlessnet [flags] PID|PATH [TAPNAME]     (slirp4netns compatible)
+  rootlessnet ports --api-socket PATH        (list the published ports)
 
 Flags:
 %s`, fs.FlagUsages())
