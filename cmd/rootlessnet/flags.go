@@ -57,7 +57,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.tapName, "tap", "tap0", "name of the TAP device in the namespace")
 	fs.StringVar(&o.macAddress, "macaddress", "", "MAC address of the TAP (when rootlessnet configures it)")
 	fs.StringArrayVarP(&o.publish, "publish", "p", nil, "publish ports (repeatable): [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]; ranges FIRST-LAST:FIRST-LAST of equal length; a lone PORT[-LAST] for the same port(s) on both sides; [HOST_IP:]auto[/tcp|/udp] to publish every port the container listens on (not on its loopback), on the same host port, while it listens (-p 127.0.0.1:auto keeps them on the host's loopback)")
-	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket")
+	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket ('rootlessnet ports -a PATH' lists the published ports through it)")
 	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "bind outgoing IPv4 connections to this address or interface")
 	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: guest ::100, gateway ::2 (the host's ::1), DNS ::3 in --cidr6")
 	fs.StringVar(&o.cidr6, "cidr6", stack.DefaultCIDR6, "IPv6 /64 network of the container, with --enable-ipv6")
