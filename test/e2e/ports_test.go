@@ -300,6 +300,31 @@ func TestPublishAuto(t *testing.T) {
 	})
 }
 
+// TestPublishAutoFamilies: with -6 and -p [::1]:auto/tcp, an IPv6-only
+// socket is reached through fd00::100 and an IPv4 one through
+// 10.0.2.100; a low port is published as root and, unprivileged,
+// skipped with one warning (permission denied, not a crash).
+func TestPublishAutoFamilies(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		p := e.startPortServer(t, ctx, []string{"-6", "-p", "[::1]:auto/tcp"}, "tcp6:[::]:26000", "tcp4:0.0.0.0:26001", "tcp:0.0.0.0:80")
+		e.wantReply(t, p.slirpProc, "tcp", "[::1]:26000", "26000 [fd00::2]:")
+		e.wantReply(t, p.slirpProc, "tcp", "[::1]:26001", "26001 10.0.2.2:")
+		if e.cred == nil {
+			e.wantReply(t, p.slirpProc, "tcp", "[::1]:80", "80 ")
+		} else {
+			if !p.stderr.waitFor("automatic port not published", p.slirpProc, 15*time.Second) {
+				t.Fatalf("no warning for port 80 as an unprivileged user\n%s", p.output())
+			}
+			if errOut := p.stderr.String(); !strings.Contains(errOut, "[::1]:80:") || !strings.Contains(errOut, "permission denied") {
+				t.Errorf("the warning does not name [::1]:80 and permission denied\n%s", p.output())
+			}
+		}
+		p.finish(t)
+	})
+}
+
 // TestPublishAutoSlirpForm: -p auto in the slirp4netns form, with the
 // sandbox and seccomp (the sock_diag socket goes through the sandbox's
 // re-execution).
