@@ -64,12 +64,23 @@ Flags:
 	if err != nil {
 		return err
 	}
+	return printPorts(os.Stdout, entries, asJSON)
+}
+
+// printPorts writes entries as a table, or as JSON.
+func printPorts(w io.Writer, entries []portsEntry, asJSON bool) error {
 	if asJSON {
-		b, _ := json.Marshal(entries)
-		fmt.Println(string(b))
-		return nil
+		if entries == nil {
+			entries = []portsEntry{}
+		}
+		b, err := json.Marshal(entries)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(w, string(b))
+		return err
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tPROTO\tHOST\tGUEST\tSOURCE")
 	for _, e := range entries {
 		src := e.Source
