@@ -50,11 +50,23 @@ func ChildMain(conn *userns.Conn, role string) int {
 		conn.Send(SetupReply{Error: err.Error()})
 		return 1
 	}
+	var files []*os.File
 	if f != nil {
-		err = conn.Send(SetupReply{Warnings: warnings}, f)
+		files = append(files, f)
+	}
+	if req.SockDiag {
+		// Made here, it lists this namespace's sockets wherever it goes.
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		if err != nil {
+			closeFiles(files)
+			conn.Send(SetupReply{Error: fmt.Sprintf("-p auto: a sock_diag socket in the container's namespace: %v", err)})
+			return 1
+		}
+		files = append(files, os.NewFile(uintptr(fd), "sock_diag"))
+	}
+	err = conn.Send(SetupReply{Warnings: warnings}, files...)
+	for _, f := range files {
 		f.Close()
-	} else {
-		err = conn.Send(SetupReply{Warnings: warnings})
 	}
 	if err != nil || role != RoleRun {
 		if err != nil {

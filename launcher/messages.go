@@ -32,6 +32,9 @@ type SetupRequest struct {
 	ResolvConf string
 	// Command is what a run-mode child executes after StartRequest.
 	Command []string
+	// SockDiag asks for a NETLINK_SOCK_DIAG socket made in the
+	// namespace too (-p auto lists the container's sockets with it).
+	SockDiag bool
 	// Member: the child is a member of a rootless network, in namespaces
 	// of its own inside the network's user namespace. It opens no TAP:
 	// it sends its network namespace (MemberNetNS), the parent has the
@@ -54,7 +57,7 @@ type MemberAttached struct {
 }
 
 // SetupReply answers SetupRequest (child -> parent), with the TAP fd
-// attached when Error is empty.
+// attached when Error is empty, and then the sock_diag socket when asked.
 type SetupReply struct {
 	Error    string
 	Warnings []string

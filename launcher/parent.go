@@ -13,7 +13,8 @@ import (
 // Container is a run-mode child: new namespaces, and the command once
 // started.
 type Container struct {
-	child *userns.Child
+	child    *userns.Child
+	sockDiag *os.File
 }
 
 // Launch creates new user, network and mount namespaces with a child in
@@ -31,11 +32,12 @@ func Launch(req SetupRequest) (*Container, *os.File, []string, error) {
 		return nil, nil, nil, err
 	}
 	c := &Container{child: child}
-	f, warnings, err := requestTap(child, req)
+	f, diag, warnings, err := requestTap(child, req)
 	if err != nil {
 		c.kill()
 		return nil, nil, nil, err
 	}
+	c.sockDiag = diag
 	return c, f, warnings, nil
 }
 
@@ -95,6 +97,14 @@ func LaunchMember(userNS *os.File, plug func(netns *os.File) error, req SetupReq
 	return c, reply.Warnings, nil
 }
 
+// TakeSockDiag returns the sock_diag socket that SetupRequest.SockDiag
+// asked for (nil when not asked), once; the caller closes it.
+func (c *Container) TakeSockDiag() *os.File {
+	f := c.sockDiag
+	c.sockDiag = nil
+	return f
+}
+
 // Start runs the command; an error means it could not be executed, and
 // carries the exit status to use.
 func (c *Container) Start() error {
@@ -151,53 +161,62 @@ func (c *Container) kill() {
 }
 
 // Attach has a child join netns (and userns, when not nil) and open the
-// TAP there; it returns the TAP's fd once the child is done.
-func Attach(netns, user *os.File, req SetupRequest) (*os.File, []string, error) {
+// TAP there; it returns the TAP's fd, and the sock_diag socket when
+// req.SockDiag asked for it, once the child is done.
+func Attach(netns, user *os.File, req SetupRequest) (tap, sockDiag *os.File, warnings []string, err error) {
 	child, err := userns.Spawn(userns.SpawnOptions{Role: RoleAttach, JoinUser: user, JoinNet: netns})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	f, warnings, err := requestTap(child, req)
+	f, diag, warnings, err := requestTap(child, req)
 	child.Conn.Close()
 	werr := child.Wait()
 	if err != nil {
 		if userns.IsClosed(err) && werr != nil {
-			return nil, nil, werr
+			return nil, nil, nil, werr
 		}
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return f, warnings, nil
+	return f, diag, warnings, nil
 }
 
-func requestTap(child *userns.Child, req SetupRequest) (*os.File, []string, error) {
+func requestTap(child *userns.Child, req SetupRequest) (_, _ *os.File, _ []string, err error) {
 	if err := child.Conn.Send(req); err != nil {
-		return nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
+		return nil, nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
 	}
 	var reply SetupReply
 	files, err := child.Conn.Recv(&reply)
 	if err != nil {
 		if s := child.Stderr(); s != "" && userns.IsClosed(err) {
-			return nil, nil, errors.New(s)
+			return nil, nil, nil, errors.New(s)
 		}
-		return nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
+		return nil, nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
 	}
-	if reply.Error != "" {
+	want := 1
+	if req.SockDiag {
+		want = 2
+	}
+	if reply.Error != "" || len(files) != want {
 		for _, f := range files {
 			f.Close()
 		}
-		return nil, nil, errors.New(reply.Error)
-	}
-	if len(files) != 1 {
-		for _, f := range files {
-			f.Close()
+		if reply.Error != "" {
+			return nil, nil, nil, errors.New(reply.Error)
 		}
-		return nil, nil, errors.New("the namespace helper sent no TAP fd")
+		return nil, nil, nil, fmt.Errorf("the namespace helper sent %d descriptors, want %d", len(files), want)
+	}
+	var diag *os.File
+	if req.SockDiag {
+		diag = files[1]
 	}
 	f, err := nonBlocking(files[0])
 	if err != nil {
-		return nil, nil, err
+		if diag != nil {
+			diag.Close()
+		}
+		return nil, nil, nil, err
 	}
-	return f, reply.Warnings, nil
+	return f, diag, reply.Warnings, nil
 }
 
 // nonBlocking makes a received TAP fd non-blocking and re-wraps it so that

@@ -62,7 +62,7 @@ type Config struct {
 	// MAC: ICMP replies look it up in the stack's neighbor table, and the
 	// UDP shortcut, which writes to the last guest seen, stays off.
 	Bridged bool
-	Log    *slog.Logger
+	Log     *slog.Logger
 }
 
 // Network is a running data path.

@@ -32,8 +32,9 @@ type Forwards interface {
 // Entry is one active forward as reported by Forwards.List. Spec.GuestAddr
 // should be the guest address actually used.
 type Entry struct {
-	ID   int
-	Spec Spec
+	ID     int
+	Spec   Spec
+	Source Source // "" when unknown: then not listed
 }
 
 const (
@@ -541,6 +542,9 @@ type jsonEntry struct {
 	HostPort  uint16 `json:"host_port"`
 	GuestAddr string `json:"guest_addr"`
 	GuestPort uint16 `json:"guest_port"`
+	// Source is rootlessnet's own: flag, api or auto. slirp4netns has no
+	// such field; its clients decode entries into structs and ignore it.
+	Source string `json:"source,omitempty"`
 }
 
 func addrString(a netip.Addr) string {
@@ -614,6 +618,7 @@ func (s *APIServer) dispatch(req []byte) []byte {
 				HostPort:  e.Spec.HostPort,
 				GuestAddr: addrString(e.Spec.GuestAddr),
 				GuestPort: e.Spec.GuestPort,
+				Source:    string(e.Source),
 			})
 		}
 		s.log.Info("api list_hostfwd", "entries", len(entries))

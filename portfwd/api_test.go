@@ -901,3 +901,41 @@ func TestMoveNoReplace(t *testing.T) {
 		t.Fatalf("source still there: %v", err)
 	}
 }
+
+// TestAPIListSource: each entry says where it came from, in a field of
+// its own after slirp4netns' six (which keep their names and order).
+func TestAPIListSource(t *testing.T) {
+	f := newFake()
+	f.entries = []Entry{
+		{ID: 1, Spec: Spec{ProtoTCP, netip.MustParseAddr("127.0.0.1"), 8080, defaultGuest, 80}, Source: SourceFlag},
+		{ID: 2, Spec: Spec{ProtoUDP, netip.IPv4Unspecified(), 53, defaultGuest, 53}, Source: SourceAuto},
+	}
+	_, path := startServer(t, f, 0)
+	const entries = `[{"id":1,"proto":"tcp","host_addr":"127.0.0.1","host_port":8080,"guest_addr":"10.0.2.100","guest_port":80,"source":"flag"},` +
+		`{"id":2,"proto":"udp","host_addr":"0.0.0.0","host_port":53,"guest_addr":"10.0.2.100","guest_port":53,"source":"auto"}]`
+	const want = `{"return":{"entries":` + entries + `},"entries":` + entries + `}`
+	if got := rootlesskitRequest(t, path, `{"execute":"list_hostfwd"}`); got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+// TestEngineSources: the engine lists each forward with the source it
+// was added from; Add (the API's) is "api".
+func TestEngineSources(t *testing.T) {
+	e := NewEngine(nil, 0, Addresses{Guest: defaultGuest}, nil)
+	defer e.Close()
+	lo := netip.MustParseAddr("127.0.0.1")
+	if _, err := e.AddFrom(Spec{Proto: ProtoTCP, HostAddr: lo, HostPort: freePort(t), GuestPort: 80}, SourceFlag); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Add(Spec{Proto: ProtoTCP, HostAddr: lo, HostPort: freePort(t), GuestPort: 81}); err != nil {
+		t.Fatal(err)
+	}
+	var got []Source
+	for _, en := range e.List() {
+		got = append(got, en.Source)
+	}
+	if len(got) != 2 || got[0] != SourceFlag || got[1] != SourceAPI {
+		t.Errorf("sources %v, want [flag api]", got)
+	}
+}

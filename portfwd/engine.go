@@ -49,10 +49,30 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// addMu makes each Add, with its checks against the forwards there
+	// already, one step: an explicit forward and an automatic one of the
+	// same port never race for it.
+	addMu sync.Mutex
+
 	mu      sync.Mutex
 	nextID  int
 	entries map[int]*published
 }
+
+// Source says who asked for a forward; list_hostfwd shows it.
+type Source string
+
+// The sources of forwards.
+const (
+	SourceFlag Source = "flag" // -p on the command line
+	SourceAPI  Source = "api"  // add_hostfwd on the API socket
+	SourceAuto Source = "auto" // -p auto: the guest listens on the port
+)
+
+// ErrExplicit is the error of an automatic forward whose port or guest
+// port an explicit forward (flag or API) publishes already: the explicit
+// one wins.
+var ErrExplicit = errors.New("published explicitly already")
 
 var _ Forwards = (*Engine)(nil)
 
@@ -84,13 +104,22 @@ func (e *Engine) SetGuestDialer(d GuestDialer) {
 }
 
 type published struct {
-	spec  Spec
-	close func()
+	spec   Spec
+	source Source
+	close  func()
 }
 
-// Add implements Forwards: it binds the host side now, so that a port in
-// use is an error to the caller.
-func (e *Engine) Add(spec Spec) (int, error) {
+// Add implements Forwards (the API's forwards): AddFrom with SourceAPI.
+func (e *Engine) Add(spec Spec) (int, error) { return e.AddFrom(spec, SourceAPI) }
+
+// AddFrom publishes spec for src. It binds the host side now, so that a
+// port in use is an error to the caller. An explicit forward (flag or
+// API) first withdraws the automatic forwards of the same host port; an
+// automatic one is refused with ErrExplicit where an explicit one
+// publishes that host port or that guest port.
+func (e *Engine) AddFrom(spec Spec, src Source) (int, error) {
+	e.addMu.Lock()
+	defer e.addMu.Unlock()
 	if !spec.HostAddr.IsValid() {
 		spec.HostAddr = netip.IPv4Unspecified()
 	}
@@ -106,6 +135,9 @@ func (e *Engine) Add(spec Spec) (int, error) {
 	}
 	if spec.GuestAddr.Is6() && !e.addr.Gateway6.IsValid() {
 		return 0, fmt.Errorf("guest address %s: the container has no IPv6 (start with --enable-ipv6)", spec.GuestAddr)
+	}
+	if err := e.yield(spec, src); err != nil {
+		return 0, err
 	}
 	host := netip.AddrPortFrom(spec.HostAddr, spec.HostPort)
 	// [::] means IPv6 only, as with docker and podman, so that 0.0.0.0
@@ -124,7 +156,7 @@ func (e *Engine) Add(spec Spec) (int, error) {
 	if spec.HostAddr.Is6() {
 		network = "6"
 	}
-	p := &published{spec: spec}
+	p := &published{spec: spec, source: src}
 	switch spec.Proto {
 	case "tcp":
 		ln, err := lc.Listen(e.ctx, "tcp"+network, host.String())
@@ -155,8 +187,61 @@ func (e *Engine) Add(spec Spec) (int, error) {
 	id := e.nextID
 	e.nextID++
 	e.entries[id] = p
-	e.log.Info("published", "id", id, "port", spec.String())
+	e.log.Info("published", "id", id, "port", spec.String(), "source", src)
 	return id, nil
+}
+
+// yield settles spec against the forwards there: an automatic spec gives
+// way to an explicit forward (ErrExplicit), an explicit one makes the
+// automatic forwards of its host port give way. e.addMu held.
+func (e *Engine) yield(spec Spec, src Source) error {
+	e.mu.Lock()
+	if src == SourceAuto {
+		defer e.mu.Unlock()
+		if e.explicitCoversLocked(spec) {
+			return ErrExplicit
+		}
+		return nil
+	}
+	var withdrawn []*published
+	for id, p := range e.entries {
+		if p.source == SourceAuto && sameHostSide(p.spec, spec) {
+			delete(e.entries, id)
+			withdrawn = append(withdrawn, p)
+			e.log.Info("automatic port withdrawn for an explicit one", "id", id, "port", p.spec.String())
+		}
+	}
+	e.mu.Unlock()
+	for _, p := range withdrawn {
+		p.close()
+	}
+	return nil
+}
+
+// explicitCovers reports whether an explicit forward publishes spec's
+// host port or its guest port, so that an automatic spec is not wanted.
+func (e *Engine) explicitCovers(spec Spec) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.explicitCoversLocked(spec)
+}
+
+func (e *Engine) explicitCoversLocked(spec Spec) bool {
+	for _, p := range e.entries {
+		o := p.spec
+		if p.source == SourceAuto || o.Proto != spec.Proto {
+			continue
+		}
+		if sameHostSide(o, spec) || (o.GuestPort == spec.GuestPort && o.GuestAddr == spec.GuestAddr) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameHostSide: a and b cannot both be bound.
+func sameHostSide(a, b Spec) bool {
+	return a.Proto == b.Proto && a.HostPort == b.HostPort && addrsOverlap(a.HostAddr, b.HostAddr)
 }
 
 // Remove implements Forwards; connections already made stay up.
@@ -179,7 +264,7 @@ func (e *Engine) List() []Entry {
 	out := make([]Entry, 0, len(e.entries))
 	for id := 1; id < e.nextID; id++ {
 		if p, ok := e.entries[id]; ok {
-			out = append(out, Entry{ID: id, Spec: p.spec})
+			out = append(out, Entry{ID: id, Spec: p.spec, Source: p.source})
 		}
 	}
 	return out

@@ -52,6 +52,7 @@ func newAttachFlags(o *attachOptions) *pflag.FlagSet {
   rootlessnet run [flags] -- CMD [ARGS...]
   rootlessnet [flags] --netns PATH
   rootlessnet [flags] PID|PATH [TAPNAME]     (slirp4netns compatible)
+  rootlessnet ports --api-socket PATH        (list the published ports)
 
 Flags:
 %s`, fs.FlagUsages())
@@ -137,13 +138,23 @@ func attachCommand(args []string) error {
 	}
 
 	tapFile, dialer, err := inheritedTap(o.portBypass, log)
+	var sockDiag *os.File
+	if err == nil && tapFile != nil {
+		sockDiag, err = inheritedSockDiag(len(o.autos) > 0)
+		if err != nil {
+			tapFile.Close()
+			if dialer != nil {
+				dialer.Close()
+			}
+		}
+	}
 	if err == nil && tapFile == nil {
-		tapFile, dialer, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
+		tapFile, dialer, sockDiag, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
 	}
 	if err != nil {
 		return err
 	}
-	n, stop, err := startNetwork(&o.options, log, tapFile, configure, dialer)
+	n, stop, err := startNetwork(&o.options, log, tapFile, configure, dialer, sockDiag)
 	if err != nil {
 		return err
 	}
@@ -193,20 +204,20 @@ func attachCommand(args []string) error {
 // same namespaces. With the sandbox it then re-executes rootlessnet with
 // the TAP's fd and the dialer (sandbox.go), and returns only if that
 // fails.
-func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (*os.File, *launcher.Dialer, error) {
+func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (_ *os.File, _ *launcher.Dialer, sockDiag *os.File, err error) {
 	netns, err := userns.OpenNetNS(netnsPath)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer netns.Close()
 	user, err := userToJoin(netns, userPath, joinOwner)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	if user != nil {
 		defer user.Close()
 	}
-	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress}
+	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0}
 	if configure {
 		req.Address = o.addressing.GuestPrefix().String()
 		req.Gateway = o.addressing.Gateway.String()
@@ -215,10 +226,15 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 			req.Gateway6 = o.addressing6.Gateway.String()
 		}
 	}
-	tapFile, warnings, err := launcher.Attach(netns, user, req)
+	tapFile, sockDiag, warnings, err := launcher.Attach(netns, user, req)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	defer func() {
+		if err != nil && sockDiag != nil {
+			sockDiag.Close()
+		}
+	}()
 	for _, w := range warnings {
 		log.Warn(w)
 	}
@@ -233,13 +249,13 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 		dialer, err = launcher.StartDialer(launcher.DialerOptions{JoinUser: user, JoinNet: netns, LogLevel: o.logLevel, Log: log})
 		if err != nil {
 			tapFile.Close()
-			return nil, nil, fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err)
+			return nil, nil, nil, fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err)
 		}
 	}
 	if o.sandbox.sandbox {
-		return nil, nil, reexecWithTap(tapFile, dialer)
+		return nil, nil, nil, reexecWithTap(tapFile, dialer, sockDiag)
 	}
-	return tapFile, dialer, nil
+	return tapFile, dialer, sockDiag, nil
 }
 
 // watchExitFD returns a channel closed when the other end of fd closes.

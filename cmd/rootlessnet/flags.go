@@ -42,7 +42,8 @@ type options struct {
 
 	addressing  stack.Addressing
 	addressing6 stack.Addressing6 // invalid unless --enable-ipv6
-	ports       []portfwd.Spec
+	ports       []portfwd.Spec    // -p ports and ranges, one Spec per port
+	autos       []portfwd.Publish // -p auto forms
 }
 
 func (o *options) register(fs *pflag.FlagSet) {
@@ -55,8 +56,8 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.tapName, "tap", "tap0", "name of the TAP device in the namespace")
 	fs.StringVar(&o.macAddress, "macaddress", "", "MAC address of the TAP (when rootlessnet configures it)")
-	fs.StringArrayVarP(&o.publish, "publish", "p", nil, "publish a port: [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] (repeatable)")
-	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket")
+	fs.StringArrayVarP(&o.publish, "publish", "p", nil, "publish ports (repeatable): [HOST_IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]; ranges FIRST-LAST:FIRST-LAST of equal length; a lone PORT[-LAST] for the same port(s) on both sides; [HOST_IP:]auto[/tcp|/udp] to publish every port the container listens on (not on its loopback), on the same host port, while it listens (-p 127.0.0.1:auto keeps them on the host's loopback)")
+	fs.StringVarP(&o.apiSocket, "api-socket", "a", "", "serve slirp4netns' JSON API (add_hostfwd, list_hostfwd, remove_hostfwd) on this unix socket ('rootlessnet ports -a PATH' lists the published ports through it)")
 	fs.StringVar(&o.outboundAddr, "outbound-addr", "", "bind outgoing IPv4 connections to this address or interface")
 	fs.BoolVarP(&o.enableIPv6, "enable-ipv6", "6", false, "IPv6 too: guest ::100, gateway ::2 (the host's ::1), DNS ::3 in --cidr6")
 	fs.StringVar(&o.cidr6, "cidr6", stack.DefaultCIDR6, "IPv6 /64 network of the container, with --enable-ipv6")
@@ -101,13 +102,22 @@ func (o *options) validate() error {
 	}
 	// validate runs again once the slirp4netns form's TAPNAME is known:
 	// parse the ports afresh rather than publish each twice.
-	o.ports = nil
-	for _, p := range o.publish {
-		spec, err := portfwd.ParsePublish(p)
+	o.ports, o.autos = nil, nil
+	pubs := make([]portfwd.Publish, 0, len(o.publish))
+	for _, v := range o.publish {
+		p, err := portfwd.ParsePublish(v)
 		if err != nil {
 			return usageError{err}
 		}
-		o.ports = append(o.ports, spec)
+		pubs = append(pubs, p)
+		if p.Auto {
+			o.autos = append(o.autos, p)
+		} else {
+			o.ports = append(o.ports, p.Specs()...)
+		}
+	}
+	if err := portfwd.CheckPublishes(o.publish, pubs); err != nil {
+		return usageError{err}
 	}
 	if o.busyPoll < 0 || o.busyPoll > stack.MaxBusyPoll {
 		return usageError{fmt.Errorf("invalid --busy-poll %v: want 0 to %v", o.busyPoll, stack.MaxBusyPoll)}

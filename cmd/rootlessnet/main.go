@@ -3,6 +3,7 @@
 //
 //	rootlessnet run [flags] -- CMD [ARGS...]
 //	rootlessnet [flags] --netns PATH
+//	rootlessnet ports --api-socket PATH
 package main
 
 import (
@@ -35,9 +36,12 @@ type usageError struct{ error }
 func realMain(args []string) int {
 	var err error
 	status := 0
-	if len(args) > 0 && args[0] == "run" {
+	switch {
+	case len(args) > 0 && args[0] == "run":
 		status, err = runCommand(args[1:])
-	} else {
+	case len(args) > 0 && args[0] == "ports":
+		err = portsCommand(args[1:])
+	default:
 		err = attachCommand(args)
 	}
 	if err == nil {

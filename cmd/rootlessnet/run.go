@@ -67,6 +67,7 @@ func runCommand(args []string) (int, error) {
 		Address:   o.addressing.GuestPrefix().String(),
 		Gateway:   o.addressing.Gateway.String(),
 		Command:   fs.Args(),
+		SockDiag:  len(o.autos) > 0,
 	}
 	if o.addressing6.Enabled() {
 		req.Address6 = o.addressing6.GuestPrefix().String()
@@ -100,18 +101,22 @@ func runCommand(args []string) (int, error) {
 	for _, w := range warnings {
 		log.Warn(w)
 	}
+	sockDiag := c.TakeSockDiag()
 	var dialer *launcher.Dialer
 	if o.portBypass {
 		// Before confine: the sandbox's empty root has no /proc/self/exe
 		// to start it from, and seccomp would refuse the fork.
 		if dialer, err = c.StartDialer(o.logLevel, log); err != nil {
 			tapFile.Close()
+			if sockDiag != nil {
+				sockDiag.Close()
+			}
 			c.Signal(syscall.SIGKILL)
 			c.Wait()
 			return stopped(fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err))
 		}
 	}
-	n, stop, err := startNetwork(&o, log, tapFile, true, dialer)
+	n, stop, err := startNetwork(&o, log, tapFile, true, dialer, sockDiag)
 	if err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()

@@ -33,8 +33,12 @@ import (
 	"github.com/rootlessnet/rootlessnet/userns"
 )
 
-// tapFDEnv passes the TAP's fd number to the re-executed process.
-const tapFDEnv = "_ROOTLESSNET_SANDBOX_TAP"
+// tapFDEnv passes the TAP's fd number to the re-executed process, and
+// sockDiagFDEnv the sock_diag socket's (-p auto).
+const (
+	tapFDEnv      = "_ROOTLESSNET_SANDBOX_TAP"
+	sockDiagFDEnv = "_ROOTLESSNET_SANDBOX_SOCKDIAG"
+)
 
 // sandboxOptions are --enable-sandbox and --enable-seccomp.
 type sandboxOptions struct {
@@ -115,12 +119,46 @@ func inheritedTap(bypass bool, log *slog.Logger) (_ *os.File, _ *launcher.Dialer
 	return tap, dialer, nil
 }
 
+// inheritedSockDiag returns the sock_diag socket that attachNamespace
+// passed to the re-executed rootlessnet, nil when there is none; want
+// says whether -p auto needs it (an unwanted one is closed).
+func inheritedSockDiag(want bool) (*os.File, error) {
+	v, ok := os.LookupEnv(sockDiagFDEnv)
+	if !ok {
+		if want {
+			return nil, errors.New("-p auto: the sock_diag socket was not passed on to the sandboxed process")
+		}
+		return nil, nil
+	}
+	os.Unsetenv(sockDiagFDEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("sandbox: bad %s=%q", sockDiagFDEnv, v)
+	}
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "sock_diag")
+	if !want {
+		f.Close()
+		return nil, nil
+	}
+	return f, nil
+}
+
 // reexecWithTap re-executes rootlessnet into the sandbox's namespaces with
-// the TAP's fd and the dialer, if any; it returns only on error, having
-// closed both.
-func reexecWithTap(tap *os.File, dialer *launcher.Dialer) error {
+// the TAP's fd, the dialer and the sock_diag socket, if any; it returns
+// only on error, having closed them.
+func reexecWithTap(tap *os.File, dialer *launcher.Dialer, sockDiag *os.File) error {
 	defer tap.Close()
 	var env []string
+	if sockDiag != nil {
+		defer sockDiag.Close()
+		// Fd makes it blocking, as SockDiag wants it anyway.
+		fd := sockDiag.Fd()
+		if _, err := unix.FcntlInt(fd, unix.F_SETFD, 0); err != nil {
+			return fmt.Errorf("sandbox: passing the sock_diag socket: %w", err)
+		}
+		env = append(env, sockDiagFDEnv+"="+strconv.Itoa(int(fd)))
+	}
 	if dialer != nil {
 		defer dialer.Close()
 		e, err := dialer.ExecEnv()

@@ -25,14 +25,35 @@ import (
 // stops it and flushes the pcap file. A container whose interface was
 // not configured learns its IPv6 network from router advertisements.
 // dialer, when not nil (--port-bypass), makes the guest side of published
-// TCP ports; startNetwork owns it: the closer, or an error, closes it.
-func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool, dialer *launcher.Dialer) (_ *network.Network, _ func(), err error) {
+// TCP ports; sockDiag, with -p auto, lists the container's sockets.
+// startNetwork owns both: the closer, or an error, closes them.
+func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool, dialer *launcher.Dialer, sockDiag *os.File) (_ *network.Network, _ func(), err error) {
 	setStackProcs(o.tcpFastPath && o.pcap == "")
+	var lister *portfwd.SockDiag
 	defer func() {
 		if err != nil && dialer != nil {
 			dialer.Close()
 		}
+		if err != nil && lister != nil {
+			lister.Close() // again after stop: harmless
+		} else if err != nil && sockDiag != nil {
+			sockDiag.Close()
+		}
 	}()
+	if len(o.autos) > 0 {
+		if sockDiag == nil {
+			tapFile.Close()
+			return nil, nil, errors.New("-p auto: no sock_diag socket from the container's namespace")
+		}
+		if lister, err = portfwd.NewSockDiag(sockDiag); err != nil { // it closes sockDiag on error
+			sockDiag = nil
+			tapFile.Close()
+			return nil, nil, fmt.Errorf("-p auto: %w", err)
+		}
+	} else if sockDiag != nil {
+		sockDiag.Close()
+		sockDiag = nil
+	}
 	cfg := network.Config{
 		Tap:                 tapFile,
 		MTU:                 o.mtu,
@@ -93,7 +114,14 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		engine.SetGuestDialer(engine.FastDialer(fastLink{n.Link}))
 	}
 	var api *portfwd.APIServer
+	var auto *portfwd.Auto
 	stop := func() {
+		if auto != nil {
+			auto.Close()
+		}
+		if lister != nil {
+			lister.Close()
+		}
 		if api != nil {
 			api.Close()
 		}
@@ -108,10 +136,14 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		}
 	}
 	for _, spec := range o.ports {
-		if _, err := engine.Add(spec); err != nil {
+		if _, err := engine.AddFrom(spec, portfwd.SourceFlag); err != nil {
 			stop()
 			return nil, nil, fmt.Errorf("publishing %s: %w", spec, err)
 		}
+	}
+	if lister != nil {
+		// After the -p ports, which win over automatic ones.
+		auto = portfwd.StartAuto(engine, lister, o.autos, portfwd.AutoInterval, log)
 	}
 	if o.apiSocket != "" {
 		a, err := portfwd.NewAPIServer(o.apiSocket, engine, log)
