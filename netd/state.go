@@ -30,6 +30,9 @@ type Config struct {
 	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
 	DNS6     netip.Addr   `json:"dns6,omitzero"`
 	MTU      int          `json:"mtu"`
+	// ResolvConf names the upstream nameservers, read at start.
+	ResolvConf          string `json:"resolv_conf"`
+	DisableHostLoopback bool   `json:"disable_host_loopback,omitempty"`
 }
 
 // Addresses within a network: the gateway is network+1, as docker and
@@ -175,6 +178,9 @@ type Options struct {
 	Subnet6 netip.Prefix
 	IPv6    bool
 	MTU     int
+	// ResolvConf and DisableHostLoopback are kept as given.
+	ResolvConf          string
+	DisableHostLoopback bool
 }
 
 // reservedSubnet is slirp4netns' and `run`'s network, which a member's
@@ -193,7 +199,7 @@ func NewConfig(opts Options, existing []Config) (Config, error) {
 			return Config{}, fmt.Errorf("network %s already exists", opts.Name)
 		}
 	}
-	cfg := Config{Name: opts.Name, MTU: opts.MTU}
+	cfg := Config{Name: opts.Name, MTU: opts.MTU, ResolvConf: opts.ResolvConf, DisableHostLoopback: opts.DisableHostLoopback}
 	if cfg.MTU == 0 {
 		cfg.MTU = DefaultMTU
 	}
