@@ -219,7 +219,7 @@ func (l *launcher) must(timeout time.Duration, name string, args ...string) stri
 // procs returns the processes of the run: the user's processes whose
 // environment names this run's XDG_RUNTIME_DIR (the launcher's daemons,
 // rootlessnet), and every other process of the user in one of their user
-// namespaces (the containers).
+// namespaces other than the initial one (the containers).
 func (l *launcher) procs() []int {
 	marker := []byte("XDG_RUNTIME_DIR=" + l.run + "\x00")
 	userns := map[string]bool{}
@@ -243,6 +243,11 @@ func (l *launcher) procs() []int {
 		} else {
 			others = append(others, pid)
 		}
+	}
+	// Processes of the user in the initial user namespace are not ours
+	// for sharing it (another run's, perhaps).
+	if initNS, err := os.Readlink("/proc/self/ns/user"); err == nil {
+		delete(userns, initNS)
 	}
 	for _, pid := range others {
 		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid)); err == nil && userns[ns] {
