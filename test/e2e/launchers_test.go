@@ -501,25 +501,34 @@ func checkOutbound(t *testing.T, out, msg string) {
 // network mode and for the rootless network namespace of bridge networks).
 func (l *launcher) podmanConf() {
 	l.t.Helper()
-	conf := filepath.Join(l.dir, "containers.conf")
 	storage := filepath.Join(l.dir, "storage.conf")
-	write := func(path, text string) {
-		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-			l.t.Fatal(err)
-		}
+	if err := os.WriteFile(storage, []byte("[storage]\ndriver = \"vfs\"\n"), 0o644); err != nil {
+		l.t.Fatal(err)
 	}
-	write(conf, fmt.Sprintf(`[engine]
-network_cmd_path = %q
-cgroup_manager = "cgroupfs"
+	l.env = append(l.env, "CONTAINERS_CONF="+l.containersConf("containers.conf", l.e.bin), "CONTAINERS_STORAGE_CONF="+storage)
+}
+
+// containersConf writes a containers.conf named name, with cmdPath as
+// network_cmd_path unless empty, and returns its path.
+func (l *launcher) containersConf(name, cmdPath string) string {
+	l.t.Helper()
+	cmd := ""
+	if cmdPath != "" {
+		cmd = fmt.Sprintf("network_cmd_path = %q\n", cmdPath)
+	}
+	path := filepath.Join(l.dir, name)
+	text := "[engine]\n" + cmd + `cgroup_manager = "cgroupfs"
 events_logger = "file"
 # crun 1.8 refuses hosts with cgroup v1 and v2 mounted together; runc runs there.
 runtime = "runc"
 
 [network]
 network_backend = "netavark"
-`, l.e.bin))
-	write(storage, "[storage]\ndriver = \"vfs\"\n")
-	l.env = append(l.env, "CONTAINERS_CONF="+conf, "CONTAINERS_STORAGE_CONF="+storage)
+`
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	return path
 }
 
 func TestPodmanRootless(t *testing.T) {
@@ -622,6 +631,27 @@ func TestPodmanRootless(t *testing.T) {
 		}
 		podman(t, time.Minute, "rm", "-f", "-t", "0", "web")
 		// podman closes the exit fd (-e 3): rootlessnet ends.
+		l.waitNoRootlessnet(15*time.Second, "its container was removed")
+	})
+
+	t.Run("path", func(t *testing.T) {
+		// Without network_cmd_path, podman runs the first slirp4netns on
+		// PATH (from 4.6 on, after those in helper_binaries_dir, where
+		// no slirp4netns is): the link to rootlessnet, ahead of the real
+		// slirp4netns in /usr/bin.
+		// l.must, not podman(): that one has the test's environment.
+		l := l.with(t)
+		l.env = append(append([]string{}, l.env...), "CONTAINERS_CONF="+l.containersConf("containers-path.conf", ""))
+		l.must(time.Minute, "podman", "run", "-d", "--name", "pathweb", "--network", "slirp4netns",
+			launcherImage, "httpd", "-f", "-p", "80", "-h", "/www")
+		ps := l.rootlessnetProcs(1, 10*time.Second)
+		if !containsAll(ps, " -c ", " -e 3 ", " -r 4 ") {
+			t.Errorf("podman did not run the slirp4netns link on PATH; rootlessnet processes: %q", ps)
+		}
+		const msg = "through-the-link-on-path"
+		out := l.must(2*time.Minute, "podman", "exec", "pathweb", "sh", "-c", outboundScript(whoami, echo, msg))
+		checkOutbound(t, out, msg)
+		l.must(time.Minute, "podman", "rm", "-f", "-t", "0", "pathweb")
 		l.waitNoRootlessnet(15*time.Second, "its container was removed")
 	})
 }
