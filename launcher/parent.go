@@ -55,6 +55,7 @@ func LaunchMember(userNS *os.File, plug func(netns *os.File) error, req SetupReq
 		Member:   true,
 		Stdin:    os.Stdin,
 		Stdout:   os.Stdout,
+		Stderr:   os.Stderr,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -187,7 +187,7 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 	switch req.Op {
 	case "inspect":
 		cfg := d.cfg
-		return Reply{Network: &cfg, Members: d.Members()}, nil
+		return Reply{Network: &cfg, Members: d.Members(), Pid: os.Getpid()}, nil
 	case "join":
 		if m != nil {
 			return fail("this connection already joined as %s", m.info.Name)
@@ -234,7 +234,7 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 			}
 			return fail("network %s has %d running member(s) (%s): stop them, or use rm -f", d.cfg.Name, len(members), strings.Join(names, ", "))
 		}
-		d.stopMembers()
+		d.StopMembers()
 		return Reply{}, nil
 	}
 	return fail("unknown request %q", req.Op)
@@ -352,8 +352,9 @@ func (d *Daemon) leave(m *member) {
 	d.log.Info("member left", "name", m.info.Name, "address", m.info.Address)
 }
 
-// stopMembers asks every member to stop (rm -f).
-func (d *Daemon) stopMembers() {
+// StopMembers asks every member to stop (rm -f, or the network's process
+// stopped by a signal).
+func (d *Daemon) StopMembers() {
 	d.mu.Lock()
 	members := make([]*member, 0, len(d.members))
 	for _, m := range d.members {

@@ -34,6 +34,8 @@ type Reply struct {
 	Members []MemberInfo `json:"members,omitempty"`
 	Member  *MemberInfo  `json:"member,omitempty"`
 	Stop    bool         `json:"stop,omitempty"`
+	// Pid is the network's process (inspect).
+	Pid int `json:"pid,omitempty"`
 }
 
 // MemberInfo is what `network inspect` shows of a member.

@@ -41,6 +41,8 @@ func realMain(args []string) int {
 		status, err = runCommand(args[1:])
 	case len(args) > 0 && args[0] == "ports":
 		err = portsCommand(args[1:])
+	case len(args) > 0 && args[0] == "network":
+		err = networkCommand(args[1:])
 	default:
 		err = attachCommand(args)
 	}

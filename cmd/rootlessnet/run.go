@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -20,6 +21,8 @@ func runCommand(args []string) (int, error) {
 	o.register(fs)
 	var so sandboxOptions
 	so.register(fs, runSandboxDefault)
+	var mo memberOptions
+	mo.register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: rootlessnet run [flags] -- CMD [ARGS...]\n\nRuns CMD in new user, network and mount namespaces with connectivity through rootlessnet.\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -35,6 +38,15 @@ func runCommand(args []string) (int, error) {
 	log, err := newLogger(o.logLevel)
 	if err != nil {
 		return 0, err
+	}
+	if mo.network != "" {
+		if err := mo.validate(fs); err != nil {
+			return 0, err
+		}
+		return runMember(&o, &mo, fs.Args(), log)
+	}
+	if mo.name != "" || mo.ip != "" {
+		return 0, usageError{errors.New("run: --name and --ip need --network")}
 	}
 	if err := sandboxStart(fs, &so, log); err != nil {
 		return 0, err

@@ -1,0 +1,190 @@
+package main
+
+// `rootlessnet run --network NAME`: CMD as a member of a rootless network.
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/spf13/pflag"
+
+	"github.com/rootlessnet/rootlessnet/launcher"
+	"github.com/rootlessnet/rootlessnet/netd"
+	"github.com/rootlessnet/rootlessnet/userns"
+)
+
+// memberOptions are run's flags for a network's member.
+type memberOptions struct {
+	network, name, ip string
+}
+
+func (m *memberOptions) register(fs *pflag.FlagSet) {
+	fs.StringVar(&m.network, "network", "", "run CMD as a member of this rootless network (rootlessnet network create): its own namespaces, an address on the network, other members by name")
+	fs.StringVar(&m.name, "name", "", "with --network: the member's host name, by which the other members reach it (NAME and NAME.NETWORK); default member-N")
+	fs.StringVar(&m.ip, "ip", "", "with --network: the member's IPv4 address (default: the first free one)")
+}
+
+// memberFlags are run's flags that serve one namespace of its own, and
+// make no sense for a member, whose network is the network's.
+var memberFlags = []string{"cidr", "cidr6", "enable-ipv6", "mtu", "tap", "macaddress", "disable-host-loopback", "disable-dns", "resolv-conf", "pcap", "api-socket", "outbound-addr", "outbound-addr6", "port-bypass", "tcp-fastpath", "busy-poll", "offload", "max-flows", "enable-sandbox", "enable-seccomp"}
+
+func (m *memberOptions) validate(fs *pflag.FlagSet) error {
+	for _, f := range memberFlags {
+		if fs.Changed(f) {
+			return usageError{fmt.Errorf("run --network: --%s is the network's to set (rootlessnet network create)", f)}
+		}
+	}
+	if err := netd.ValidName("network", m.network); err != nil {
+		return usageError{err}
+	}
+	if m.name != "" {
+		if err := netd.ValidName("member", m.name); err != nil {
+			return usageError{err}
+		}
+	}
+	return nil
+}
+
+func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger) (int, error) {
+	if len(o.autos) > 0 {
+		return 0, usageError{errors.New("run --network: -p auto is not supported for members yet")}
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	stopped := func(err error) (int, error) {
+		select {
+		case sig := <-sigs:
+			return 128 + int(sig.(syscall.Signal)), nil
+		default:
+			return 0, err
+		}
+	}
+
+	state, cfg, err := findNetwork(mo.network)
+	if err != nil {
+		return 0, err
+	}
+	conn, err := netd.Dial(netd.PathsOf(state, cfg.Name))
+	if err != nil {
+		return 0, fmt.Errorf("network %s: %w: remove it with 'rootlessnet network rm %s' and create it again", cfg.Name, err, cfg.Name)
+	}
+	defer conn.Close()
+	reply, files, err := netd.Call(conn, netd.Request{Op: "join", Name: mo.name, IP: mo.ip, Pid: os.Getpid()})
+	if err != nil {
+		return stopped(fmt.Errorf("joining network %s: %w", cfg.Name, err))
+	}
+	if len(files) != 1 || reply.Member == nil || reply.Network == nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return 0, fmt.Errorf("joining network %s: the network sent no user namespace", cfg.Name)
+	}
+	userNS := files[0]
+	defer userNS.Close()
+	net, me := reply.Network, reply.Member
+
+	req := launcher.SetupRequest{
+		Tap:       "eth0",
+		Configure: true,
+		MTU:       net.MTU,
+		Address:   fmt.Sprintf("%s/%d", me.Address, net.Subnet.Bits()),
+		Gateway:   net.Gateway.String(),
+		Hostname:  me.Name,
+		Command:   command,
+	}
+	conf := fmt.Sprintf("search %s\nnameserver %s\n", net.Name, net.DNS)
+	if me.Address6.IsValid() {
+		req.Address6 = fmt.Sprintf("%s/%d", me.Address6, net.Subnet6.Bits())
+		req.Gateway6 = net.Gateway6.String()
+		conf += fmt.Sprintf("nameserver %s\n", net.DNS6)
+	}
+	dir, err := os.MkdirTemp("", "rootlessnet-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	req.ResolvConf = filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(req.ResolvConf, []byte(conf), 0o644); err != nil {
+		return 0, err
+	}
+	plug := func(ns *os.File) error {
+		_, _, err := netd.Call(conn, netd.Request{Op: "plug"}, ns)
+		return err
+	}
+	c, warnings, err := launcher.LaunchMember(userNS, plug, req)
+	if err != nil {
+		return stopped(err)
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	if len(o.ports) > 0 {
+		if _, _, err := netd.Call(conn, netd.Request{Op: "publish", Ports: o.ports}); err != nil {
+			c.Signal(syscall.SIGKILL)
+			c.Wait()
+			return stopped(err)
+		}
+	}
+	if status, _ := stopped(nil); status != 0 {
+		c.Signal(syscall.SIGKILL)
+		c.Wait()
+		return status, nil
+	}
+	if err := c.Start(); err != nil {
+		c.Wait()
+		return 0, err
+	}
+	log.Debug("member started", "network", net.Name, "name", me.Name, "address", me.Address, "pid", c.Pid())
+
+	// The connection is the membership: the network asks a member to
+	// stop on it (network rm -f), and its end means the network's
+	// process is gone.
+	netMsgs := make(chan netd.Reply, 1)
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		defer close(netMsgs)
+		for {
+			var r netd.Reply
+			if _, err := conn.Recv(&r); err != nil {
+				if !errors.Is(err, userns.ErrMessage) {
+					return
+				}
+				continue
+			}
+			netMsgs <- r
+		}
+	}()
+	defer func() {
+		conn.Close() // ends the watch, and the membership
+		watch.Wait()
+	}()
+	exited := make(chan int, 1)
+	go func() { exited <- c.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			c.Signal(sig)
+		case r, ok := <-netMsgs:
+			if !ok {
+				log.Warn("the network's process is gone: this member has lost the network", "network", net.Name)
+				netMsgs = nil
+				continue
+			}
+			if r.Stop {
+				log.Info("the network is being removed: stopping the member", "network", net.Name)
+				c.Signal(syscall.SIGTERM)
+			}
+		case status := <-exited:
+			return status, nil
+		}
+	}
+}

@@ -1,0 +1,546 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rootlessnet/rootlessnet/test/world"
+)
+
+func init() {
+	extraHelpers["net-server"] = netServer
+	extraHelpers["net-client"] = func(args []string) error { return netClient(args[0], args[1]) }
+	extraHelpers["net-lookup"] = netLookup
+}
+
+// netPort is where net-server listens, TCP and UDP.
+const netPort = 7000
+
+// netServer is a member's server: TCP and UDP on netPort answer "FROM
+// CLIENT" then echo. It prints LISTENING, then runs the commands it reads
+// on stdin ("connect TARGET WANTIP": netClient, answered OK or ERR)
+// until stdin ends.
+func netServer([]string) error {
+	tl, err := net.Listen("tcp", fmt.Sprintf(":%d", netPort))
+	if err != nil {
+		return err
+	}
+	defer tl.Close()
+	ul, err := net.ListenPacket("udp", fmt.Sprintf(":%d", netPort))
+	if err != nil {
+		return err
+	}
+	defer ul.Close()
+	go func() {
+		for {
+			c, err := tl.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "FROM %s\n", c.RemoteAddr())
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := ul.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			ul.WriteTo(append([]byte("FROM "+from.String()+" "), buf[:n]...), from)
+		}
+	}()
+	fmt.Println("LISTENING")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 3 && f[0] == "connect" {
+			if err := netClient(f[1], f[2]); err != nil {
+				fmt.Println("ERR", err)
+			} else {
+				fmt.Println("OK")
+			}
+		}
+	}
+	return nil
+}
+
+// netClient checks a member's reach of another: target (a name or an
+// address) resolves to wantIP; TCP and UDP to it on netPort see this
+// member's own address as the client (no NAT between members), 1 MiB
+// echoes intact; and wantIP answers a ping.
+func netClient(target, wantIP string) error {
+	own, err := ownAddress()
+	if err != nil {
+		return err
+	}
+	if _, err := netip.ParseAddr(target); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		addrs, err := net.DefaultResolver.LookupHost(ctx, target)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("resolving %s: %w", target, err)
+		}
+		if !strings.Contains(" "+strings.Join(addrs, " ")+" ", " "+wantIP+" ") {
+			return fmt.Errorf("%s resolved to %v, want %s", target, addrs, wantIP)
+		}
+	}
+	addr := net.JoinHostPort(target, fmt.Sprint(netPort))
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	rd := bufio.NewReader(c)
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("tcp greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "FROM "+own+":") {
+		return fmt.Errorf("the server saw the client as %q, want %s", strings.TrimSpace(line), own)
+	}
+	data := pattern(1 << 20)
+	go c.Write(data)
+	got := make([]byte, len(data))
+	if _, err := io.ReadFull(rd, got); err != nil {
+		return fmt.Errorf("tcp echo: %w", err)
+	}
+	if !bytes.Equal(got, data) {
+		return errors.New("tcp echo: the bytes differ")
+	}
+	u, err := net.Dial("udp", addr)
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	buf := make([]byte, 2048)
+	var reply string
+	for try := 0; try < 5 && reply == ""; try++ {
+		u.Write([]byte("hello"))
+		u.SetReadDeadline(time.Now().Add(time.Second))
+		if n, err := u.Read(buf); err == nil {
+			reply = string(buf[:n])
+		}
+	}
+	if !strings.HasPrefix(reply, "FROM "+own+":") || !strings.HasSuffix(reply, " hello") {
+		return fmt.Errorf("udp reply %q, want FROM %s:PORT hello", reply, own)
+	}
+	return ping(wantIP)
+}
+
+// ownAddress is eth0's IPv4 address.
+func ownAddress() (string, error) {
+	ifi, err := net.InterfaceByName("eth0")
+	if err != nil {
+		return "", err
+	}
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", errors.New("eth0 has no IPv4 address")
+}
+
+// netLookup prints what the name resolves to, or NXDOMAIN.
+func netLookup(args []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, args[0])
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		fmt.Println("NXDOMAIN")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Println("ADDRS", strings.Join(addrs, " "))
+	return nil
+}
+
+// netEnv runs rootlessnet's network commands for one env, with a state
+// directory of its own.
+type netEnv struct {
+	*env
+	xdg string
+}
+
+func newNetEnv(t *testing.T, e *env) *netEnv {
+	xdg := filepath.Join(e.scratch, "xdg")
+	if err := os.Mkdir(xdg, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if e.cred != nil {
+		os.Chown(xdg, int(e.cred.Uid), int(e.cred.Gid))
+	}
+	ne := &netEnv{env: e, xdg: xdg}
+	t.Cleanup(func() { ne.cleanup(t) })
+	return ne
+}
+
+func (ne *netEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := ne.command(ctx, args...)
+	cmd.Env = append(cmd.Env, "XDG_RUNTIME_DIR="+ne.xdg)
+	return cmd
+}
+
+// rn runs a rootlessnet command to its end.
+func (ne *netEnv) rn(args ...string) result {
+	ne.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := ne.cmd(ctx, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := ne.w.Start(cmd); err != nil {
+		ne.t.Fatal(err)
+	}
+	err := cmd.Wait()
+	r := result{stdout: stdout.String(), stderr: stderr.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.status = ee.ExitCode()
+	} else if err != nil {
+		ne.t.Fatalf("rootlessnet %v: %v", args, err)
+	}
+	return r
+}
+
+func (ne *netEnv) mustRN(args ...string) string {
+	ne.t.Helper()
+	r := ne.rn(args...)
+	if r.status != 0 {
+		ne.t.Fatalf("rootlessnet %s: status %d\n%s%s", strings.Join(args, " "), r.status, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+// member runs helper mode as a member and returns when it ended.
+func (ne *netEnv) member(flags []string, mode string, args ...string) result {
+	ne.t.Helper()
+	return ne.rn(append(append([]string{"run"}, flags...), "--", "env", helperEnv+"="+mode, "RLN_ARGS="+strings.Join(args, " "), ne.helper)...)
+}
+
+// server is a long-lived member running net-server.
+type server struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+	mu    sync.Mutex
+	out   *bytes.Buffer
+	done  chan error
+}
+
+func (s *server) output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out.String()
+}
+
+func (ne *netEnv) startServer(t *testing.T, flags ...string) *server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	args := append(append([]string{"run"}, flags...), "--", ne.helper)
+	cmd := ne.cmd(ctx, args...)
+	cmd.Env = append(cmd.Env, helperEnv+"=net-server")
+	s := &server{cmd: cmd, lines: make(chan string, 64), out: new(bytes.Buffer), done: make(chan error, 1)}
+	var err error
+	if s.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = &lockedWriter{mu: &s.mu, w: s.out}
+	if err := ne.w.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			s.lines <- sc.Text()
+		}
+		close(s.lines)
+	}()
+	go func() { s.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		s.stdin.Close()
+		select {
+		case <-s.done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-s.done
+		}
+		cancel()
+	})
+	if line := s.next(t, 30*time.Second); line != "LISTENING" {
+		t.Fatalf("member server said %q\n%s", line, s.output())
+	}
+	return s
+}
+
+func (s *server) next(t *testing.T, d time.Duration) string {
+	t.Helper()
+	select {
+	case l, ok := <-s.lines:
+		if !ok {
+			return "(ended)"
+		}
+		return l
+	case <-time.After(d):
+		t.Fatalf("no line from the member within %v\n%s", d, s.output())
+	}
+	return ""
+}
+
+// connect has the server member check its reach of target.
+func (s *server) connect(t *testing.T, target, wantIP string) {
+	t.Helper()
+	fmt.Fprintf(s.stdin, "connect %s %s\n", target, wantIP)
+	if line := s.next(t, time.Minute); line != "OK" {
+		t.Errorf("member -> %s: %s", target, line)
+	}
+}
+
+type netStatus struct {
+	Name    string `json:"name"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+	DNS     string `json:"dns"`
+	Running bool   `json:"running"`
+	Pid     int    `json:"pid"`
+	Members []struct {
+		Name    string   `json:"name"`
+		Address string   `json:"address"`
+		Ports   []string `json:"ports"`
+	} `json:"members"`
+}
+
+func (ne *netEnv) inspect(name string) netStatus {
+	ne.t.Helper()
+	var st netStatus
+	out := ne.mustRN("network", "inspect", name)
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		ne.t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	return st
+}
+
+func (st netStatus) addr(t *testing.T, member string) string {
+	t.Helper()
+	for _, m := range st.Members {
+		if m.Name == member {
+			return m.Address
+		}
+	}
+	t.Fatalf("network %s has no member %s: %+v", st.Name, member, st.Members)
+	return ""
+}
+
+// waitMember waits until inspect lists the member.
+func (ne *netEnv) waitMember(name, member string) netStatus {
+	ne.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st := ne.inspect(name)
+		for _, m := range st.Members {
+			if m.Name == member {
+				return st
+			}
+		}
+		if time.Now().After(deadline) {
+			ne.t.Fatalf("member %s never joined %s", member, name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanup removes every network of the env and checks that no process of
+// theirs is left.
+func (ne *netEnv) cleanup(t *testing.T) {
+	var all []netStatus
+	r := ne.rn("network", "ls", "--format", "json")
+	json.Unmarshal([]byte(r.stdout), &all)
+	for _, st := range all {
+		ne.rn("network", "rm", "-f", st.Name)
+		if st.Pid > 0 {
+			waitGone(t, st.Pid)
+		}
+	}
+}
+
+// waitGone waits (bounded) for a process to end, and fails if it does not.
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); bytes.Contains(b, []byte(") Z ")) {
+			return // a zombie of a reaper that is not ours: gone
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("process %d is still there", pid)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// hubsOf lists the hub children (rootlessnet-hub) whose parent is pid.
+func hubsOf(pid int) []int {
+	var hubs []int
+	for _, c := range childPidsOf(pid) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); strings.HasPrefix(string(b), "rootlessnet-hub") {
+			hubs = append(hubs, c)
+		}
+	}
+	return hubs
+}
+
+func childPidsOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var p int
+		if _, err := fmt.Sscan(e.Name(), &p); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		var state string
+		var ppid int
+		if i < 0 {
+			continue
+		}
+		if _, err := fmt.Sscan(s[i+1:], &state, &ppid); err == nil && ppid == pid {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// TestNetworkMembers: members of one network reach each other by name
+// and by address, both ways, over TCP, UDP and ping, as themselves (the
+// kernel bridge, no NAT); they reach the world through NAT and resolve
+// its names; a published port reaches its member with the client's
+// address kept; another network's members neither resolve nor answer;
+// rm is refused while members run and -f stops them.
+func TestNetworkMembers(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ne := newNetEnv(t, e)
+		echo := e.w.TCPEcho(t, "198.51.100.1:0")
+		e.w.DNS(t, "198.51.100.1:53")
+		if out := ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf()); strings.TrimSpace(out) != "n1" {
+			t.Fatalf("create printed %q", out)
+		}
+		db := ne.startServer(t, "--network", "n1", "--name", "db")
+		web := ne.startServer(t, "--network", "n1", "--name", "web", "-p", fmt.Sprintf("%d:%d", 18080, netPort))
+		st := ne.waitMember("n1", "web")
+		dbIP, webIP := st.addr(t, "db"), st.addr(t, "web")
+		if !strings.HasPrefix(dbIP, "10.89.0.") || st.Gateway != "10.89.0.1" || st.DNS != "10.89.0.2" {
+			t.Fatalf("inspect: %+v", st)
+		}
+		db.connect(t, "web", webIP)
+		db.connect(t, "web.n1", webIP)
+		web.connect(t, "db", dbIP)
+		web.connect(t, dbIP, dbIP)
+
+		// The outside world through NAT, and its names.
+		if r := ne.member([]string{"--network", "n1"}, "tcp-echo", echo.String(), "65536"); r.status != 0 || !strings.Contains(r.stdout, "OK") {
+			t.Errorf("member -> world: %d\n%s%s", r.status, r.stdout, r.stderr)
+		}
+		if r := ne.member([]string{"--network", "n1"}, "dns", "10.89.0.2:53", world.DNSName); !strings.Contains(r.stdout, "A=198.51.100.7") {
+			t.Errorf("member's DNS for a world name: %d\n%s%s", r.status, r.stdout, r.stderr)
+		}
+
+		// A published port, from the world's address: the member sees it.
+		var got string
+		err := e.w.Do(func() error {
+			c, err := net.DialTimeout("tcp", "198.51.100.1:18080", 10*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			got, err = bufio.NewReader(c).ReadString('\n')
+			return err
+		})
+		if err != nil || !strings.HasPrefix(got, "FROM 198.51.100.1:") {
+			t.Errorf("published port: %q, %v (want the world's address kept)", got, err)
+		}
+
+		// Another network: its own subnet; n1's names and members are
+		// out of its reach.
+		ne.mustRN("network", "create", "n2", "--resolv-conf", e.w.ResolvConf())
+		if st2 := ne.inspect("n2"); st2.Subnet == st.Subnet {
+			t.Fatalf("n2 got n1's subnet %s", st2.Subnet)
+		}
+		if r := ne.member([]string{"--network", "n2"}, "net-lookup", "db.n1"); strings.Contains(r.stdout, dbIP) {
+			t.Errorf("n1's member resolves from n2: %s", r.stdout)
+		}
+		if r := ne.member([]string{"--network", "n2"}, "net-lookup", "db"); strings.Contains(r.stdout, dbIP) {
+			t.Errorf("n1's member resolves from n2: %s", r.stdout)
+		}
+		if r := ne.member([]string{"--network", "n2"}, "net-client", dbIP, dbIP); r.status == 0 {
+			t.Errorf("n2's member reached n1's member at %s:\n%s", dbIP, r.stdout)
+		}
+
+		// ls lists both, with n1's members.
+		ls := ne.mustRN("network", "ls")
+		if !strings.Contains(ls, "n1") || !strings.Contains(ls, "db,web") || !strings.Contains(ls, "n2") {
+			t.Errorf("network ls:\n%s", ls)
+		}
+		// rm refuses while members run, names them; -f stops them.
+		if r := ne.rn("network", "rm", "n1"); r.status == 0 || !strings.Contains(r.stderr, "db, web") {
+			t.Errorf("rm with members: %d %s", r.status, r.stderr)
+		}
+		pid := ne.inspect("n1").Pid
+		ne.mustRN("network", "rm", "-f", "n1")
+		for _, s := range []*server{db, web} {
+			select {
+			case err := <-s.done:
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() != 143 {
+					t.Errorf("a member stopped by rm -f exited %v, want 143", err)
+				}
+				s.done <- err // for the cleanup
+			case <-time.After(20 * time.Second):
+				t.Errorf("rm -f did not stop a member")
+			}
+		}
+		waitGone(t, pid)
+		if r := ne.rn("network", "inspect", "n1"); r.status == 0 {
+			t.Errorf("n1 still there after rm -f")
+		}
+		ne.mustRN("network", "rm", "n2")
+	})
+}
