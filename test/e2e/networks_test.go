@@ -544,3 +544,141 @@ func TestNetworkMembers(t *testing.T) {
 		ne.mustRN("network", "rm", "n2")
 	})
 }
+
+// TestNetworkCrash: the network's process killed with SIGKILL takes its
+// hub with it (no namespace or process left); its member lives on without
+// the network; ls says the network is dead, a run --network names the
+// way out, rm cleans up and the same name can be created again.
+func TestNetworkCrash(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ne := newNetEnv(t, e)
+		ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+		db := ne.startServer(t, "--network", "n1", "--name", "db")
+		st := ne.waitMember("n1", "db")
+		hubs := hubsOf(st.Pid)
+		if len(hubs) != 1 {
+			t.Fatalf("the network's process %d has hubs %v, want one", st.Pid, hubs)
+		}
+		syscall.Kill(st.Pid, syscall.SIGKILL)
+		waitGone(t, st.Pid)
+		waitGone(t, hubs[0])
+		// The member runs on, and says it lost the network.
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(db.output(), "lost the network") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !strings.Contains(db.output(), "lost the network") {
+			t.Errorf("the member did not say it lost the network:\n%s", db.output())
+		}
+		select {
+		case err := <-db.done:
+			t.Errorf("the member ended with its network: %v", err)
+			db.done <- err
+		default:
+		}
+		if ls := ne.mustRN("network", "ls"); !strings.Contains(ls, "dead") {
+			t.Errorf("ls after the crash:\n%s", ls)
+		}
+		if r := ne.rn("run", "--network", "n1", "--", "true"); r.status == 0 || !strings.Contains(r.stderr, "network rm n1") {
+			t.Errorf("joining a dead network: %d %s", r.status, r.stderr)
+		}
+		ne.mustRN("network", "rm", "n1")
+		if ls := ne.mustRN("network", "ls"); strings.Contains(ls, "n1") {
+			t.Errorf("rm left n1:\n%s", ls)
+		}
+		// The same name again, and a crashed network's name taken over
+		// by create without rm.
+		ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+		pid := ne.inspect("n1").Pid
+		syscall.Kill(pid, syscall.SIGKILL)
+		waitGone(t, pid)
+		ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+		if r := ne.member([]string{"--network", "n1", "--name", "x"}, "net-lookup", "x"); !strings.Contains(r.stdout, "ADDRS 10.89.0.") {
+			t.Errorf("a member of the new n1: %d\n%s%s", r.status, r.stdout, r.stderr)
+		}
+	})
+}
+
+// TestNetworkBadInput: each mistake is a one-line error naming its cause,
+// and leaves nothing behind.
+func TestNetworkBadInput(t *testing.T) {
+	e := newEnv(t, world.Nobody)
+	ne := newNetEnv(t, e)
+	ne.mustRN("network", "create", "n1", "--subnet", "10.90.0.0/24", "--resolv-conf", e.w.ResolvConf())
+	ne.startServer(t, "--network", "n1", "--name", "db", "--ip", "10.90.0.50")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"network", "create", "n1"}, "network n1 already exists"},
+		{[]string{"network", "create", "bad/name"}, "invalid network name"},
+		{[]string{"network", "create", "n2", "--subnet", "10.90.0.128/25"}, "overlaps network n1's 10.90.0.0/24"},
+		{[]string{"network", "create", "n2", "--subnet", "10.0.2.0/24"}, "overlaps 10.0.2.0/24"},
+		{[]string{"network", "create", "n2", "--subnet", "10.91.0.1/24"}, "invalid --subnet"},
+		{[]string{"network", "create", "n2", "--mtu", "100"}, "invalid --mtu"},
+		{[]string{"network", "inspect", "nope"}, "no network named nope"},
+		{[]string{"network", "rm", "nope"}, "no network named nope"},
+		{[]string{"network", "frob"}, "unknown command"},
+		{[]string{"run", "--network", "nope", "--", "true"}, "no network named nope"},
+		{[]string{"run", "--network", "n1", "--name", "db", "--", "true"}, "the name db is taken on network n1"},
+		{[]string{"run", "--network", "n1", "--ip", "10.90.0.50", "--", "true"}, "--ip 10.90.0.50 is in use"},
+		{[]string{"run", "--network", "n1", "--ip", "10.91.0.5", "--", "true"}, "not a host address of network n1"},
+		{[]string{"run", "--network", "n1", "--ip", "10.90.0.1", "--", "true"}, "gateway or DNS address"},
+		{[]string{"run", "--network", "n1", "--name", "a b", "--", "true"}, "invalid member name"},
+		{[]string{"run", "--network", "n1", "--cidr", "10.1.0.0/24", "--", "true"}, "--cidr is the network's to set"},
+		{[]string{"run", "--name", "x", "--", "true"}, "--name and --ip need --network"},
+	} {
+		r := ne.rn(c.args...)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if r.status == 0 || !strings.Contains(r.stderr, c.want) || len(lines) != 1 {
+			t.Errorf("%v: status %d, stderr %q; want one line with %q", c.args, r.status, r.stderr, c.want)
+		}
+	}
+	// Nothing was left: one network, one member.
+	st := ne.inspect("n1")
+	if len(st.Members) != 1 {
+		t.Errorf("members after the mistakes: %+v", st.Members)
+	}
+	var all []netStatus
+	json.Unmarshal([]byte(ne.mustRN("network", "ls", "--format", "json")), &all)
+	if len(all) != 1 {
+		t.Errorf("networks after the mistakes: %+v", all)
+	}
+}
+
+// TestNetworkManyMembers: 50 members join in parallel, each resolving its
+// own name to its own address, and all leave: their names and addresses
+// are free again.
+func TestNetworkManyMembers(t *testing.T) {
+	e := newEnv(t, world.Nobody)
+	ne := newNetEnv(t, e)
+	ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+	const members = 50
+	var wg sync.WaitGroup
+	errs := make(chan string, members)
+	start := time.Now()
+	for i := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("m%d", i)
+			r := ne.member([]string{"--network", "n1", "--name", name}, "net-lookup", name)
+			if r.status != 0 || !strings.Contains(r.stdout, "ADDRS 10.89.0.") {
+				errs <- fmt.Sprintf("%s: %d %s%s", name, r.status, r.stdout, r.stderr)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	t.Logf("%d members joined, resolved themselves and left in %v", members, time.Since(start))
+	if st := ne.inspect("n1"); len(st.Members) != 0 {
+		t.Errorf("members left behind: %+v", st.Members)
+	}
+	// The first address is free again.
+	if r := ne.member([]string{"--network", "n1", "--name", "again"}, "net-lookup", "again"); !strings.Contains(r.stdout, "ADDRS 10.89.0.10") {
+		t.Errorf("after all left: %s%s", r.stdout, r.stderr)
+	}
+}
