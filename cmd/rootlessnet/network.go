@@ -468,4 +468,3 @@ func removeNetwork(name string, force bool) error {
 	}
 	return os.RemoveAll(paths.Dir)
 }
-
