@@ -96,7 +96,12 @@ func Attach(id int, memberNS *os.File, mtu int) error {
 // Detach removes member id's veth pair; one already gone (its namespace
 // ended, which destroys the pair) is not an error.
 func Detach(id int) error {
-	l, err := netlink.LinkByName(PortName(id))
+	name := PortName(id)
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		name = TapName(id)
+		l, err = netlink.LinkByName(name)
+	}
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
@@ -105,7 +110,40 @@ func Detach(id int) error {
 		return err
 	}
 	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-		return fmt.Errorf("removing %s: %w", PortName(id), err)
+		return fmt.Errorf("removing %s: %w", name, err)
 	}
 	return nil
+}
+
+// TapName is the bridge port of member id when the member is a namespace
+// of another user namespace (attached with --netns), which no veth can
+// reach: the network's process relays frames between this TAP and the
+// member's own.
+func TapName(id int) string { return fmt.Sprintf("rnt%d", id) }
+
+// AttachTap creates member id's TAP on the bridge and returns its fd.
+func AttachTap(id int, mtu int) (*os.File, error) {
+	br, err := netlink.LinkByName(Bridge)
+	if err != nil {
+		return nil, fmt.Errorf("finding the bridge: %w", err)
+	}
+	f, err := tap.Open(tap.Options{Name: TapName(id)})
+	if err != nil {
+		return nil, err
+	}
+	l, err := netlink.LinkByName(TapName(id))
+	if err == nil {
+		err = netlink.LinkSetMTU(l, mtu)
+	}
+	if err == nil {
+		err = netlink.LinkSetMaster(l, br)
+	}
+	if err == nil {
+		err = netlink.LinkSetUp(l)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("putting the member's TAP on the bridge: %w", err)
+	}
+	return f, nil
 }

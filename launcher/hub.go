@@ -23,7 +23,9 @@ type HubSetup struct {
 }
 
 // HubRequest plugs a member in (Op "attach", with the member's network
-// namespace attached) or out (Op "detach") (parent -> hub).
+// namespace attached; Op "tap": a TAP on the bridge for a member the
+// network's process relays frames to, sent back) or out (Op "detach")
+// (parent -> hub).
 type HubRequest struct {
 	Op  string
 	ID  int
@@ -61,6 +63,17 @@ func hubMain(conn *userns.Conn) int {
 				continue
 			}
 			return 0 // the network's process is gone: so is the network
+		}
+		if req.Op == "tap" {
+			f, err := hub.AttachTap(req.ID, req.MTU)
+			if err != nil {
+				conn.Send(HubReply{Error: err.Error()})
+			} else {
+				conn.Send(HubReply{}, f)
+				f.Close()
+			}
+			closeFiles(files)
+			continue
 		}
 		conn.Send(HubReply{Error: errString(serveHub(req, files))})
 		closeFiles(files)
@@ -136,6 +149,28 @@ func (h *Hub) Pid() int { return h.child.Cmd.Process.Pid }
 // Attach plugs member id's network namespace into the bridge.
 func (h *Hub) Attach(id int, memberNS *os.File, mtu int) error {
 	return h.do(HubRequest{Op: "attach", ID: id, MTU: mtu}, memberNS)
+}
+
+// Tap returns a TAP on the bridge for member id (non-blocking).
+func (h *Hub) Tap(id, mtu int) (*os.File, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.child.Conn.Send(HubRequest{Op: "tap", ID: id, MTU: mtu}); err != nil {
+		return nil, fmt.Errorf("talking to the hub: %w", err)
+	}
+	var reply HubReply
+	files, err := h.child.Conn.Recv(&reply)
+	if err != nil {
+		return nil, fmt.Errorf("talking to the hub: %w", err)
+	}
+	if reply.Error != "" || len(files) != 1 {
+		closeFiles(files)
+		if reply.Error == "" {
+			reply.Error = "the hub sent no TAP fd"
+		}
+		return nil, errors.New(reply.Error)
+	}
+	return nonBlocking(files[0])
 }
 
 // Detach unplugs member id.

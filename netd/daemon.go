@@ -13,7 +13,10 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/rootlessnet/rootlessnet/portfwd"
+	"github.com/rootlessnet/rootlessnet/relay"
 	"github.com/rootlessnet/rootlessnet/userns"
 )
 
@@ -22,6 +25,9 @@ import (
 type Plugger interface {
 	Attach(id int, memberNS *os.File, mtu int) error
 	Detach(id int) error
+	// Tap makes a TAP on the bridge for member id, whose frames the
+	// network's process relays to the member's own TAP.
+	Tap(id, mtu int) (*os.File, error)
 	// UserNS opens the network's user namespace, which members join.
 	UserNS() (*os.File, error)
 }
@@ -59,6 +65,8 @@ type member struct {
 	info  MemberInfo
 	ports []int
 	conn  *userns.Conn
+	// frames relays an attached member's TAP to its bridge port.
+	frames *relay.Frames
 	// sendMu orders the member connection's replies and the unasked
 	// stop.
 	sendMu sync.Mutex
@@ -217,6 +225,28 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 			return fail("plugging %s into the network: %v", m.info.Name, err)
 		}
 		return Reply{}, nil
+	case "plugtap":
+		if m == nil {
+			return fail("plugtap: join first")
+		}
+		if len(files) != 1 {
+			return fail("plugtap: got %d descriptors, want the member's TAP", len(files))
+		}
+		port, err := d.hub.Tap(m.id, d.cfg.MTU)
+		if err != nil {
+			return fail("plugging %s into the network: %v", m.info.Name, err)
+		}
+		// The relay owns both files; the request's copy is closed by
+		// the caller.
+		mine, err := dupFile(files[0])
+		if err != nil {
+			port.Close()
+			return fail("plugtap: %v", err)
+		}
+		d.mu.Lock()
+		m.frames = relay.NewFrames(mine, port)
+		d.mu.Unlock()
+		return Reply{}, nil
 	case "publish":
 		if m == nil {
 			return fail("publish: join first")
@@ -302,6 +332,20 @@ func (d *Daemon) join(req Request, conn *userns.Conn) (*member, error) {
 	return m, nil
 }
 
+// dupFile returns a non-blocking copy of a received TAP fd that the
+// poller serves.
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "member-tap"), nil
+}
+
 // sameHost maps a's host part in p4 into p6.
 func sameHost(p4 netip.Prefix, a netip.Addr, p6 netip.Prefix) netip.Addr {
 	b4, n4 := a.As4(), p4.Addr().As4()
@@ -340,8 +384,11 @@ func (d *Daemon) publish(m *member, specs []portfwd.Spec) error {
 func (d *Daemon) leave(m *member) {
 	d.mu.Lock()
 	delete(d.members, m.id)
-	ports := m.ports
+	ports, frames := m.ports, m.frames
 	d.mu.Unlock()
+	if frames != nil {
+		frames.Stop()
+	}
 	for _, id := range ports {
 		d.ports.Remove(id)
 	}

@@ -31,6 +31,7 @@ type attachOptions struct {
 	configure                bool
 	readyFD, exitFD          int
 	sandbox                  sandboxOptions
+	member                   memberOptions
 	version                  bool
 }
 
@@ -46,6 +47,7 @@ func newAttachFlags(o *attachOptions) *pflag.FlagSet {
 	fs.IntVarP(&o.readyFD, "ready-fd", "r", -1, "write \"1\" to this fd and close it once ready")
 	fs.IntVarP(&o.exitFD, "exit-fd", "e", -1, "exit when this fd is closed by its other end")
 	o.sandbox.register(fs, false)
+	o.member.register(fs)
 	fs.BoolVarP(&o.version, "version", "v", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage:
@@ -76,6 +78,18 @@ func attachCommand(args []string) error {
 	log, err := newLogger(o.logLevel)
 	if err != nil {
 		return err
+	}
+	if o.member.network != "" {
+		if o.netns == "" || fs.NArg() > 0 {
+			return usageError{fmt.Errorf("--network attaches the namespace given with --netns PATH")}
+		}
+		if err := o.member.validate(fs, "tap"); err != nil {
+			return err
+		}
+		return attachMember(&o, log)
+	}
+	if o.member.name != "" || o.member.ip != "" {
+		return usageError{fmt.Errorf("--name and --ip need --network")}
 	}
 	// The slirp4netns form: PID|PATH [TAPNAME].
 	netnsPath, userPath, joinOwner := o.netns, o.userns, true

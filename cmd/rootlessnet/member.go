@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -34,9 +36,9 @@ func (m *memberOptions) register(fs *pflag.FlagSet) {
 // make no sense for a member, whose network is the network's.
 var memberFlags = []string{"cidr", "cidr6", "enable-ipv6", "mtu", "tap", "macaddress", "disable-host-loopback", "disable-dns", "resolv-conf", "pcap", "api-socket", "outbound-addr", "outbound-addr6", "port-bypass", "tcp-fastpath", "busy-poll", "offload", "max-flows", "enable-sandbox", "enable-seccomp"}
 
-func (m *memberOptions) validate(fs *pflag.FlagSet) error {
+func (m *memberOptions) validate(fs *pflag.FlagSet, allowed ...string) error {
 	for _, f := range memberFlags {
-		if fs.Changed(f) {
+		if fs.Changed(f) && !slices.Contains(allowed, f) {
 			return usageError{fmt.Errorf("run --network: --%s is the network's to set (rootlessnet network create)", f)}
 		}
 	}
@@ -185,6 +187,131 @@ func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger
 			}
 		case status := <-exited:
 			return status, nil
+		}
+	}
+}
+
+// attachMember makes an existing network namespace (--netns PATH, made by
+// another launcher, in a user namespace that is not the network's) a
+// member: a TAP there, configured with the member's address, whose frames
+// the network's process relays to a port of the bridge. Names and routes
+// work as for any member; traffic to the other members crosses that relay
+// instead of staying in the kernel. It serves until the namespace is gone
+// or a signal.
+func attachMember(o *attachOptions, log *slog.Logger) error {
+	mo := &o.member
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	state, cfg, err := findNetwork(mo.network)
+	if err != nil {
+		return err
+	}
+	netns, err := userns.OpenNetNS(o.netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+	user, err := userToJoin(netns, o.userns, true)
+	if err != nil {
+		return err
+	}
+	if user != nil {
+		defer user.Close()
+	}
+	conn, err := netd.Dial(netd.PathsOf(state, cfg.Name))
+	if err != nil {
+		return fmt.Errorf("network %s: %w: remove it with 'rootlessnet network rm %s' and create it again", cfg.Name, err, cfg.Name)
+	}
+	defer conn.Close()
+	reply, files, err := netd.Call(conn, netd.Request{Op: "join", Name: mo.name, IP: mo.ip, Pid: os.Getpid()})
+	for _, f := range files {
+		f.Close() // the network's user namespace: not joined here
+	}
+	if err != nil {
+		return fmt.Errorf("joining network %s: %w", cfg.Name, err)
+	}
+	if reply.Member == nil || reply.Network == nil {
+		return fmt.Errorf("joining network %s: no member in the reply", cfg.Name)
+	}
+	net, me := reply.Network, reply.Member
+	req := launcher.SetupRequest{
+		Tap:       o.tapName,
+		Configure: true,
+		MTU:       net.MTU,
+		MAC:       o.macAddress,
+		Address:   fmt.Sprintf("%s/%d", me.Address, net.Subnet.Bits()),
+		Gateway:   net.Gateway.String(),
+	}
+	if me.Address6.IsValid() {
+		req.Address6 = fmt.Sprintf("%s/%d", me.Address6, net.Subnet6.Bits())
+		req.Gateway6 = net.Gateway6.String()
+	}
+	tapFile, _, warnings, err := launcher.Attach(netns, user, req)
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	_, _, err = netd.Call(conn, netd.Request{Op: "plugtap"}, tapFile)
+	tapFile.Close()
+	if err != nil {
+		return fmt.Errorf("plugging %s into network %s: %w", o.netns, net.Name, err)
+	}
+	if len(o.ports) > 0 {
+		if _, _, err := netd.Call(conn, netd.Request{Op: "publish", Ports: o.ports}); err != nil {
+			return err
+		}
+	}
+	nsID, err := userns.StatNS(o.netns)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("rootlessnet: %s is member %s of network %s: address %s/%d, gateway %s, DNS %s (search %s), MTU %d\n",
+		o.netns, me.Name, net.Name, me.Address, net.Subnet.Bits(), net.Gateway, net.DNS, net.Name, net.MTU)
+
+	netMsgs := make(chan netd.Reply, 1)
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		defer close(netMsgs)
+		for {
+			var r netd.Reply
+			if _, err := conn.Recv(&r); err != nil {
+				if !errors.Is(err, userns.ErrMessage) {
+					return
+				}
+				continue
+			}
+			netMsgs <- r
+		}
+	}()
+	defer func() {
+		conn.Close()
+		watch.Wait()
+	}()
+	tick := time.NewTicker(nsPollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case sig := <-sigs:
+			log.Info("exiting", "signal", sig)
+			return nil
+		case r, ok := <-netMsgs:
+			if !ok {
+				return fmt.Errorf("network %s: the network's process is gone", net.Name)
+			}
+			if r.Stop {
+				log.Info("the network is being removed: leaving it", "network", net.Name)
+				return nil
+			}
+		case <-tick.C:
+			if id, err := userns.StatNS(o.netns); err != nil || id != nsID {
+				log.Info("the namespace is gone; leaving the network", "netns", o.netns)
+				return nil
+			}
 		}
 	}
 }

@@ -26,6 +26,26 @@ func init() {
 	extraHelpers["net-server"] = netServer
 	extraHelpers["net-client"] = func(args []string) error { return netClient(args[0], args[1]) }
 	extraHelpers["net-lookup"] = netLookup
+	extraHelpers["newns-net"] = func([]string) error { return newNSMode("net-attached") }
+	extraHelpers["net-attached"] = netAttached
+}
+
+// netAttached is a container made by another launcher (new user and
+// network namespaces of its own): it prints its pid, waits for tap0 to be
+// configured, then serves as net-server.
+func netAttached(args []string) error {
+	fmt.Printf("PID %d\n", os.Getpid())
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := ownAddress(); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("tap0 was never configured")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return netServer(args)
 }
 
 // netPort is where net-server listens, TCP and UDP.
@@ -148,11 +168,14 @@ func netClient(target, wantIP string) error {
 	return ping(wantIP)
 }
 
-// ownAddress is eth0's IPv4 address.
+// ownAddress is eth0's IPv4 address (a member's), or tap0's (an attached
+// namespace's).
 func ownAddress() (string, error) {
 	ifi, err := net.InterfaceByName("eth0")
 	if err != nil {
-		return "", err
+		if ifi, err = net.InterfaceByName("tap0"); err != nil {
+			return "", err
+		}
 	}
 	addrs, err := ifi.Addrs()
 	if err != nil {
@@ -681,4 +704,80 @@ func TestNetworkManyMembers(t *testing.T) {
 	if r := ne.member([]string{"--network", "n1", "--name", "again"}, "net-lookup", "again"); !strings.Contains(r.stdout, "ADDRS 10.89.0.10") {
 		t.Errorf("after all left: %s%s", r.stdout, r.stderr)
 	}
+}
+
+// TestNetworkAttach: a namespace made by another launcher (its own user
+// namespace) joins a network with --netns PATH --network: members reach
+// it by name, it reaches them by address, each sees the other's own
+// address; it leaves when its namespace goes.
+func TestNetworkAttach(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ne := newNetEnv(t, e)
+		ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+		db := ne.startServer(t, "--network", "n1", "--name", "db")
+
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		ctr := ne.commandPath(ctx, e.helper)
+		ctr.Env = append(ctr.Env, helperEnv+"=newns-net")
+		ctrIn, _ := ctr.StdinPipe()
+		ctrOut, _ := ctr.StdoutPipe()
+		var ctrErr bytes.Buffer
+		ctr.Stderr = &ctrErr
+		if err := e.w.Start(ctr); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			ctrIn.Close()
+			ctr.Process.Kill()
+			ctr.Wait()
+		}()
+		rd := bufio.NewReader(ctrOut)
+		line, _ := rd.ReadString('\n')
+		var pid int
+		if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
+			t.Fatalf("container said %q: %s", line, ctrErr.String())
+		}
+		rn := ne.cmd(ctx, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--network", "n1", "--name", "ext")
+		var rnOut, rnErr bytes.Buffer
+		rn.Stdout, rn.Stderr = &rnOut, &lockedWriter{mu: new(sync.Mutex), w: &rnErr}
+		if err := e.w.Start(rn); err != nil {
+			t.Fatal(err)
+		}
+		rnDone := make(chan error, 1)
+		go func() { rnDone <- rn.Wait() }()
+		defer func() {
+			rn.Process.Kill()
+			<-rnDone
+		}()
+		if l, _ := rd.ReadString('\n'); strings.TrimSpace(l) != "LISTENING" {
+			t.Fatalf("attached container said %q: %s\nrootlessnet: %s", l, ctrErr.String(), rnErr.String())
+		}
+		st := ne.waitMember("n1", "ext")
+		extIP, dbIP := st.addr(t, "ext"), st.addr(t, "db")
+		db.connect(t, "ext", extIP)
+		fmt.Fprintf(ctrIn, "connect %s %s\n", dbIP, dbIP)
+		if l, _ := rd.ReadString('\n'); strings.TrimSpace(l) != "OK" {
+			t.Errorf("attached -> db: %s", l)
+		}
+		if !strings.Contains(rnOut.String(), "member ext of network n1: address "+extIP) {
+			t.Errorf("rootlessnet printed %q", rnOut.String())
+		}
+		// The namespace goes: the member leaves.
+		ctrIn.Close()
+		ctr.Wait()
+		select {
+		case <-rnDone:
+			rnDone <- nil
+		case <-time.After(20 * time.Second):
+			t.Fatalf("rootlessnet did not leave when the namespace went")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for len(ne.inspect("n1").Members) != 1 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if m := ne.inspect("n1").Members; len(m) != 1 {
+			t.Errorf("members after the namespace went: %+v", m)
+		}
+	})
 }
