@@ -175,6 +175,50 @@ func (f *Forwarder) dialDNSTCP() (*net.TCPConn, error) {
 // serveDNSTCPFailure accepts a DNS-over-TCP connection and answers each
 // query with SERVFAIL until the client closes or goes quiet.
 func (f *Forwarder) serveDNSTCPFailure(r *tcp.ForwarderRequest) {
+	f.serveDNSTCPMessages(r, servfail)
+}
+
+// serveDNSTCPNames accepts a DNS-over-TCP connection and answers each
+// query from cfg.Names, or else from an upstream over TCP (SERVFAIL when
+// none answers).
+func (f *Forwarder) serveDNSTCPNames(r *tcp.ForwarderRequest) {
+	f.serveDNSTCPMessages(r, func(q []byte) []byte {
+		if reply := f.localAnswer(q); reply != nil {
+			return reply
+		}
+		if reply, err := f.exchangeTCP(q); err == nil {
+			return reply
+		}
+		return servfail(q)
+	})
+}
+
+// exchangeTCP asks the first upstream that takes TCP.
+func (f *Forwarder) exchangeTCP(query []byte) ([]byte, error) {
+	c, err := f.dialDNSTCP()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(dnsAttemptTimeout))
+	msg := binary.BigEndian.AppendUint16(nil, uint16(len(query)))
+	if _, err := c.Write(append(msg, query...)); err != nil {
+		return nil, err
+	}
+	var lenBuf [2]byte
+	if _, err := io.ReadFull(c, lenBuf[:]); err != nil {
+		return nil, err
+	}
+	reply := make([]byte, binary.BigEndian.Uint16(lenBuf[:]))
+	if _, err := io.ReadFull(c, reply); err != nil {
+		return nil, err
+	}
+	return reply, nil
+}
+
+// serveDNSTCPMessages accepts a DNS-over-TCP connection and answers each
+// query with answer's reply until the client closes or goes quiet.
+func (f *Forwarder) serveDNSTCPMessages(r *tcp.ForwarderRequest, answer func(query []byte) []byte) {
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
@@ -198,7 +242,7 @@ func (f *Forwarder) serveDNSTCPFailure(r *tcp.ForwarderRequest) {
 		if _, err := io.ReadFull(c, q); err != nil {
 			return
 		}
-		reply := servfail(q)
+		reply := answer(q)
 		if reply == nil {
 			return
 		}

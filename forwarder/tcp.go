@@ -39,6 +39,12 @@ func (f *Forwarder) HandleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	case DNS:
+		if f.cfg.Names != nil {
+			// Members' names are answered here: one message at a time
+			// rather than a byte relay to an upstream.
+			f.serveDNSTCPNames(r)
+			return
+		}
 		host, err := f.dialDNSTCP()
 		if err != nil {
 			// No upstream takes TCP: answer SERVFAIL rather than

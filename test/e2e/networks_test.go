@@ -501,8 +501,19 @@ func TestNetworkMembers(t *testing.T) {
 		if r := ne.member([]string{"--network", "n1"}, "tcp-echo", echo.String(), "65536"); r.status != 0 || !strings.Contains(r.stdout, "OK") {
 			t.Errorf("member -> world: %d\n%s%s", r.status, r.stdout, r.stderr)
 		}
-		if r := ne.member([]string{"--network", "n1"}, "dns", "10.89.0.2:53", world.DNSName); !strings.Contains(r.stdout, "A=198.51.100.7") {
-			t.Errorf("member's DNS for a world name: %d\n%s%s", r.status, r.stdout, r.stderr)
+		// Names over UDP and TCP: the world's from its server, the
+		// members' from the network.
+		r := ne.member([]string{"--network", "n1"}, "dns", "10.89.0.2:53", world.DNSName)
+		for _, proto := range []string{"udp", "tcp"} {
+			if !strings.Contains(r.stdout, proto+" rcode=NOERROR A=198.51.100.7") {
+				t.Errorf("member's DNS over %s for a world name: %d\n%s%s", proto, r.status, r.stdout, r.stderr)
+			}
+		}
+		r = ne.member([]string{"--network", "n1"}, "dns", "10.89.0.2:53", "db.n1.")
+		for _, proto := range []string{"udp", "tcp"} {
+			if !strings.Contains(r.stdout, proto+" rcode=NOERROR A="+dbIP) {
+				t.Errorf("member's DNS over %s for db.n1: %d\n%s%s", proto, r.status, r.stdout, r.stderr)
+			}
 		}
 
 		// A published port, from the world's address: the member sees it.
