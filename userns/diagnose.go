@@ -16,7 +16,8 @@ func Diagnose(err error) error {
 		return nil
 	}
 	if !errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.ENOSPC) &&
-		!errors.Is(err, syscall.EACCES) && !errors.Is(err, syscall.EINVAL) {
+		!errors.Is(err, syscall.EACCES) && !errors.Is(err, syscall.EINVAL) &&
+		!errors.Is(err, syscall.EUSERS) {
 		return err
 	}
 	if v, ok := readSysctl("kernel/unprivileged_userns_clone"); ok && v == "0" {
