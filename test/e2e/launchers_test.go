@@ -531,6 +531,20 @@ network_backend = "netavark"
 	return path
 }
 
+// podmanCleanup removes the run's containers, then kills the pause
+// process that holds podman's user namespace; the sweep kills what is
+// left.
+func (l *launcher) podmanCleanup() {
+	if out, err := l.do(time.Minute, "podman", "rm", "-a", "-f", "-t", "0"); err != nil {
+		l.t.Logf("podman rm: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(l.run, "libpod", "tmp", "pause.pid")); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 func TestPodmanRootless(t *testing.T) {
 	l := newLauncher(t, "podman", "runc", "conmon", "/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns")
 	e := l.e
@@ -539,18 +553,7 @@ func TestPodmanRootless(t *testing.T) {
 		t.Helper()
 		return l.with(t).must(timeout, "podman", args...)
 	}
-	t.Cleanup(func() {
-		// Containers, then the pause process that holds podman's user
-		// namespace; the sweep kills what is left.
-		if out, err := l.do(time.Minute, "podman", "rm", "-a", "-f", "-t", "0"); err != nil {
-			t.Logf("podman rm: %v\n%s", err, out)
-		}
-		if b, err := os.ReadFile(filepath.Join(l.run, "libpod", "tmp", "pause.pid")); err == nil {
-			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	})
+	t.Cleanup(l.podmanCleanup)
 	whoami := e.w.TCPWhoAmI(t, world.UplinkV4+":0")
 	echo := e.w.TCPEcho(t, world.UplinkV4+":0")
 
