@@ -89,11 +89,19 @@ func LaunchMember(userNS *os.File, plug func(netns *os.File) error, req SetupReq
 		return fail(perr)
 	}
 	var reply SetupReply
-	if _, err := child.Conn.Recv(&reply); err != nil {
+	files, err = child.Conn.Recv(&reply)
+	if err != nil {
 		return fail(err)
 	}
-	if reply.Error != "" {
+	if reply.Error != "" || len(files) != btoi(req.SockDiag) {
+		closeFiles(files)
+		if reply.Error == "" {
+			reply.Error = fmt.Sprintf("the member sent %d descriptors, want %d", len(files), btoi(req.SockDiag))
+		}
 		return fail(errors.New(reply.Error))
+	}
+	if req.SockDiag {
+		c.sockDiag = files[0]
 	}
 	return c, reply.Warnings, nil
 }
@@ -218,6 +226,13 @@ func requestTap(child *userns.Child, req SetupRequest) (_, _ *os.File, _ []strin
 		return nil, nil, nil, err
 	}
 	return f, diag, reply.Warnings, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // nonBlocking makes a received TAP fd non-blocking and re-wraps it so that

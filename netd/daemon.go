@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -36,6 +37,10 @@ type Plugger interface {
 type Publisher interface {
 	Add(spec portfwd.Spec) (int, error)
 	Remove(id int) error
+	List() []portfwd.Entry
+	// Auto keeps the automatic forwards (-p auto) of the member whose
+	// addresses guest holds, as lister lists its sockets, until Close.
+	Auto(guest portfwd.Addresses, lister portfwd.SocketLister, pubs []portfwd.Publish) io.Closer
 }
 
 // Daemon serves a network's control socket: members join and leave,
@@ -67,6 +72,9 @@ type member struct {
 	conn  *userns.Conn
 	// frames relays an attached member's TAP to its bridge port.
 	frames *relay.Frames
+	// auto keeps its -p auto forwards; autoList is what it lists with.
+	auto     io.Closer
+	autoList *portfwd.SockDiag
 	// sendMu orders the member connection's replies and the unasked
 	// stop.
 	sendMu sync.Mutex
@@ -247,6 +255,32 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 		m.frames = relay.NewFrames(mine, port)
 		d.mu.Unlock()
 		return Reply{}, nil
+	case "auto":
+		if m == nil {
+			return fail("auto: join first")
+		}
+		if len(files) != 1 || len(req.Autos) == 0 {
+			return fail("auto: want -p auto forms and the member's sock_diag socket")
+		}
+		fd, err := unix.FcntlInt(files[0].Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return fail("auto: %v", err)
+		}
+		sd, err := portfwd.NewSockDiag(os.NewFile(uintptr(fd), "sock_diag"))
+		if err != nil {
+			return fail("auto: %v", err)
+		}
+		guest := portfwd.Addresses{Guest: m.info.Address, Guest6: m.info.Address6, Gateway: d.cfg.Gateway, Gateway6: d.cfg.Gateway6}
+		d.mu.Lock()
+		if m.auto != nil {
+			d.mu.Unlock()
+			sd.Close()
+			return fail("auto: already on")
+		}
+		m.autoList = sd
+		m.auto = d.ports.Auto(guest, sd, req.Autos)
+		d.mu.Unlock()
+		return Reply{}, nil
 	case "publish":
 		if m == nil {
 			return fail("publish: join first")
@@ -357,7 +391,6 @@ func sameHost(p4 netip.Prefix, a netip.Addr, p6 netip.Prefix) netip.Addr {
 
 func (d *Daemon) publish(m *member, specs []portfwd.Spec) error {
 	var ids []int
-	var shown []string
 	for _, spec := range specs {
 		spec.GuestAddr = m.info.Address
 		if spec.HostAddr.Is6() && !spec.HostAddr.Is4In6() && m.info.Address6.IsValid() {
@@ -371,11 +404,9 @@ func (d *Daemon) publish(m *member, specs []portfwd.Spec) error {
 			return fmt.Errorf("publishing %s: %w", spec, err)
 		}
 		ids = append(ids, id)
-		shown = append(shown, spec.String())
 	}
 	d.mu.Lock()
 	m.ports = append(m.ports, ids...)
-	m.info.Ports = append(m.info.Ports, shown...)
 	d.mu.Unlock()
 	return nil
 }
@@ -384,8 +415,12 @@ func (d *Daemon) publish(m *member, specs []portfwd.Spec) error {
 func (d *Daemon) leave(m *member) {
 	d.mu.Lock()
 	delete(d.members, m.id)
-	ports, frames := m.ports, m.frames
+	ports, frames, auto, autoList := m.ports, m.frames, m.auto, m.autoList
 	d.mu.Unlock()
+	if auto != nil {
+		auto.Close()
+		autoList.Close()
+	}
 	if frames != nil {
 		frames.Stop()
 	}
@@ -419,10 +454,21 @@ func (d *Daemon) StopMembers() {
 func (d *Daemon) Members() []MemberInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	entries := d.ports.List()
 	out := make([]MemberInfo, 0, len(d.members))
 	for _, m := range d.members {
 		info := m.info
-		info.Ports = append([]string(nil), m.info.Ports...)
+		info.Ports = nil
+		for _, en := range entries {
+			g := en.Spec.GuestAddr
+			if g.IsValid() && (g == m.info.Address || g == m.info.Address6) {
+				p := en.Spec.String()
+				if en.Source == portfwd.SourceAuto {
+					p += " (auto)"
+				}
+				info.Ports = append(info.Ports, p)
+			}
+		}
 		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address.Less(out[j].Address) })

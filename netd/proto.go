@@ -15,15 +15,18 @@ import (
 //   - "plug": (a member) plug the attached network namespace into the
 //     bridge.
 //   - "publish": (a member) publish Ports to the member's address.
+//   - "auto": (a member) publish what the member serves, as Autos (-p
+//     auto) say, listing its sockets with the attached sock_diag socket.
 //   - "stop": end the network; refused while members run, unless Force,
 //     which stops them.
 type Request struct {
-	Op    string         `json:"op"`
-	Name  string         `json:"name,omitempty"`
-	IP    string         `json:"ip,omitempty"`
-	Pid   int            `json:"pid,omitempty"`
-	Ports []portfwd.Spec `json:"ports,omitempty"`
-	Force bool           `json:"force,omitempty"`
+	Op    string            `json:"op"`
+	Name  string            `json:"name,omitempty"`
+	IP    string            `json:"ip,omitempty"`
+	Pid   int               `json:"pid,omitempty"`
+	Ports []portfwd.Spec    `json:"ports,omitempty"`
+	Autos []portfwd.Publish `json:"autos,omitempty"`
+	Force bool              `json:"force,omitempty"`
 }
 
 // Reply answers a Request. The network sends a member's connection an

@@ -40,7 +40,10 @@ type Auto struct {
 	e      *Engine
 	lister SocketLister
 	pubs   []Publish
-	log    *slog.Logger
+	// addr is the guest's: the engine's, or one member's of a network
+	// (StartAutoFor), whose automatic forwards alone this Auto keeps.
+	addr Addresses
+	log  *slog.Logger
 
 	// warned: the host sides already warned about, while the guest
 	// serves them; listErr: the listing fails (warned once until it
@@ -61,13 +64,32 @@ func StartAuto(e *Engine, lister SocketLister, pubs []Publish, interval time.Dur
 	return a
 }
 
+// StartAutoFor is StartAuto for one guest of several behind the engine's
+// link (a network's member), whose addresses are guest's Guest and
+// Guest6: it keeps only the automatic forwards to those.
+func StartAutoFor(e *Engine, guest Addresses, lister SocketLister, pubs []Publish, interval time.Duration, log *slog.Logger) *Auto {
+	a, ctx := newAuto(e, lister, pubs, log)
+	a.addr = guest
+	go a.loop(ctx, interval)
+	return a
+}
+
+// owns reports whether en is one of this Auto's forwards.
+func (a *Auto) owns(en Entry) bool {
+	if en.Source != SourceAuto {
+		return false
+	}
+	g := en.Spec.GuestAddr
+	return g.IsValid() && (g == a.addr.Guest || g == a.addr.Guest6)
+}
+
 // newAuto makes an Auto that does not poll yet.
 func newAuto(e *Engine, lister SocketLister, pubs []Publish, log *slog.Logger) (*Auto, context.Context) {
 	if log == nil {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Auto{e: e, lister: lister, pubs: pubs, log: log, warned: map[Spec]bool{}, cancel: cancel, done: make(chan struct{})}, ctx
+	return &Auto{e: e, lister: lister, pubs: pubs, addr: e.addr, log: log, warned: map[Spec]bool{}, cancel: cancel, done: make(chan struct{})}, ctx
 }
 
 // Close stops polling and withdraws the automatic forwards.
@@ -76,7 +98,7 @@ func (a *Auto) Close() {
 		a.cancel()
 		<-a.done
 		for _, en := range a.e.List() {
-			if en.Source == SourceAuto {
+			if a.owns(en) {
 				a.e.Remove(en.ID)
 			}
 		}
@@ -112,10 +134,10 @@ func (a *Auto) poll() {
 		a.log.Info("-p auto: listing the container's sockets again")
 		a.listErr = false
 	}
-	want := AutoSpecs(socks, a.pubs, a.e.addr)
+	want := AutoSpecs(socks, a.pubs, a.addr)
 	have := map[Spec]int{}
 	for _, en := range a.e.List() {
-		if en.Source != SourceAuto {
+		if !a.owns(en) {
 			continue
 		}
 		if _, ok := want[en.Spec]; !ok {

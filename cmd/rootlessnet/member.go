@@ -54,9 +54,6 @@ func (m *memberOptions) validate(fs *pflag.FlagSet, allowed ...string) error {
 }
 
 func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger) (int, error) {
-	if len(o.autos) > 0 {
-		return 0, usageError{errors.New("run --network: -p auto is not supported for members yet")}
-	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -100,6 +97,7 @@ func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger
 		Gateway:   net.Gateway.String(),
 		Hostname:  me.Name,
 		Command:   command,
+		SockDiag:  len(o.autos) > 0,
 	}
 	conf := fmt.Sprintf("search %s\nnameserver %s\n", net.Name, net.DNS)
 	if me.Address6.IsValid() {
@@ -129,6 +127,15 @@ func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger
 	}
 	if len(o.ports) > 0 {
 		if _, _, err := netd.Call(conn, netd.Request{Op: "publish", Ports: o.ports}); err != nil {
+			c.Signal(syscall.SIGKILL)
+			c.Wait()
+			return stopped(err)
+		}
+	}
+	if sd := c.TakeSockDiag(); sd != nil {
+		_, _, err := netd.Call(conn, netd.Request{Op: "auto", Autos: o.autos}, sd)
+		sd.Close()
+		if err != nil {
 			c.Signal(syscall.SIGKILL)
 			c.Wait()
 			return stopped(err)

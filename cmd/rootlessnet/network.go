@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -269,7 +270,7 @@ func networkServe(args []string) error {
 		Gateway: cfg.Gateway, Gateway6: cfg.Gateway6,
 	}, log)
 	defer engine.Close()
-	d, err := netd.NewDaemon(cfg, paths, hubPlugger{hub}, engine, names, log)
+	d, err := netd.NewDaemon(cfg, paths, hubPlugger{hub}, networkPorts{engine, log}, names, log)
 	if err != nil {
 		return fail(err)
 	}
@@ -302,6 +303,24 @@ func networkServe(args []string) error {
 
 // memberStopTimeout bounds the wait for stopped members to leave.
 const memberStopTimeout = 10 * time.Second
+
+// networkPorts gives netd the engine, with members' -p auto.
+type networkPorts struct {
+	*portfwd.Engine
+	log *slog.Logger
+}
+
+func (p networkPorts) Auto(guest portfwd.Addresses, lister portfwd.SocketLister, pubs []portfwd.Publish) io.Closer {
+	a := portfwd.StartAutoFor(p.Engine, guest, lister, pubs, portfwd.AutoInterval, p.log)
+	return closerFunc(a.Close)
+}
+
+type closerFunc func()
+
+func (f closerFunc) Close() error {
+	f()
+	return nil
+}
 
 // hubPlugger adds the network's user namespace to launcher.Hub.
 type hubPlugger struct{ *launcher.Hub }

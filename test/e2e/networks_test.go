@@ -792,3 +792,62 @@ func TestNetworkAttach(t *testing.T) {
 		}
 	})
 }
+
+// TestNetworkMemberAutoPorts: -p auto on a member publishes what that
+// member serves, to that member, shown by inspect; its end withdraws it.
+func TestNetworkMemberAutoPorts(t *testing.T) {
+	e := newEnv(t, world.Nobody)
+	ne := newNetEnv(t, e)
+	ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+	ne.startServer(t, "--network", "n1", "--name", "other")
+	s := ne.startServer(t, "--network", "n1", "--name", "auto", "-p", "127.0.0.1:auto/tcp")
+	st := ne.waitMember("n1", "auto")
+	autoIP := st.addr(t, "auto")
+	addr := fmt.Sprintf("127.0.0.1:%d", netPort)
+	greeting := func() (string, error) {
+		var got string
+		err := e.w.Do(func() error {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			got, err = bufio.NewReader(c).ReadString('\n')
+			return err
+		})
+		return got, err
+	}
+	var got string
+	err := retryFor(15*time.Second, func() (err error) {
+		got, err = greeting()
+		return err
+	})
+	// A loopback client shows as the gateway, as in run.
+	if err != nil || !strings.HasPrefix(got, "FROM 10.89.0.1:") {
+		t.Fatalf("the automatic port: %q, %v\n%s", got, err, s.output())
+	}
+	var ports []string
+	for _, m := range ne.inspect("n1").Members {
+		if m.Name == "auto" {
+			ports = m.Ports
+		} else if len(m.Ports) != 0 {
+			t.Errorf("member %s got ports %v", m.Name, m.Ports)
+		}
+	}
+	if len(ports) != 1 || !strings.Contains(ports[0], autoIP) || !strings.HasSuffix(ports[0], "(auto)") {
+		t.Errorf("inspect shows the auto member's ports as %v", ports)
+	}
+	// The member ends: its port goes.
+	s.stdin.Close()
+	<-s.done
+	s.done <- nil
+	if err := retryFor(15*time.Second, func() error {
+		if _, err := greeting(); err == nil {
+			return errors.New("still published")
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("after the member ended: %v", err)
+	}
+}
