@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -32,7 +34,7 @@ type TapEndpoint struct {
 	fd   int
 	fdMu sync.RWMutex
 	// poll waits for the TAP and the fast path's host sockets.
-	poll *poller
+	poll *eventloop.Loop
 	mac  tcpip.LinkAddress
 
 	mtu atomic.Uint32
@@ -98,7 +100,7 @@ var _ stack.LinkEndpoint = (*TapEndpoint)(nil)
 // NewTapEndpoint takes over a TAP fd: file is closed at once, its fd
 // kept in a duplicate that Close closes. onReadError and owns may be nil.
 func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), owns func(tcpip.Address) bool) (*TapEndpoint, error) {
-	fd, err := detachFD(file)
+	fd, err := eventloop.DetachFD(file)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +108,7 @@ func NewTapEndpoint(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadErro
 		unix.Close(fd)
 		return nil, err
 	}
-	p, err := newPoller()
+	p, err := eventloop.New()
 	if err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -125,7 +127,7 @@ func (e *TapEndpoint) OnRouterSolicit(fn func()) { e.onRouterSolicit = fn }
 // SetBusyPoll sets the longest busy-poll window of the fast path's loop
 // (busypoll.go); 0 turns busy polling off. Call it before the NIC is
 // created.
-func (e *TapEndpoint) SetBusyPoll(d time.Duration) { e.poll.busyPoll = max(0, min(d, MaxBusyPoll)) }
+func (e *TapEndpoint) SetBusyPoll(d time.Duration) { e.poll.SetBusyPoll(d) }
 
 // EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
 // offloads set (tap.SetOffload). Call it before the NIC is created.
@@ -184,8 +186,8 @@ func (e *TapEndpoint) Attach(d stack.NetworkDispatcher) {
 		// the loop waits in Go's poller (runViaGo). So it does with one
 		// P, which its own waits would keep from Go's poller and the
 		// rest of the program.
-		e.poll.viaGo = e.tcpf.policy == nil || runtime.GOMAXPROCS(0) < 2
-		if err := e.poll.add(e.fd, pollLevel, e); err != nil {
+		e.poll.SetViaGo(e.tcpf.policy == nil || runtime.GOMAXPROCS(0) < 2)
+		if err := e.poll.Add(e.fd, eventloop.Level, e); err != nil {
 			// Only a closed endpoint or a broken epoll gets here.
 			if !e.closed.Load() && e.onReadError != nil {
 				e.onReadError(err)
@@ -194,7 +196,7 @@ func (e *TapEndpoint) Attach(d stack.NetworkDispatcher) {
 		e.wg.Add(2)
 		go func() {
 			defer e.wg.Done()
-			e.poll.run()
+			e.poll.Run()
 		}()
 		go e.writeLoop()
 	}
@@ -219,7 +221,7 @@ func (e *TapEndpoint) Close() {
 		started := e.started
 		e.mu.RUnlock()
 		if started {
-			e.poll.stop()
+			e.poll.Stop()
 		}
 		e.closeTCPFast()
 		e.rx.release()
@@ -227,7 +229,7 @@ func (e *TapEndpoint) Close() {
 		unix.Close(e.fd)
 		e.fd = -1
 		e.fdMu.Unlock()
-		e.poll.close()
+		e.poll.Close()
 	}
 }
 
@@ -408,7 +410,7 @@ func (e *TapEndpoint) writev(iovs [][]byte) error {
 		return os.ErrClosed
 	}
 	for {
-		_, err := rawWritev(e.fd, iovs)
+		_, err := eventloop.Writev(e.fd, iovs)
 		if err != unix.EINTR {
 			return err // EAGAIN too: never wait for writability
 		}
@@ -462,7 +464,7 @@ func (r *tapRx) release() {
 
 // onPoll is the TAP's handler on the poller: one frame per call, the
 // TAP being level-triggered.
-func (e *TapEndpoint) onPoll(uint32) {
+func (e *TapEndpoint) OnPoll(uint32) {
 	if !e.rx.failed {
 		e.readFrame(&e.rx)
 	}
@@ -479,9 +481,9 @@ func (e *TapEndpoint) readFrame(r *tapRx) {
 	}
 	iovs = append(iovs, r.hdr[:], r.head.AsSlice())
 	r.iovs = iovs
-	n, err := rawReadv(e.fd, iovs)
+	n, err := eventloop.Readv(e.fd, iovs)
 	for err == unix.EINTR {
-		n, err = rawReadv(e.fd, iovs)
+		n, err = eventloop.Readv(e.fd, iovs)
 	}
 	if err == nil && n == 0 {
 		err = io.EOF
@@ -491,10 +493,10 @@ func (e *TapEndpoint) readFrame(r *tapRx) {
 			return
 		}
 		r.failed = true
-		e.poll.remove(e.fd)
+		e.poll.Remove(e.fd)
 		if !e.closed.Load() && e.onReadError != nil {
 			e.onReadError(err)
-			e.poll.handedOff.Store(true)
+			e.poll.HandOff()
 		}
 		return
 	}
@@ -556,7 +558,7 @@ func (e *TapEndpoint) deliver(frame buffer.Buffer) {
 	e.learnGuestMAC(eth.SourceAddress())
 	if e.onRouterSolicit != nil && isRouterSolicit(hdr) {
 		e.onRouterSolicit()
-		e.poll.handedOff.Store(true)
+		e.poll.HandOff()
 	}
 	if e.holdSYN(hdr, &frame) {
 		frame.Release()
@@ -614,7 +616,7 @@ func (e *TapEndpoint) dispatch(frame buffer.Buffer) {
 		return
 	}
 	e.stats.RxFrames.Add(1)
-	e.poll.handedOff.Store(true) // the stack's goroutines take it on
+	e.poll.HandOff() // the stack's goroutines take it on
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: frame})
 	defer pkt.DecRef()
 	if !e.ParseHeader(pkt) {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -399,7 +401,7 @@ func (f *tcpFlow) readRoomLocked() int {
 }
 
 // onPoll takes the host socket's events on the poller.
-func (f *tcpFlow) onPoll(events uint32) {
+func (f *tcpFlow) OnPoll(events uint32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed || f.fd < 0 {
@@ -432,9 +434,9 @@ func (f *tcpFlow) pumpHostLocked() {
 			return // an ACK that opens the window calls again
 		}
 		buf := f.snd.tail(room)
-		n, err := rawRead(f.fd, buf)
+		n, err := eventloop.Read(f.fd, buf)
 		for err == unix.EINTR {
-			n, err = rawRead(f.fd, buf)
+			n, err = eventloop.Read(f.fd, buf)
 		}
 		if n > 0 && err == nil {
 			f.snd.commit(n)
@@ -605,12 +607,13 @@ func (f *tcpFlow) dataLocked(s *tcpSeg) {
 	if !f.ackTimerOn {
 		f.ackTimerOn = true
 		f.ackGen++
-		f.e.poll.ackLater(f, f.ackGen)
+		f.e.poll.Later(f, f.ackGen, time.Now().Add(fastAckDelay))
 	}
 }
 
-// onAckDue sends a delayed ACK that no segment carried (request gen).
-func (f *tcpFlow) onAckDue(gen uint32) {
+// Due sends a delayed ACK that no segment carried (request gen): the
+// loop's eventloop.Waiter.
+func (f *tcpFlow) Due(gen uint32) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed || !f.ackTimerOn || gen != f.ackGen {
@@ -622,8 +625,8 @@ func (f *tcpFlow) onAckDue(gen uint32) {
 	}
 }
 
-// ackStillOwed says whether request gen of a delayed ACK still stands.
-func (f *tcpFlow) ackStillOwed(gen uint32) bool {
+// Wanted says whether request gen of a delayed ACK still stands.
+func (f *tcpFlow) Wanted(gen uint32) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return !f.closed && f.ackTimerOn && gen == f.ackGen
@@ -648,9 +651,9 @@ func (f *tcpFlow) toHostLocked(n int) (int, error) {
 	w := 0
 	if !f.flushing {
 		var err error
-		w, err = rawWritev(f.fd, f.pieces)
+		w, err = eventloop.Writev(f.fd, f.pieces)
 		for err == unix.EINTR {
-			w, err = rawWritev(f.fd, f.pieces)
+			w, err = eventloop.Writev(f.fd, f.pieces)
 		}
 		switch {
 		case err == unix.EAGAIN:
@@ -723,7 +726,7 @@ func (f *tcpFlow) flushLocked() {
 		}
 	}()
 	for len(f.pending) > 0 {
-		n, err := rawWrite(f.fd, f.pending)
+		n, err := eventloop.Write(f.fd, f.pending)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -775,7 +778,7 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		f.result(errFastClosed)
 	}
 	if f.fd >= 0 {
-		f.e.poll.forget(f.fd) // the flow's fd is the socket's only one
+		f.e.poll.Forget(f.fd) // the flow's fd is the socket's only one
 		if rstHost {
 			unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
@@ -791,7 +794,7 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 	f.e.tcpf.remove(f)
 	if f.ended != nil {
 		close(f.ended)
-		f.e.poll.handedOff.Store(true)
+		f.e.poll.HandOff()
 	}
 	if f.done != nil {
 		f.done()

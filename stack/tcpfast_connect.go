@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 // The host socket of an outbound flow: made and connected on the read
@@ -66,7 +68,7 @@ func (f *tcpFlow) connectLocked(d *TCPFastDial) {
 	}
 	// Registered after connect: the poller's first report for the fd
 	// says whether it is connected (EPOLLOUT) or failed (EPOLLERR).
-	if err := f.e.poll.add(fd, pollEdge, f); err != nil {
+	if err := f.e.poll.Add(fd, eventloop.Edge, f); err != nil {
 		f.connectFailedLocked(err)
 		return
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -112,7 +114,7 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 	}
 	// The host socket joins the poller now, out of Go's: from here on
 	// the flow owns it.
-	fd, err := detachFD(host)
+	fd, err := eventloop.DetachFD(host)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
@@ -124,7 +126,7 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		return nil, errFastClosed
 	}
 	f.fd = fd
-	if err := e.poll.add(fd, pollEdge, f); err != nil {
+	if err := e.poll.Add(fd, eventloop.Edge, f); err != nil {
 		f.closeLocked(true, true)
 		return nil, err
 	}
@@ -186,7 +188,7 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 func (f *tcpFlow) answer(err error) {
 	select {
 	case f.answered <- err:
-		f.e.poll.handedOff.Store(true)
+		f.e.poll.HandOff()
 	default:
 	}
 }
