@@ -41,7 +41,7 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		f.result(errClosed)
 	}
 	if f.fd >= 0 {
-		f.p.loop.Forget(f.fd) // the flow's fd is the socket's only one
+		f.t.loop.Forget(f.fd) // the flow's fd is the socket's only one
 		if rstHost {
 			unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
@@ -54,10 +54,10 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 	f.ackTimerOn = false
 	f.snd.release()
 	f.releasePendingLocked()
-	f.p.tcp.remove(f)
+	f.t.remove(f)
 	if f.ended != nil {
 		close(f.ended)
-		f.p.loop.HandOff()
+		f.t.loop.HandOff()
 	}
 	if f.done != nil {
 		f.done()

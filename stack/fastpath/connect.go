@@ -68,7 +68,7 @@ func (f *tcpFlow) connectLocked(d *TCPDial) {
 	}
 	// Registered after connect: the loop's first report for the fd
 	// says whether it is connected (EPOLLOUT) or failed (EPOLLERR).
-	if err := f.p.loop.Add(fd, eventloop.Edge, f); err != nil {
+	if err := f.t.loop.Add(fd, eventloop.Edge, f); err != nil {
 		f.connectFailedLocked(err)
 		return
 	}

@@ -42,11 +42,14 @@ const fastDialTimeout = 10 * time.Second
 // once the container answered: run then carries the connection until it
 // ends and closes host. On error host is left to the caller.
 func (p *Path) DialTCP(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (run func(context.Context), err error) {
-	fp := &p.tcp
-	if fp.policy == nil {
+	return p.tcp.dial(ctx, src, dst, host)
+}
+
+func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (run func(context.Context), err error) {
+	if t.policy == nil {
 		return nil, errDisabled
 	}
-	guestMAC, ok := p.link.GuestMAC()
+	guestMAC, ok := t.link.GuestMAC()
 	if !ok {
 		return nil, errNoGuest
 	}
@@ -54,9 +57,9 @@ func (p *Path) DialTCP(ctx context.Context, src, dst netip.AddrPort, host *net.T
 	if dst.Addr().Is6() {
 		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
 	}
-	mtu := int(p.link.MTU())
+	mtu := int(t.link.MTU())
 	f := &tcpFlow{
-		p:        p,
+		t:        t,
 		guestMAC: guestMAC,
 		state:    fsSynSent,
 		wsOK:     true, // offered; the SYN-ACK says whether it holds
@@ -68,29 +71,29 @@ func (p *Path) DialTCP(ctx context.Context, src, dst netip.AddrPort, host *net.T
 		ended:    make(chan struct{}),
 		answered: make(chan error, 1),
 	}
-	fp.mu.Lock()
-	if fp.closed {
-		fp.mu.Unlock()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
 		return nil, errClosed
 	}
 	// The client's own port when it is free (a client of two published
 	// ports that reach the same guest port may repeat it), else a
 	// random one.
 	key := tcpFlowKey{src: dst, dst: src}
-	for i := 0; src.Port() == 0 || fp.flows[key] != nil; i++ {
+	for i := 0; src.Port() == 0 || t.flows[key] != nil; i++ {
 		if i == 64 {
-			fp.mu.Unlock()
+			t.mu.Unlock()
 			return nil, errBusy
 		}
 		src = netip.AddrPortFrom(src.Addr(), uint16(32768+rand.IntN(28232)))
 		key.dst = src
 	}
 	f.key = key
-	f.iss = fp.isn(key)
+	f.iss = t.isn(key)
 	f.sndUna, f.sndNxt = f.iss, f.iss+1
-	fp.flows[key] = f
-	fp.mu.Unlock()
-	p.stats.TCPFlows.Add(1)
+	t.flows[key] = f
+	t.mu.Unlock()
+	t.stats.TCPFlows.Add(1)
 
 	f.mu.Lock()
 	f.sendLocked(flagSYN, f.iss, nil, 0)
@@ -126,7 +129,7 @@ func (p *Path) DialTCP(ctx context.Context, src, dst netip.AddrPort, host *net.T
 		return nil, errClosed
 	}
 	f.fd = fd
-	if err := p.loop.Add(fd, eventloop.Edge, f); err != nil {
+	if err := t.loop.Add(fd, eventloop.Edge, f); err != nil {
 		f.closeLocked(true, true)
 		return nil, err
 	}
@@ -188,7 +191,7 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 func (f *tcpFlow) answer(err error) {
 	select {
 	case f.answered <- err:
-		f.p.loop.HandOff()
+		f.t.loop.HandOff()
 	default:
 	}
 }

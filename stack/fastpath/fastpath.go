@@ -46,25 +46,25 @@ var (
 	_ link.Interceptor = (*Path)(nil)
 )
 
-// Path is the fast path of one link.
+// Path is the fast path of one link: a part per concern (udp.go,
+// tcp.go, synhold.go), each with the link's side they share (core).
 type Path struct {
+	core
+	udp udpShortcut
+	tcp tcpTable
+	syn synHold
+}
+
+// core is what the parts of the fast path share.
+type core struct {
 	link Link
 	loop *eventloop.Loop
 	// mac is the link's MAC, compared as bytes with every frame's
 	// destination.
 	mac    tcpip.LinkAddress
 	closed atomic.Bool
-
-	// udp carries registered UDP flows past the stack (udp.go).
-	udp udpShortcut
-	// tcp carries outbound and published TCP connections (tcp.go).
-	tcp tcpTable
-	// synBusy and synHeld: see synhold.go.
-	synBusy atomic.Pointer[SYNBusy]
-	synHeld atomic.Int32
 	// ipID numbers the IPv4 packets WriteUDP and the TCP flows make.
-	ipID atomic.Uint32
-
+	ipID  atomic.Uint32
 	stats Stats
 }
 
@@ -84,7 +84,11 @@ type Stats struct {
 // nothing until the link is told of it (link.Endpoint.SetInterceptor) and
 // it is given work (EnableTCP, AddUDPFlow, SetSYNBusy).
 func New(l Link, loop *eventloop.Loop) *Path {
-	return &Path{link: l, loop: loop, mac: l.LinkAddress()}
+	p := &Path{core: core{link: l, loop: loop, mac: l.LinkAddress()}}
+	p.udp.core = &p.core
+	p.tcp.core = &p.core
+	p.syn.core = &p.core
+	return p
 }
 
 // Intercept implements link.Interceptor: a datagram of a registered UDP
@@ -92,13 +96,13 @@ func New(l Link, loop *eventloop.Loop) *Path {
 // policy takes starts one), and a SYN whose 4-tuple the stack still
 // holds waits; everything else goes on to the stack.
 func (p *Path) Intercept(hdr, rest []byte) bool {
-	if p.udp.n.Load() > 0 && p.interceptUDP(hdr, rest) {
+	if p.udp.n.Load() > 0 && p.udp.intercept(hdr, rest) {
 		return true
 	}
-	if p.tcp.policy != nil && p.interceptTCP(hdr, rest) {
+	if p.tcp.policy != nil && p.tcp.intercept(hdr, rest) {
 		return true
 	}
-	return p.holdSYN(hdr, rest)
+	return p.syn.hold(hdr, rest)
 }
 
 // Close ends every TCP flow (their host sockets close) and drops the
@@ -106,7 +110,7 @@ func (p *Path) Intercept(hdr, rest []byte) bool {
 // have no goroutines of their own.
 func (p *Path) Close() {
 	p.closed.Store(true)
-	p.closeTCP()
+	p.tcp.close()
 }
 
 // Stats returns the fast path's counters.

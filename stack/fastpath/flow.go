@@ -56,7 +56,7 @@ const (
 // variables are named as in RFC 9293: snd* for what goes to the
 // container, rcv* for what comes from it.
 type tcpFlow struct {
-	p        *Path
+	t        *tcpTable
 	key      tcpFlowKey // src: the container's end; dst: the peer it sees
 	guestMAC tcpip.LinkAddress
 	done     func()      // the policy's, once at the end; may be nil

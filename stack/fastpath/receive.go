@@ -151,7 +151,7 @@ func (f *tcpFlow) dataLocked(s *tcpSeg) {
 	if !f.ackTimerOn {
 		f.ackTimerOn = true
 		f.ackGen++
-		f.p.loop.Later(f, f.ackGen, time.Now().Add(fastAckDelay))
+		f.t.loop.Later(f, f.ackGen, time.Now().Add(fastAckDelay))
 	}
 }
 

@@ -68,7 +68,7 @@ func (f *tcpFlow) sendNewLocked() {
 		return
 	}
 	segMax := f.mss
-	if f.p.link.VnetHdr() {
+	if f.t.link.VnetHdr() {
 		segMax = fastSegMax
 	}
 	for {
@@ -101,7 +101,7 @@ func (f *tcpFlow) retransmitLocked() {
 		f.sendLocked(flagSYN, f.iss, nil, 0)
 	case f.dataInFlight() > 0:
 		segMax := f.mss
-		if f.p.link.VnetHdr() {
+		if f.t.link.VnetHdr() {
 			segMax = fastSegMax
 		}
 		n := min(f.dataInFlight(), segMax)
@@ -129,7 +129,7 @@ func (f *tcpFlow) sendSynAckLocked() { f.sendLocked(flagSYN|flagACK, f.iss, nil,
 // sendLocked writes one segment from seq with the flow's ACK and window:
 // n bytes of payload, in pieces.
 func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte, n int) {
-	p := f.p
+	p := f.t
 	vnet := p.link.VnetHdr()
 	o := tcpOut{
 		srcMAC:  p.mac,

@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -31,47 +32,54 @@ const (
 type SYNBusy func(id stack.TransportEndpointID, proto tcpip.NetworkProtocolNumber) bool
 
 // SetSYNBusy installs the check; the read loop may already run.
-func (p *Path) SetSYNBusy(fn SYNBusy) { p.synBusy.Store(&fn) }
+func (p *Path) SetSYNBusy(fn SYNBusy) { p.syn.busy.Store(&fn) }
 
-// holdSYN holds a copy of the frame read as hdr then rest, if it is a SYN
+// synHold holds SYNs whose 4-tuple the stack still holds.
+type synHold struct {
+	*core
+	busy atomic.Pointer[SYNBusy]
+	held atomic.Int32 // SYNs held now
+}
+
+// hold holds a copy of the frame read as hdr then rest, if it is a SYN
 // to the stack (to the link's MAC, or multicast: what the link passes)
 // whose 4-tuple is still taken, and reports whether it did.
-func (p *Path) holdSYN(hdr, rest []byte) bool {
-	busy := p.synBusy.Load()
+func (s *synHold) hold(hdr, rest []byte) bool {
+	busy := s.busy.Load()
 	if busy == nil {
 		return false
 	}
 	id, proto, ok := synID(hdr)
-	if !ok || string(hdr[:header.EthernetAddressSize]) != string(p.mac) && !header.IsMulticastEthernetAddress(header.Ethernet(hdr).DestinationAddress()) {
+	if !ok || string(hdr[:header.EthernetAddressSize]) != string(s.mac) && !header.IsMulticastEthernetAddress(header.Ethernet(hdr).DestinationAddress()) {
 		return false
 	}
 	if !(*busy)(id, proto) {
 		return false
 	}
-	if p.synHeld.Add(1) > synHoldLimit {
-		p.synHeld.Add(-1)
+	if s.held.Add(1) > synHoldLimit {
+		s.held.Add(-1)
 		return false
 	}
 	// The link learns the container's MAC from the frames it passes to
 	// the stack; this one it does not see.
-	p.link.LearnGuestMAC(header.Ethernet(hdr).SourceAddress())
+	s.link.LearnGuestMAC(header.Ethernet(hdr).SourceAddress())
 	held := make([]byte, 0, len(hdr)+len(rest))
 	held = append(append(held, hdr...), rest...)
-	p.stats.SYNHeld.Add(1)
+	s.stats.SYNHeld.Add(1)
 	var retry func(step int)
 	retry = func(step int) {
 		// The timer's goroutine ends with this call; Close makes the
 		// last one drop the frame.
-		if p.closed.Load() {
-			p.synHeld.Add(-1)
+		if s.closed.Load() {
+			s.held.Add(-1)
 			return
 		}
 		if step < synHoldSteps && (*busy)(id, proto) {
 			time.AfterFunc(synHoldStep, func() { retry(step + 1) })
 			return
 		}
-		p.synHeld.Add(-1)
-		p.link.Inject(held)
+		s.held.Add(-1)
+		s.link.Inject(held)
 	}
 	time.AfterFunc(synHoldStep, func() { retry(1) })
 	return true

@@ -58,6 +58,7 @@ type tcpFlowKey struct{ src, dst netip.AddrPort }
 
 // tcpTable is the fast path's table of TCP flows.
 type tcpTable struct {
+	*core
 	policy TCPPolicy    // nil: off
 	seed   maphash.Seed // keys the hash of initial sequence numbers
 
@@ -93,17 +94,16 @@ func (p *Path) TCPFlows() int {
 	return len(fp.flows)
 }
 
-// closeTCP ends every flow: their host sockets close. The loop has
+// close ends every flow: their host sockets close. The loop has
 // stopped by then; flows have no goroutines of their own.
-func (p *Path) closeTCP() {
-	fp := &p.tcp
-	if fp.policy == nil {
+func (t *tcpTable) close() {
+	if t.policy == nil {
 		return
 	}
-	fp.mu.Lock()
-	fp.closed = true
-	fp.mu.Unlock()
-	for _, f := range fp.snapshot() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	for _, f := range t.snapshot() {
 		f.mu.Lock()
 		// A flow whose container side has finished and handed all
 		// to the host socket closes gracefully: the kernel still
@@ -149,41 +149,40 @@ func (p *Path) DrainTCP(timeout time.Duration) bool {
 // ticks every 4 µs plus a keyed hash of the 4-tuple. A new connection on
 // a 4-tuple then starts above where the last one ended, which is what
 // a container's socket in TIME-WAIT wants of a SYN to accept it.
-func (fp *tcpTable) isn(key tcpFlowKey) uint32 {
-	return uint32(time.Now().UnixNano()/4000) + uint32(maphash.Comparable(fp.seed, key))
+func (t *tcpTable) isn(key tcpFlowKey) uint32 {
+	return uint32(time.Now().UnixNano()/4000) + uint32(maphash.Comparable(t.seed, key))
 }
 
-// snapshot lists the flows, so that each can be locked without fp.mu
-// (the lock order is a flow's mu, then fp.mu).
-func (fp *tcpTable) snapshot() []*tcpFlow {
-	fp.mu.RLock()
-	defer fp.mu.RUnlock()
-	flows := make([]*tcpFlow, 0, len(fp.flows))
-	for _, f := range fp.flows {
+// snapshot lists the flows, so that each can be locked without t.mu
+// (the lock order is a flow's mu, then t.mu).
+func (t *tcpTable) snapshot() []*tcpFlow {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	flows := make([]*tcpFlow, 0, len(t.flows))
+	for _, f := range t.flows {
 		flows = append(flows, f)
 	}
 	return flows
 }
 
-func (fp *tcpTable) remove(f *tcpFlow) {
-	fp.mu.Lock()
-	if fp.flows[f.key] == f {
-		delete(fp.flows, f.key)
+func (t *tcpTable) remove(f *tcpFlow) {
+	t.mu.Lock()
+	if t.flows[f.key] == f {
+		delete(t.flows, f.key)
 	}
-	fp.mu.Unlock()
+	t.mu.Unlock()
 }
 
-// interceptTCP hands a frame read from the TAP (hdr, then rest) to its
+// intercept hands a frame read from the TAP (hdr, then rest) to its
 // fast-path flow, or starts one for a SYN the policy takes, and reports
 // whether it did. It runs on the read loop before the frame becomes a
 // gVisor buffer.
-func (p *Path) interceptTCP(hdr, rest []byte) bool {
-	fp := &p.tcp
+func (t *tcpTable) intercept(hdr, rest []byte) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
 	eth := header.Ethernet(hdr)
-	if string(hdr[:header.EthernetAddressSize]) != string(p.mac) { // no string made per frame
+	if string(hdr[:header.EthernetAddressSize]) != string(t.mac) { // no string made per frame
 		return false
 	}
 	seg, ok := parseTCP(hdr, len(hdr)+len(rest))
@@ -191,7 +190,7 @@ func (p *Path) interceptTCP(hdr, rest []byte) bool {
 		return false
 	}
 	key := tcpFlowKey{src: seg.src, dst: seg.dst}
-	if f := fp.last; f != nil && f.key == key {
+	if f := t.last; f != nil && f.key == key {
 		f.mu.Lock()
 		if !f.closed {
 			f.applyLocked(&seg, hdr, rest)
@@ -200,16 +199,16 @@ func (p *Path) interceptTCP(hdr, rest []byte) bool {
 		}
 		f.mu.Unlock()
 	}
-	fp.mu.RLock()
-	f := fp.flows[key]
-	fp.mu.RUnlock()
+	t.mu.RLock()
+	f := t.flows[key]
+	t.mu.RUnlock()
 	if f == nil {
 		if seg.flags&(flagSYN|flagACK|flagRST|flagFIN) != flagSYN {
 			return false // the stack answers strays with RST
 		}
-		return p.startFlow(&seg, eth.SourceAddress())
+		return t.start(&seg, eth.SourceAddress())
 	}
-	fp.last = f
+	t.last = f
 	f.mu.Lock()
 	f.applyLocked(&seg, hdr, rest)
 	f.mu.Unlock()
@@ -223,17 +222,16 @@ func (f *tcpFlow) applyLocked(seg *tcpSeg, hdr, rest []byte) {
 	clear(f.pieces)
 }
 
-func (p *Path) startFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
-	fp := &p.tcp
+func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 	if !header.IsValidUnicastEthernetAddress(guestMAC) {
 		return false
 	}
-	d, ok := fp.policy.TakeTCP(seg.src, seg.dst)
+	d, ok := t.policy.TakeTCP(seg.src, seg.dst)
 	if !ok {
 		return false
 	}
-	iss := p.tcp.isn(tcpFlowKey{src: seg.src, dst: seg.dst})
-	mtu := int(p.link.MTU())
+	iss := t.isn(tcpFlowKey{src: seg.src, dst: seg.dst})
+	mtu := int(t.link.MTU())
 	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
 	if seg.src.Addr().Is6() {
 		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
@@ -243,7 +241,7 @@ func (p *Path) startFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 		mss = 536 // RFC 9293's default
 	}
 	f := &tcpFlow{
-		p:        p,
+		t:        t,
 		key:      tcpFlowKey{src: seg.src, dst: seg.dst},
 		guestMAC: guestMAC,
 		irs:      seg.seq,
@@ -261,18 +259,18 @@ func (p *Path) startFlow(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 		f.wsOK = true
 		f.sndShift = uint8(seg.wscale)
 	}
-	fp.mu.Lock()
-	if fp.closed || fp.flows[f.key] != nil {
-		fp.mu.Unlock()
+	t.mu.Lock()
+	if t.closed || t.flows[f.key] != nil {
+		t.mu.Unlock()
 		if d.Done != nil {
 			d.Done()
 		}
 		return true
 	}
-	fp.flows[f.key] = f
-	fp.mu.Unlock()
-	p.link.LearnGuestMAC(guestMAC)
-	p.stats.TCPFlows.Add(1)
+	t.flows[f.key] = f
+	t.mu.Unlock()
+	t.link.LearnGuestMAC(guestMAC)
+	t.stats.TCPFlows.Add(1)
 	f.done = d.Done
 	f.result = d.Result
 	f.mu.Lock()

@@ -26,6 +26,7 @@ type udpFlowKey struct{ src, dst netip.AddrPort }
 
 // udpShortcut is the fast path's table of UDP flows.
 type udpShortcut struct {
+	*core
 	mu    sync.RWMutex
 	flows map[udpFlowKey]func(payload [][]byte)
 	// n is len(flows): the read loop skips the lookup while it is 0.
@@ -63,18 +64,17 @@ func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) 
 	}
 }
 
-// interceptUDP hands a frame read from the TAP, whose first bytes are hdr
+// intercept hands a frame read from the TAP, whose first bytes are hdr
 // and the rest rest, to the sink of its flow and reports whether it did.
 // It runs on the read loop (which skips it while no flow is registered)
 // before the frame becomes a gVisor buffer, so that a datagram that skips
 // the stack costs no copy.
-func (p *Path) interceptUDP(hdr, rest []byte) bool {
-	u := &p.udp
+func (u *udpShortcut) intercept(hdr, rest []byte) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
 	eth := header.Ethernet(hdr)
-	if string(hdr[:header.EthernetAddressSize]) != string(p.mac) { // no string made per frame
+	if string(hdr[:header.EthernetAddressSize]) != string(u.mac) { // no string made per frame
 		return false
 	}
 	src, dst, off, n, ok := parseUDP(hdr, len(hdr)+len(rest))
@@ -87,12 +87,12 @@ func (p *Path) interceptUDP(hdr, rest []byte) bool {
 	if sink == nil {
 		return false
 	}
-	p.link.LearnGuestMAC(eth.SourceAddress())
+	u.link.LearnGuestMAC(eth.SourceAddress())
 	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
 	sink(iovs)
 	clear(iovs)
 	u.iovs = iovs[:0]
-	p.stats.UDPShortcutIn.Add(1)
+	u.stats.UDPShortcutIn.Add(1)
 	return true
 }
 
@@ -160,7 +160,11 @@ const udpHeadersMax = link.VnetHdrSize + header.EthernetMinimumSize + header.IPv
 // would need IP fragments; the caller then sends it through the stack. A
 // full TAP queue drops the datagram, as it drops the stack's frames.
 func (p *Path) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
-	guest, ok := p.link.GuestMAC()
+	return p.udp.write(src, dst, payload)
+}
+
+func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte) bool {
+	guest, ok := u.link.GuestMAC()
 	if !ok || src.Addr().Is4() != dst.Addr().Is4() {
 		return false
 	}
@@ -172,12 +176,12 @@ func (p *Path) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
 		proto = header.IPv4ProtocolNumber
 	}
 	udpLen := header.UDPMinimumSize + len(payload)
-	if ipLen+udpLen > int(p.link.MTU()) {
+	if ipLen+udpLen > int(u.link.MTU()) {
 		return false
 	}
 	var buf [udpHeadersMax]byte // the virtio-net header stays zero: a complete packet
 	frame := buf[link.VnetHdrSize:]
-	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: p.mac, DstAddr: guest, Type: proto})
+	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: u.mac, DstAddr: guest, Type: proto})
 	ip := frame[header.EthernetMinimumSize:]
 	var srcA, dstA tcpip.Address
 	if v4 {
@@ -185,7 +189,7 @@ func (p *Path) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
 		h := header.IPv4(ip)
 		h.Encode(&header.IPv4Fields{
 			TotalLength: uint16(ipLen + udpLen),
-			ID:          uint16(p.ipID.Add(1)),
+			ID:          uint16(u.ipID.Add(1)),
 			TTL:         64,
 			Protocol:    uint8(header.UDPProtocolNumber),
 			SrcAddr:     srcA,
@@ -202,23 +206,23 @@ func (p *Path) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
 			DstAddr:           dstA,
 		})
 	}
-	u := header.UDP(ip[ipLen:])
-	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
+	uh := header.UDP(ip[ipLen:])
+	uh.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, uint16(udpLen))
 	xsum = checksum.Checksum(payload, xsum)
-	c := ^u.CalculateChecksum(xsum)
+	c := ^uh.CalculateChecksum(xsum)
 	if c == 0 {
 		c = 0xffff // 0 would mean "no checksum"
 	}
-	u.SetChecksum(c)
+	uh.SetChecksum(c)
 
 	hdrs := buf[:link.VnetHdrSize+header.EthernetMinimumSize+ipLen+header.UDPMinimumSize]
-	if !p.link.VnetHdr() {
+	if !u.link.VnetHdr() {
 		hdrs = hdrs[link.VnetHdrSize:]
 	}
-	if err := p.link.WritePieces([][]byte{hdrs, payload}); err != nil {
+	if err := u.link.WritePieces([][]byte{hdrs, payload}); err != nil {
 		return true
 	}
-	p.stats.UDPShortcutOut.Add(1)
+	u.stats.UDPShortcutOut.Add(1)
 	return true
 }
