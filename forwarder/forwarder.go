@@ -24,7 +24,7 @@ type GuestWriter interface {
 // UDPShortcut carries a UDP flow's datagrams past the netstack once the
 // flow is set up: from the container to a sink (AddUDPFlow), and to the
 // container (WriteUDP, false when the stack must send it); see
-// stack.TapEndpoint.
+// fastpath.Path.
 type UDPShortcut interface {
 	AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func())
 	WriteUDP(src, dst netip.AddrPort, payload []byte) bool

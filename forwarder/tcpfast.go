@@ -3,19 +3,19 @@ package forwarder
 import (
 	"net/netip"
 
-	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/stack/fastpath"
 )
 
-// TakeTCP implements stack.TCPFastPolicy: connections the policy dials
+// TakeTCP implements fastpath.TCPPolicy: connections the policy dials
 // go on the link's TCP fast path, counted against the flow limit like
 // the stack's; DNS over TCP, refused destinations and connections over
 // the limit stay with the stack, which answers them as before.
-func (f *Forwarder) TakeTCP(src, dst netip.AddrPort) (stack.TCPFastDial, bool) {
+func (f *Forwarder) TakeTCP(src, dst netip.AddrPort) (fastpath.TCPDial, bool) {
 	verdict, to := f.cfg.Policy.Translate(dst)
 	if verdict != Dial || f.ctx.Err() != nil || !f.startFlow("tcp") {
-		return stack.TCPFastDial{}, false
+		return fastpath.TCPDial{}, false
 	}
-	return stack.TCPFastDial{
+	return fastpath.TCPDial{
 		To:      to,
 		Control: f.cfg.Dialer.Control, // outbound binding
 		Timeout: dialTimeout,

@@ -23,6 +23,8 @@ import (
 
 	"github.com/rootlessnet/rootlessnet/forwarder"
 	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/stack/fastpath"
+	"github.com/rootlessnet/rootlessnet/stack/link"
 	"github.com/rootlessnet/rootlessnet/tap"
 )
 
@@ -46,10 +48,10 @@ type Config struct {
 	// Pcap, when set, receives every frame as pcap (LINKTYPE_RAW).
 	Pcap io.Writer
 	// TCPFastPath carries outbound TCP past the netstack
-	// (stack/tcpfast.go); off with Pcap, which must see every segment.
+	// (stack/fastpath); off with Pcap, which must see every segment.
 	TCPFastPath bool
 	// BusyPoll is the fast path's longest busy-poll window
-	// (stack/busypoll.go); 0: none.
+	// (stack/eventloop/busypoll.go); 0: none.
 	BusyPoll time.Duration
 	// Dialer makes the host-side connections.
 	Dialer *net.Dialer
@@ -67,8 +69,11 @@ type Config struct {
 
 // Network is a running data path.
 type Network struct {
-	Stack     *gstack.Stack
-	Link      *stack.TapEndpoint
+	Stack *gstack.Stack
+	Link  *link.Endpoint
+	// Fast is the link's fast path: TCP flows, the UDP shortcut and
+	// held SYNs.
+	Fast      *fastpath.Path
 	Forwarder *forwarder.Forwarder
 	cfg       Config
 
@@ -113,21 +118,21 @@ func New(cfg Config) (*Network, error) {
 	}
 	owns := func(a tcpip.Address) bool { return owned[a] }
 	if cfg.VnetHdr {
-		// Before NewTapEndpoint, which takes the fd over.
+		// Before link.New, which takes the fd over.
 		if err := tap.SetOffload(cfg.Tap); err != nil {
 			cfg.Tap.Close()
 			return nil, err
 		}
 	}
-	link, err := stack.NewTapEndpoint(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError, owns)
+	ep, err := link.New(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError, owns)
 	if err != nil {
 		cfg.Tap.Close()
 		return nil, err
 	}
-	n.Link = link
+	n.Link = ep
 	if cfg.IPv6.Enabled() && cfg.RouterAdverts {
 		n.solicited = make(chan struct{}, 1)
-		link.OnRouterSolicit(func() {
+		ep.OnRouterSolicit(func() {
 			select {
 			case n.solicited <- struct{}{}:
 			default:
@@ -135,24 +140,28 @@ func New(cfg Config) (*Network, error) {
 		})
 	}
 	if cfg.VnetHdr {
-		link.EnableVnetHdr()
+		ep.EnableVnetHdr()
 	}
-	var ep gstack.LinkEndpoint = link
+	// Frames from the TAP meet the fast path first, then the stack.
+	fast := fastpath.New(ep, ep.Loop())
+	ep.SetInterceptor(fast)
+	n.Fast = fast
+	var nic gstack.LinkEndpoint = ep
 	if cfg.Pcap != nil {
-		sn, err := sniffer.NewWithWriter(link, cfg.Pcap, uint32(cfg.MTU)+header.EthernetMinimumSize)
+		sn, err := sniffer.NewWithWriter(ep, cfg.Pcap, uint32(cfg.MTU)+header.EthernetMinimumSize)
 		if err != nil {
-			link.Close()
+			ep.Close()
 			return nil, fmt.Errorf("pcap: %w", err)
 		}
-		ep = sn
+		nic = sn
 	}
 	a := cfg.Addressing
 	var shortcut forwarder.UDPShortcut
 	if cfg.Pcap == nil && !cfg.Bridged {
 		// The capture must see every datagram.
-		shortcut = link
+		shortcut = fast
 	}
-	guest := &guestWriter{link: link, mac: stack.GatewayMAC(a), bridged: cfg.Bridged}
+	guest := &guestWriter{link: ep, mac: stack.GatewayMAC(a), bridged: cfg.Bridged}
 	n.Forwarder = forwarder.New(forwarder.Config{
 		Policy: forwarder.Policy{
 			Gateway:             a.Gateway,
@@ -172,11 +181,11 @@ func New(cfg Config) (*Network, error) {
 		Log:         cfg.Log,
 	})
 	if cfg.TCPFastPath && cfg.Pcap == nil {
-		link.EnableTCPFastPath(n.Forwarder)
-		link.SetBusyPoll(cfg.BusyPoll)
+		fast.EnableTCP(n.Forwarder)
+		ep.Loop().SetBusyPoll(cfg.BusyPoll)
 	}
 	s, err := stack.New(stack.Config{
-		Link:       ep,
+		Link:       nic,
 		Addressing: a,
 		IPv6:       cfg.IPv6,
 		Handlers: stack.Handlers{
@@ -187,13 +196,13 @@ func New(cfg Config) (*Network, error) {
 		},
 	})
 	if err != nil {
-		link.Close()
+		ep.Close()
 		n.Forwarder.Close()
 		return nil, err
 	}
 	n.Stack = s
 	guest.stack.Store(s)
-	link.SetSYNBusy(func(id gstack.TransportEndpointID, proto tcpip.NetworkProtocolNumber) bool {
+	fast.SetSYNBusy(func(id gstack.TransportEndpointID, proto tcpip.NetworkProtocolNumber) bool {
 		return s.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, stack.NICID) != nil
 	})
 	n.Forwarder.Attach(s)
@@ -253,6 +262,8 @@ func (n *Network) Close() {
 		close(n.trimStop)
 		<-n.trimDone
 		n.Link.Close()
+		// The fast path's flows after the loop has stopped.
+		n.Fast.Close()
 		// The read loop may still be in the stack with a frame read
 		// before Close; Stack.Wait holds the stack's lock that it may
 		// need, so wait for the loop first.
@@ -265,7 +276,7 @@ func (n *Network) Close() {
 
 // guestWriter frames IP packets for the container.
 type guestWriter struct {
-	link *stack.TapEndpoint
+	link *link.Endpoint
 	mac  tcpip.LinkAddress
 	// bridged: find the destination's MAC in stack's neighbor table
 	// (stack is set before any packet flows).

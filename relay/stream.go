@@ -151,7 +151,7 @@ func (w *hostWriter) Write(p []byte) (int, error) {
 	}
 	// A large view goes out with what is pending in one writev (a
 	// super-frame's first bytes come in a view of their own: see
-	// stack.TapEndpoint's receive buffers).
+	// link.Endpoint's receive buffers).
 	n, err := w.write(w.pending, p)
 	if err != nil {
 		return 0, errHostFull

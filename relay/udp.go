@@ -86,7 +86,7 @@ func UDPToHost(ep tcpip.Endpoint, wq *waiter.Queue, host *net.UDPConn, seen func
 	}, nil
 }
 
-// UDPSinkTo returns a sink for stack.TapEndpoint.AddUDPFlow that writes
+// UDPSinkTo returns a sink for fastpath.Path.AddUDPFlow that writes
 // each payload to the connected host socket as one datagram, never
 // waiting (a full socket drops it, as UDP may), and calls seen with its
 // size. Writes after host is closed fail harmlessly.

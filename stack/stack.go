@@ -1,6 +1,8 @@
 // Package stack wires the gVisor netstack that terminates the container's
-// traffic: the TAP link endpoint, the NIC, the gateway's and DNS
-// addresses, routes and TCP tuning.
+// traffic: the NIC on a link endpoint (stack/link), the gateway's and DNS
+// addresses, routes, router advertisements and TCP tuning. The link, the
+// fast path past the netstack (stack/fastpath) and their event loop
+// (stack/eventloop) are packages of their own; network.New wires them.
 package stack
 
 import (

@@ -13,6 +13,7 @@ import (
 	"github.com/rootlessnet/rootlessnet/forwarder"
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 var errHelp = errors.New("help shown")
@@ -65,7 +66,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.UintVar(&o.maxFlows, "max-flows", forwarder.DefaultMaxFlows, "most concurrent TCP and UDP flows from the container; more are refused (TCP RST, ICMP port unreachable); 0: no limit")
 	fs.BoolVar(&o.portBypass, "port-bypass", false, "published TCP ports skip the netstack: a helper inside the container's namespaces connects to the guest port and rootlessnet splices between the two kernel sockets (under half the CPU per byte; faster where CPU is the limit), but the guest sees connections come from its own address instead of the client's; UDP ports are unchanged")
 	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", true, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (--tcp-fastpath=false: the netstack carries it, as before)")
-	fs.DurationVar(&o.busyPoll, "busy-poll", stack.DefaultBusyPoll, "with the TCP fast path, how long a busy link's loop may poll for the next event before it sleeps, as the kernel's SO_BUSY_POLL (shorter request/response latency for some CPU; the window adapts and an idle link never polls); 0: never")
+	fs.DurationVar(&o.busyPoll, "busy-poll", eventloop.DefaultBusyPoll, "with the TCP fast path, how long a busy link's loop may poll for the next event before it sleeps, as the kernel's SO_BUSY_POLL (shorter request/response latency for some CPU; the window adapts and an idle link never polls); 0: never")
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 
@@ -119,8 +120,8 @@ func (o *options) validate() error {
 	if err := portfwd.CheckPublishes(o.publish, pubs); err != nil {
 		return usageError{err}
 	}
-	if o.busyPoll < 0 || o.busyPoll > stack.MaxBusyPoll {
-		return usageError{fmt.Errorf("invalid --busy-poll %v: want 0 to %v", o.busyPoll, stack.MaxBusyPoll)}
+	if o.busyPoll < 0 || o.busyPoll > eventloop.MaxBusyPoll {
+		return usageError{fmt.Errorf("invalid --busy-poll %v: want 0 to %v", o.busyPoll, eventloop.MaxBusyPoll)}
 	}
 	if o.tapName == "" || len(o.tapName) > 15 {
 		return usageError{fmt.Errorf("invalid --tap %q: want 1 to 15 characters", o.tapName)}

@@ -26,6 +26,7 @@ import (
 	"github.com/rootlessnet/rootlessnet/network"
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 const networkUsage = `Usage:
@@ -245,7 +246,7 @@ func networkServe(args []string) error {
 		DisableHostLoopback: cfg.DisableHostLoopback,
 		VnetHdr:             true,
 		TCPFastPath:         true,
-		BusyPoll:            stack.DefaultBusyPoll,
+		BusyPoll:            eventloop.DefaultBusyPoll,
 		Names:               names,
 		Bridged:             true,
 		Log:                 log,

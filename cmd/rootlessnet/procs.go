@@ -20,7 +20,7 @@ import (
 // less CPU per GB.
 //
 // With the TCP fast path: at least two where the runtime has two. Its
-// event loop keeps a P while traffic flows (stack/poller_linux.go), and
+// event loop keeps a P while traffic flows (stack/eventloop/loop_linux.go), and
 // the other P serves the rest: the API socket, published ports' listeners,
 // UDP relays, timers. With one P the loop either starved those (an API
 // request waited 10 ms behind a bulk transfer) or had to wait through the

@@ -163,7 +163,7 @@ func runCommand(args []string) (int, error) {
 			// The command's sockets live on in the namespace: let
 			// what they still send reach the host before the
 			// network goes.
-			if !n.Link.DrainTCPFast(runDrainTimeout) {
+			if !n.Fast.DrainTCP(runDrainTimeout) {
 				log.Debug("connections still open when the command exited", "waited", runDrainTimeout)
 			}
 			return status, nil

@@ -19,6 +19,7 @@ import (
 	"github.com/rootlessnet/rootlessnet/network"
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/stack/fastpath"
 )
 
 // startNetwork wires the data path on an open TAP. The returned closer
@@ -111,7 +112,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 		engine.SetGuestDialer(portfwd.Bypass(dialer))
 		log.Debug("published TCP ports bypass the netstack", "dialer_pid", dialer.Pid())
 	case o.tcpFastPath && o.pcap == "":
-		engine.SetGuestDialer(engine.FastDialer(fastLink{n.Link}))
+		engine.SetGuestDialer(engine.FastDialer(fastLink{n.Fast}))
 	}
 	var api *portfwd.APIServer
 	var auto *portfwd.Auto
@@ -224,13 +225,13 @@ func outboundBinder(v, flag string, want6 bool) (func(fd int) error, error) {
 	return func(fd int) error { return unix.BindToDevice(fd, v) }, nil
 }
 
-// fastLink gives portfwd the link's TCP fast path, with the link's
+// fastLink gives portfwd the link's TCP fast path, with the fast path's
 // "netstack instead" error as portfwd's.
-type fastLink struct{ link *stack.TapEndpoint }
+type fastLink struct{ fast *fastpath.Path }
 
 func (l fastLink) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (func(context.Context), error) {
-	run, err := l.link.DialTCPFast(ctx, src, dst, host)
-	if errors.Is(err, stack.ErrFastUnavailable) {
+	run, err := l.fast.DialTCP(ctx, src, dst, host)
+	if errors.Is(err, fastpath.ErrUnavailable) {
 		err = fmt.Errorf("%w: %w", portfwd.ErrFastUnavailable, err)
 	}
 	return run, err

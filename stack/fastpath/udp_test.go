@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"bytes"
@@ -98,7 +98,7 @@ func TestUDPShortcut(t *testing.T) {
 	src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(fzGuest4)), 4000)
 	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(world4)), 7000)
 	got := make(chan []byte, 16)
-	remove := h.link.AddUDPFlow(src, dst, func(payload [][]byte) {
+	remove := h.fast.AddUDPFlow(src, dst, func(payload [][]byte) {
 		got <- bytes.Join(payload, nil) // a copy: the pieces are lent
 	})
 	datagram := func(sport, dport uint16, payload []byte) []byte {
@@ -133,7 +133,7 @@ func TestUDPShortcut(t *testing.T) {
 		h.send(t, datagram(4000, 7000, p))
 		expect(p)
 	}
-	if n := h.link.Stats().UDPShortcutIn.Load(); n != 5 {
+	if n := h.fast.Stats().UDPShortcutIn.Load(); n != 5 {
 		t.Errorf("UDPShortcutIn = %d, want 5", n)
 	}
 
@@ -146,7 +146,7 @@ func TestUDPShortcut(t *testing.T) {
 	remove()
 	h.send(t, datagram(4000, 7000, []byte("after remove")))
 	nothingMore()
-	if n := h.link.Stats().UDPShortcutIn.Load(); n != 5 {
+	if n := h.fast.Stats().UDPShortcutIn.Load(); n != 5 {
 		t.Errorf("UDPShortcutIn = %d after the flow was removed, want 5", n)
 	}
 }
@@ -163,7 +163,7 @@ func TestWriteUDP(t *testing.T) {
 	guest6 := netip.AddrPortFrom(netip.AddrFrom16([16]byte(fzGuest6)), 5001)
 	payload := []byte("a host's answer")
 
-	if h.link.WriteUDP(gw4, guest4, payload) {
+	if h.fast.WriteUDP(gw4, guest4, payload) {
 		t.Fatal("WriteUDP took a datagram before the container's MAC was known")
 	}
 	// Any frame from the container teaches the link its MAC (port 7 is
@@ -177,10 +177,10 @@ func TestWriteUDP(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	if h.link.WriteUDP(gw4, guest6, payload) {
+	if h.fast.WriteUDP(gw4, guest6, payload) {
 		t.Error("WriteUDP took a datagram from IPv4 to IPv6")
 	}
-	if h.link.WriteUDP(gw4, guest4, make([]byte, int(h.link.MTU())-28+1)) {
+	if h.fast.WriteUDP(gw4, guest4, make([]byte, int(h.link.MTU())-28+1)) {
 		t.Error("WriteUDP took a datagram larger than the MTU")
 	}
 	for _, tc := range []struct {
@@ -192,7 +192,7 @@ func TestWriteUDP(t *testing.T) {
 		{gw4, guest4, nil},
 		{gw4, guest4, bytes.Repeat([]byte{0xff}, int(h.link.MTU())-28)}, // the largest that fits
 	} {
-		if !h.link.WriteUDP(tc.src, tc.dst, tc.payload) {
+		if !h.fast.WriteUDP(tc.src, tc.dst, tc.payload) {
 			t.Fatalf("WriteUDP %v -> %v (%d bytes) was refused", tc.src, tc.dst, len(tc.payload))
 		}
 		var f []byte
@@ -205,7 +205,7 @@ func TestWriteUDP(t *testing.T) {
 					f = got
 				}
 			case <-time.After(fzAliveTimeout):
-				t.Fatalf("no frame for %v (link stats tx=%d txerr=%d out=%d)", tc.dst, h.link.stats.TxFrames.Load(), h.link.stats.TxErrors.Load(), h.link.stats.UDPShortcutOut.Load())
+				t.Fatalf("no frame for %v (link stats tx=%d txerr=%d out=%d)", tc.dst, h.link.Stats().TxFrames.Load(), h.link.Stats().TxErrors.Load(), h.fast.Stats().UDPShortcutOut.Load())
 			}
 		}
 		eth := header.Ethernet(f)
@@ -238,7 +238,7 @@ func TestWriteUDP(t *testing.T) {
 			t.Errorf("bad UDP checksum %#04x", u.Checksum())
 		}
 	}
-	if n := h.link.Stats().UDPShortcutOut.Load(); n != 4 {
+	if n := h.fast.Stats().UDPShortcutOut.Load(); n != 4 {
 		t.Errorf("UDPShortcutOut = %d, want 4", n)
 	}
 }

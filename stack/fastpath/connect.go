@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"errors"
@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 // The host socket of an outbound flow: made and connected on the read
-// loop without blocking; the poller reports the end of the connect.
+// loop without blocking; the event loop reports the end of the connect.
 
 // Keepalive as net.Dialer sets it by default, which the fast path's
 // sockets had when they came from one.
@@ -21,7 +23,7 @@ const (
 )
 
 // connectLocked starts d's connect; a failure answers the SYN with RST.
-func (f *tcpFlow) connectLocked(d *TCPFastDial) {
+func (f *tcpFlow) connectLocked(d *TCPDial) {
 	to := d.To
 	network, family := "tcp4", unix.AF_INET
 	var sa unix.Sockaddr
@@ -56,7 +58,7 @@ func (f *tcpFlow) connectLocked(d *TCPFastDial) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, fastKeepCnt)
 	err = unix.Connect(fd, sa)
 	if err == unix.EINTR {
-		// The connect goes on in the background; the poller sees
+		// The connect goes on in the background; the loop sees
 		// its end as for EINPROGRESS.
 		err = unix.EINPROGRESS
 	}
@@ -64,9 +66,9 @@ func (f *tcpFlow) connectLocked(d *TCPFastDial) {
 		f.connectFailedLocked(err)
 		return
 	}
-	// Registered after connect: the poller's first report for the fd
+	// Registered after connect: the loop's first report for the fd
 	// says whether it is connected (EPOLLOUT) or failed (EPOLLERR).
-	if err := f.e.poll.add(fd, pollEdge, f); err != nil {
+	if err := f.t.loop.Add(fd, eventloop.Edge, f); err != nil {
 		f.connectFailedLocked(err)
 		return
 	}
@@ -76,7 +78,7 @@ func (f *tcpFlow) connectLocked(d *TCPFastDial) {
 	}
 }
 
-// connectedLocked ends the connect the poller reported: on success it
+// connectedLocked ends the connect the loop reported: on success it
 // answers the container's SYN with SYN-ACK.
 func (f *tcpFlow) connectedLocked() {
 	soerr, err := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_ERROR)

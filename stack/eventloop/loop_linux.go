@@ -1,4 +1,20 @@
-package stack
+// Package eventloop is the data path's own event loop: one goroutine
+// waiting in epoll_wait for the TAP and the TCP fast path's host sockets,
+// and running their handlers itself. In Go's poller each ready fd woke a
+// goroutine through the scheduler: two hand-offs per request/response,
+// a third of the user-space CPU of a round trip (docs/tcp-fastpath.md).
+// The fds it serves are out of Go's poller (DetachFD), or Go's epoll
+// would wake for each of their events too.
+//
+// It also keeps short deadlines (the fast path's delayed ACKs): arming a
+// runtime timer for each of them can wake an idle thread out of Go's
+// poller to shorten its sleep (the runtime's wakeNetPoller).
+//
+// Its interface: Handler (an fd's events), Waiter (a deadline's), and
+// Loop's Add, Remove, Forget, Later and HandOff; New, Run, Stop and Close
+// are its owner's (the link endpoint). The fds it serves are read and
+// written with this package's raw calls (rawsys_linux.go).
+package eventloop
 
 import (
 	"encoding/binary"
@@ -14,29 +30,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// poller is the link's own event loop: one goroutine waiting in
-// epoll_wait for the TAP and the TCP fast path's host sockets, and
-// running their handlers itself. In Go's poller each ready fd woke a
-// goroutine through the scheduler: two hand-offs per request/response,
-// a third of the user-space CPU of a round trip (docs/tcp-fastpath.md).
-// The fds it serves are out of Go's poller (detachFD), or Go's epoll
-// would wake for each of their events too.
-//
-// It also keeps the delayed ACKs' deadlines: arming a runtime timer for
-// each of them can wake an idle thread out of Go's poller to shorten its
-// sleep (the runtime's wakeNetPoller).
-type poller struct {
+// Loop is the event loop. Its zero value is not usable: see New.
+type Loop struct {
 	epfd   int
 	wakefd int // eventfd: Close's wake-up
 
 	mu sync.RWMutex
 	// handlers is indexed by fd: fds are small and dense, and a map's
 	// hash was a visible share of a round trip.
-	handlers []pollHandler
+	handlers []Handler
 	stopping bool
 
-	// acks are the flows owing a delayed ACK, by deadline (a constant
-	// delay, so in order of arming). Only the loop touches it.
+	// acks are the deadlines Later asked for (the flows owing a delayed
+	// ACK), in order. Only the loop touches it.
 	acks []ackDue
 	// handedOff says a handler made a goroutine runnable (the netstack's,
 	// a published dial's). It waits in this P's run queue, which the
@@ -55,27 +61,38 @@ type poller struct {
 	done      chan struct{}
 }
 
-// pollHandler serves one fd's events on the poller's goroutine.
-type pollHandler interface {
-	onPoll(events uint32)
+// Handler serves one fd's events on the loop's goroutine.
+type Handler interface {
+	OnPoll(events uint32)
+}
+
+// Waiter is told on the loop when a deadline it asked for (Later) came.
+type Waiter interface {
+	// Due runs on the loop once request gen's deadline has passed.
+	Due(gen uint32)
+	// Wanted says whether request gen still stands; the loop drops
+	// those that do not without waiting for them.
+	Wanted(gen uint32) bool
 }
 
 type ackDue struct {
-	f   *tcpFlow
+	w   Waiter
 	at  time.Time
 	gen uint32
 }
 
-// pollEdge is a socket's interest: edge-triggered, so its handler reads
-// until EAGAIN or a short read. pollLevel is the TAP's: level-triggered,
+// Edge is a socket's interest: edge-triggered, so its handler reads
+// until EAGAIN or a short read. Level is the TAP's: level-triggered,
 // one frame per call, as a read that finds the TAP empty cost a syscall
 // per request.
 const (
-	pollEdge  = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
-	pollLevel = unix.EPOLLIN
+	Edge  = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	Level = unix.EPOLLIN
 )
 
-func newPoller() (*poller, error) {
+// New makes a loop that waits in Go's poller (SetViaGo) without busy
+// polling (SetBusyPoll); Run starts it.
+func New() (*Loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -85,7 +102,7 @@ func newPoller() (*poller, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	p := &poller{epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	p := &Loop{epfd: epfd, wakefd: wakefd, done: make(chan struct{}), viaGo: true}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		unix.Close(epfd)
@@ -95,15 +112,28 @@ func newPoller() (*poller, error) {
 	return p, nil
 }
 
-var errPollerClosed = errors.New("poller closed")
+// ErrClosed is Add's error once the loop is stopping.
+var ErrClosed = errors.New("event loop closed")
 
-// add registers fd for events (pollEdge or pollLevel); h's onPoll may
-// run before add returns.
-func (p *poller) add(fd int, events uint32, h pollHandler) error {
+// SetViaGo says whether the loop waits in Go's poller (see runViaGo)
+// rather than in its own epoll_wait. Call it before Run.
+func (p *Loop) SetViaGo(on bool) { p.viaGo = on }
+
+// SetBusyPoll sets the longest busy-poll window (busypoll.go); 0 turns
+// busy polling off. Call it before Run.
+func (p *Loop) SetBusyPoll(d time.Duration) { p.busyPoll = max(0, min(d, MaxBusyPoll)) }
+
+// HandOff tells the loop that a handler made a goroutine runnable: it
+// yields before it waits again.
+func (p *Loop) HandOff() { p.handedOff.Store(true) }
+
+// Add registers fd for events (Edge or Level); h's OnPoll may run
+// before Add returns.
+func (p *Loop) Add(fd int, events uint32, h Handler) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopping {
-		return errPollerClosed
+		return ErrClosed
 	}
 	for fd >= len(p.handlers) {
 		p.handlers = append(p.handlers, nil)
@@ -117,19 +147,19 @@ func (p *poller) add(fd int, events uint32, h pollHandler) error {
 	return nil
 }
 
-// remove unregisters fd; call it before closing fd. An event the loop
+// Remove unregisters fd; call it before closing fd. An event the loop
 // already holds for fd may still reach the next handler of that number,
 // which must take a spurious event (every handler does: edge-triggered
 // reads end at EAGAIN).
-func (p *poller) remove(fd int) {
-	p.forget(fd)
+func (p *Loop) Remove(fd int) {
+	p.Forget(fd)
 	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 }
 
-// forget unregisters fd that is about to be closed, and is its only
+// Forget unregisters fd that is about to be closed, and is its only
 // reference: the close takes it out of the epoll, which spares an
 // epoll_ctl per connection.
-func (p *poller) forget(fd int) {
+func (p *Loop) Forget(fd int) {
 	p.mu.Lock()
 	if fd < len(p.handlers) {
 		p.handlers[fd] = nil
@@ -137,14 +167,14 @@ func (p *poller) forget(fd int) {
 	p.mu.Unlock()
 }
 
-// ackLater asks the loop for f.onAckDue(gen) after fastAckDelay. Loop
-// only.
-func (p *poller) ackLater(f *tcpFlow, gen uint32) {
-	p.acks = append(p.acks, ackDue{f: f, at: time.Now().Add(fastAckDelay), gen: gen})
+// Later asks the loop for w.Due(gen) at at. Deadlines must come in
+// order (a constant delay from now keeps them so). On the loop only.
+func (p *Loop) Later(w Waiter, gen uint32, at time.Time) {
+	p.acks = append(p.acks, ackDue{w: w, at: at, gen: gen})
 }
 
-// run is the loop; it returns after stop.
-func (p *poller) run() {
+// Run is the loop; it returns after Stop.
+func (p *Loop) Run() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
 	if p.viaGo {
@@ -181,7 +211,7 @@ func (p *poller) run() {
 // first (busypoll.go), then a raw epoll_wait that keeps the P (see
 // busyWait), for at most busyWait. stillBusy is false once that passed
 // with no event.
-func (p *poller) pollBusy(events []unix.EpollEvent, timeout time.Duration) (n int, stillBusy bool, err error) {
+func (p *Loop) pollBusy(events []unix.EpollEvent, timeout time.Duration) (n int, stillBusy bool, err error) {
 	began := time.Now()
 	if limit := time.Duration(p.spinLimit.Load()); limit > 0 {
 		n, err = p.spin(events, began, limit, timeout)
@@ -205,7 +235,7 @@ func (p *poller) pollBusy(events []unix.EpollEvent, timeout time.Duration) (n in
 
 // spin polls the epoll without sleeping until an event, or until limit
 // or the timeout (-1: none) passed since began.
-func (p *poller) spin(events []unix.EpollEvent, began time.Time, limit, timeout time.Duration) (int, error) {
+func (p *Loop) spin(events []unix.EpollEvent, began time.Time, limit, timeout time.Duration) (int, error) {
 	if timeout >= 0 {
 		limit = min(limit, timeout)
 	}
@@ -228,7 +258,7 @@ func (p *poller) spin(events []unix.EpollEvent, began time.Time, limit, timeout 
 // epoll_wait they waited for another thread to steal them, or for the
 // loop to yield (Gosched, which wakes a thread to take the loop): a
 // 64-byte round trip through the netstack took 230 µs instead of 100.
-func (p *poller) runViaGo(events []unix.EpollEvent) {
+func (p *Loop) runViaGo(events []unix.EpollEvent) {
 	fd, err := unix.FcntlInt(uintptr(p.epfd), unix.F_DUPFD_CLOEXEC, 0)
 	if err == nil {
 		err = unix.SetNonblock(fd, true)
@@ -270,7 +300,7 @@ func (p *poller) runViaGo(events []unix.EpollEvent) {
 }
 
 // dispatch runs the handlers of events, and reports a stop request.
-func (p *poller) dispatch(events []unix.EpollEvent) (stop bool) {
+func (p *Loop) dispatch(events []unix.EpollEvent) (stop bool) {
 	for i := range events {
 		fd := events[i].Fd
 		if fd == int32(p.wakefd) {
@@ -282,14 +312,14 @@ func (p *poller) dispatch(events []unix.EpollEvent) (stop bool) {
 			}
 			continue
 		}
-		var h pollHandler
+		var h Handler
 		p.mu.RLock()
 		if int(fd) < len(p.handlers) {
 			h = p.handlers[fd]
 		}
 		p.mu.RUnlock()
 		if h != nil {
-			h.onPoll(events[i].Events)
+			h.OnPoll(events[i].Events)
 		}
 	}
 	return false
@@ -297,7 +327,7 @@ func (p *poller) dispatch(events []unix.EpollEvent) (stop bool) {
 
 // fireAcks sends the delayed ACKs that are due and returns how long the
 // loop may sleep: until the next one, or for good (-1).
-func (p *poller) fireAcks() time.Duration {
+func (p *Loop) fireAcks() time.Duration {
 	if len(p.acks) == 0 {
 		return -1
 	}
@@ -306,10 +336,10 @@ func (p *poller) fireAcks() time.Duration {
 	for ; i < len(p.acks); i++ {
 		a := p.acks[i]
 		if !a.at.After(now) {
-			a.f.onAckDue(a.gen)
+			a.w.Due(a.gen)
 			continue
 		}
-		if a.f.ackStillOwed(a.gen) {
+		if a.w.Wanted(a.gen) {
 			break // the first still to come; stale ones go
 		}
 	}
@@ -324,9 +354,9 @@ func (p *poller) fireAcks() time.Duration {
 	return p.acks[0].at.Sub(now)
 }
 
-// stop ends the loop and waits for it; the registered fds stay open
-// (their owners close them).
-func (p *poller) stop() {
+// Stop ends the loop and waits for it; the registered fds stay open
+// (their owners close them). Run must have been started.
+func (p *Loop) Stop() {
 	p.mu.Lock()
 	already := p.stopping
 	p.stopping = true
@@ -340,8 +370,8 @@ func (p *poller) stop() {
 	p.acks = nil
 }
 
-// close frees the epoll and eventfd; after stop.
-func (p *poller) close() {
+// Close frees the epoll and eventfd; after Stop, or when Run never ran.
+func (p *Loop) Close() {
 	unix.Close(p.epfd)
 	unix.Close(p.wakefd)
 }
@@ -403,10 +433,10 @@ var noPwait2 atomic.Bool
 // only one.
 const busyWait = 10 * time.Millisecond
 
-// detachFD takes c's fd out of Go's poller: it returns a duplicate the
+// DetachFD takes c's fd out of Go's poller: it returns a duplicate the
 // caller owns (non-blocking: the flag belongs to the open file, which
 // both share) and closes c, whose close unregisters it from Go's epoll.
-func detachFD(c interface {
+func DetachFD(c interface {
 	SyscallConn() (syscall.RawConn, error)
 	Close() error
 }) (int, error) {

@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"encoding/binary"
@@ -9,6 +9,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/rootlessnet/rootlessnet/stack/link"
 )
 
 // A UDP datagram from the container costs the netstack more than the
@@ -22,8 +24,9 @@ import (
 
 type udpFlowKey struct{ src, dst netip.AddrPort }
 
-// udpShortcut is the TapEndpoint's table of UDP flows.
+// udpShortcut is the fast path's table of UDP flows.
 type udpShortcut struct {
+	*core
 	mu    sync.RWMutex
 	flows map[udpFlowKey]func(payload [][]byte)
 	// n is len(flows): the read loop skips the lookup while it is 0.
@@ -36,9 +39,9 @@ type udpShortcut struct {
 // from now on, until remove (idempotent) is called. sink gets a payload in
 // pieces, valid only during the call, on the read loop: it must not
 // block. A pcap sniffer on the link would not see these datagrams.
-func (e *TapEndpoint) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func()) {
+func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func()) {
 	key := udpFlowKey{src: src, dst: dst}
-	u := &e.udp
+	u := &p.udp
 	u.mu.Lock()
 	if u.flows == nil {
 		u.flows = map[udpFlowKey]func(payload [][]byte){}
@@ -61,18 +64,17 @@ func (e *TapEndpoint) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]
 	}
 }
 
-// deliverUDP hands a frame read from the TAP, whose first bytes are hdr
+// intercept hands a frame read from the TAP, whose first bytes are hdr
 // and the rest rest, to the sink of its flow and reports whether it did.
 // It runs on the read loop (which skips it while no flow is registered)
 // before the frame becomes a gVisor buffer, so that a datagram that skips
 // the stack costs no copy.
-func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
-	u := &e.udp
+func (u *udpShortcut) intercept(hdr, rest []byte) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
 	eth := header.Ethernet(hdr)
-	if string(hdr[:header.EthernetAddressSize]) != string(e.mac) { // no string made per frame
+	if string(hdr[:header.EthernetAddressSize]) != string(u.mac) { // no string made per frame
 		return false
 	}
 	src, dst, off, n, ok := parseUDP(hdr, len(hdr)+len(rest))
@@ -85,12 +87,12 @@ func (e *TapEndpoint) deliverUDP(hdr, rest []byte) bool {
 	if sink == nil {
 		return false
 	}
-	e.learnGuestMAC(eth.SourceAddress())
+	u.link.LearnGuestMAC(eth.SourceAddress())
 	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
 	sink(iovs)
 	clear(iovs)
 	u.iovs = iovs[:0]
-	e.stats.UDPShortcutIn.Add(1)
+	u.stats.UDPShortcutIn.Add(1)
 	return true
 }
 
@@ -150,15 +152,19 @@ func parseUDP(hdr []byte, frameLen int) (src, dst netip.AddrPort, off, n int, ok
 
 // udpHeadersMax is the room for the virtio-net, Ethernet, IPv6 and UDP
 // headers of a datagram WriteUDP makes.
-const udpHeadersMax = VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.UDPMinimumSize
+const udpHeadersMax = link.VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.UDPMinimumSize
 
 // WriteUDP sends payload to the container as one datagram from src to dst
 // (both IPv4 or both IPv6), past the stack, and reports whether it took
 // it: not before the container's MAC is known, nor for a datagram that
 // would need IP fragments; the caller then sends it through the stack. A
 // full TAP queue drops the datagram, as it drops the stack's frames.
-func (e *TapEndpoint) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
-	guest, ok := e.GuestMAC()
+func (p *Path) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
+	return p.udp.write(src, dst, payload)
+}
+
+func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte) bool {
+	guest, ok := u.link.GuestMAC()
 	if !ok || src.Addr().Is4() != dst.Addr().Is4() {
 		return false
 	}
@@ -170,12 +176,12 @@ func (e *TapEndpoint) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
 		proto = header.IPv4ProtocolNumber
 	}
 	udpLen := header.UDPMinimumSize + len(payload)
-	if ipLen+udpLen > int(e.MTU()) {
+	if ipLen+udpLen > int(u.link.MTU()) {
 		return false
 	}
 	var buf [udpHeadersMax]byte // the virtio-net header stays zero: a complete packet
-	frame := buf[VnetHdrSize:]
-	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: e.mac, DstAddr: guest, Type: proto})
+	frame := buf[link.VnetHdrSize:]
+	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: u.mac, DstAddr: guest, Type: proto})
 	ip := frame[header.EthernetMinimumSize:]
 	var srcA, dstA tcpip.Address
 	if v4 {
@@ -183,7 +189,7 @@ func (e *TapEndpoint) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
 		h := header.IPv4(ip)
 		h.Encode(&header.IPv4Fields{
 			TotalLength: uint16(ipLen + udpLen),
-			ID:          uint16(e.ipID.Add(1)),
+			ID:          uint16(u.ipID.Add(1)),
 			TTL:         64,
 			Protocol:    uint8(header.UDPProtocolNumber),
 			SrcAddr:     srcA,
@@ -200,25 +206,23 @@ func (e *TapEndpoint) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
 			DstAddr:           dstA,
 		})
 	}
-	u := header.UDP(ip[ipLen:])
-	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
+	uh := header.UDP(ip[ipLen:])
+	uh.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, uint16(udpLen))
 	xsum = checksum.Checksum(payload, xsum)
-	c := ^u.CalculateChecksum(xsum)
+	c := ^uh.CalculateChecksum(xsum)
 	if c == 0 {
 		c = 0xffff // 0 would mean "no checksum"
 	}
-	u.SetChecksum(c)
+	uh.SetChecksum(c)
 
-	hdrs := buf[:VnetHdrSize+header.EthernetMinimumSize+ipLen+header.UDPMinimumSize]
-	if !e.vnet {
-		hdrs = hdrs[VnetHdrSize:]
+	hdrs := buf[:link.VnetHdrSize+header.EthernetMinimumSize+ipLen+header.UDPMinimumSize]
+	if !u.link.VnetHdr() {
+		hdrs = hdrs[link.VnetHdrSize:]
 	}
-	if err := e.writev([][]byte{hdrs, payload}); err != nil {
-		e.stats.TxErrors.Add(1)
+	if err := u.link.WritePieces([][]byte{hdrs, payload}); err != nil {
 		return true
 	}
-	e.stats.TxFrames.Add(1)
-	e.stats.UDPShortcutOut.Add(1)
+	u.stats.UDPShortcutOut.Add(1)
 	return true
 }

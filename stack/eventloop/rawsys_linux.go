@@ -1,4 +1,4 @@
-package stack
+package eventloop
 
 import (
 	"syscall"
@@ -7,7 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The data path's read, readv and writev go straight to the kernel
+// The data path's read, write, readv and writev (Read, Write, Readv,
+// Writev) go straight to the kernel
 // (RawSyscall), without the runtime's syscall bookkeeping. Every fd here
 // is non-blocking, so no call blocks and none needs its P handed off;
 // and the bookkeeping woke sysmon after every idle spell, which with a
@@ -18,7 +19,7 @@ import (
 // pieces.
 const maxIovs = 16
 
-func rawRead(fd int, b []byte) (int, error) {
+func Read(fd int, b []byte) (int, error) {
 	var p unsafe.Pointer
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
@@ -30,7 +31,7 @@ func rawRead(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
-func rawWrite(fd int, b []byte) (int, error) {
+func Write(fd int, b []byte) (int, error) {
 	var p unsafe.Pointer
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
@@ -42,7 +43,7 @@ func rawWrite(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
-func rawReadv(fd int, bufs [][]byte) (int, error) {
+func Readv(fd int, bufs [][]byte) (int, error) {
 	if len(bufs) > maxIovs {
 		return unix.Readv(fd, bufs)
 	}
@@ -55,7 +56,7 @@ func rawReadv(fd int, bufs [][]byte) (int, error) {
 	return int(r), nil
 }
 
-func rawWritev(fd int, bufs [][]byte) (int, error) {
+func Writev(fd int, bufs [][]byte) (int, error) {
 	if len(bufs) > maxIovs {
 		return unix.Writev(fd, bufs)
 	}

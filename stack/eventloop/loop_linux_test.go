@@ -1,4 +1,4 @@
-package stack
+package eventloop
 
 import (
 	"fmt"
@@ -17,7 +17,7 @@ type pipeHandler struct {
 	then   func() // runs on the loop after each event, if set
 }
 
-func (h *pipeHandler) onPoll(ev uint32) {
+func (h *pipeHandler) OnPoll(ev uint32) {
 	var b [64]byte
 	for {
 		if n, err := unix.Read(h.fd, b[:]); err != nil || n == 0 {
@@ -75,16 +75,16 @@ func forEachPollerMode(t *testing.T, test func(*testing.T, pollerMode)) {
 	}
 }
 
-func startPoller(t *testing.T, m pollerMode) *poller {
+func startPoller(t *testing.T, m pollerMode) *Loop {
 	t.Helper()
-	p, err := newPoller()
+	p, err := New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.viaGo = m.viaGo
 	p.busyPoll = m.busyPoll
-	go p.run()
-	t.Cleanup(func() { p.stop(); p.close() })
+	go p.Run()
+	t.Cleanup(func() { p.Stop(); p.Close() })
 	return p
 }
 
@@ -98,7 +98,7 @@ func testPollerDispatch(t *testing.T, m pollerMode) {
 	p := startPoller(t, m)
 	r, w, _ := newPipe(t)
 	h := &pipeHandler{fd: r, got: make(chan uint32, 16)}
-	if err := p.add(r, pollEdge, h); err != nil {
+	if err := p.Add(r, Edge, h); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 3; i++ {
@@ -112,7 +112,7 @@ func testPollerDispatch(t *testing.T, m pollerMode) {
 			t.Fatalf("write %d: no event", i)
 		}
 	}
-	p.remove(r)
+	p.Remove(r)
 	before := h.events.Load()
 	unix.Write(w, []byte{1})
 	time.Sleep(50 * time.Millisecond)
@@ -122,7 +122,7 @@ func testPollerDispatch(t *testing.T, m pollerMode) {
 	// The writer closing shows as EPOLLHUP on a registered reader.
 	r2, _, closeW2 := newPipe(t)
 	h2 := &pipeHandler{fd: r2, got: make(chan uint32, 16)}
-	if err := p.add(r2, pollEdge, h2); err != nil {
+	if err := p.Add(r2, Edge, h2); err != nil {
 		t.Fatal(err)
 	}
 	closeW2()
@@ -161,7 +161,7 @@ func testPollerHandOff(t *testing.T, m pollerMode) {
 		wake <- struct{}{}
 		p.handedOff.Store(true)
 	}
-	if err := p.add(r, pollEdge, h); err != nil {
+	if err := p.Add(r, Edge, h); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 20; i++ {
@@ -187,25 +187,25 @@ func TestPollerStop(t *testing.T) {
 	}
 	for _, c := range cases {
 		busy := c.busy
-		p, err := newPoller()
+		p, err := New()
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.viaGo = c.viaGo
 		p.busyPoll = c.busyPoll
 		done := make(chan struct{})
-		go func() { p.run(); close(done) }()
+		go func() { p.Run(); close(done) }()
 		if busy {
 			r, w, _ := newPipe(t)
 			h := &pipeHandler{fd: r, got: make(chan uint32, 4)}
-			if err := p.add(r, pollEdge, h); err != nil {
+			if err := p.Add(r, Edge, h); err != nil {
 				t.Fatal(err)
 			}
 			unix.Write(w, []byte{1})
 			<-h.got
 		}
 		stopped := make(chan struct{})
-		go func() { p.stop(); close(stopped) }()
+		go func() { p.Stop(); close(stopped) }()
 		select {
 		case <-stopped:
 		case <-time.After(5 * time.Second):
@@ -213,10 +213,10 @@ func TestPollerStop(t *testing.T) {
 		}
 		<-done
 		r, _, _ := newPipe(t)
-		if err := p.add(r, pollEdge, &pipeHandler{fd: r}); err != errPollerClosed {
-			t.Fatalf("add after stop: %v, want errPollerClosed", err)
+		if err := p.Add(r, Edge, &pipeHandler{fd: r}); err != ErrClosed {
+			t.Fatalf("add after stop: %v, want ErrClosed", err)
 		}
-		p.close()
+		p.Close()
 	}
 }
 
@@ -228,7 +228,7 @@ func TestPollerBusyPollAdapts(t *testing.T) {
 	p := startPoller(t, pollerMode{busyPoll: ceiling})
 	r, w, _ := newPipe(t)
 	h := &pipeHandler{fd: r, got: make(chan uint32, 1)}
-	if err := p.add(r, pollEdge, h); err != nil {
+	if err := p.Add(r, Edge, h); err != nil {
 		t.Fatal(err)
 	}
 	event := func() {

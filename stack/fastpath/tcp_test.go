@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"bytes"
@@ -27,7 +27,7 @@ import (
 // fastWait bounds every wait for a frame or a host socket event.
 const fastWait = 5 * time.Second
 
-// fastPolicy is a TCPFastPolicy that dials the test's listener.
+// fastPolicy is a TCPPolicy that dials the test's listener.
 type fastPolicy struct {
 	addr    string
 	decline bool  // ok=false: the SYN goes to the stack
@@ -41,10 +41,10 @@ type fastPolicy struct {
 	asked, taken, dials, dones, doubleDones atomic.Int32
 }
 
-func (p *fastPolicy) TakeTCP(src, dst netip.AddrPort) (TCPFastDial, bool) {
+func (p *fastPolicy) TakeTCP(src, dst netip.AddrPort) (TCPDial, bool) {
 	p.asked.Add(1)
 	if p.decline {
-		return TCPFastDial{}, false
+		return TCPDial{}, false
 	}
 	p.taken.Add(1)
 	to, err := netip.ParseAddrPort(p.addr)
@@ -60,7 +60,7 @@ func (p *fastPolicy) TakeTCP(src, dst netip.AddrPort) (TCPFastDial, bool) {
 	if p.results != nil {
 		result = func(err error) { p.results <- err }
 	}
-	return TCPFastDial{
+	return TCPDial{
 		To: to,
 		Control: func(_, _ string, c syscall.RawConn) error {
 			p.dials.Add(1)
@@ -141,7 +141,7 @@ func newFastFixture(t *testing.T, setup func(*fastPolicy)) *fastFixture {
 	// over is done exactly once.
 	t.Cleanup(func() {
 		f.closeHarness()
-		if n := h.link.TCPFastFlows(); n != 0 {
+		if n := h.fast.TCPFlows(); n != 0 {
 			t.Errorf("%d fast-path flows left after the link closed", n)
 		}
 		if d, k := p.dones.Load(), p.taken.Load(); d != k {
@@ -150,7 +150,7 @@ func newFastFixture(t *testing.T, setup func(*fastPolicy)) *fastFixture {
 		if n := p.doubleDones.Load(); n != 0 {
 			t.Errorf("done ran %d extra times", n)
 		}
-		if n, k := h.link.Stats().TCPFastFlows.Load(), p.taken.Load(); n != uint64(k) {
+		if n, k := h.fast.Stats().TCPFlows.Load(), p.taken.Load(); n != uint64(k) {
 			t.Errorf("stats count %d fast-path flows, the policy handed over %d", n, k)
 		}
 	})
@@ -251,9 +251,9 @@ func (f *fastFixture) accept() *net.TCPConn {
 func (f *fastFixture) waitFlows(n int) {
 	f.t.Helper()
 	deadline := time.Now().Add(fastWait)
-	for f.h.link.TCPFastFlows() != n {
+	for f.h.fast.TCPFlows() != n {
 		if time.Now().After(deadline) {
-			f.t.Fatalf("%d fast-path flows after %v, want %d", f.h.link.TCPFastFlows(), fastWait, n)
+			f.t.Fatalf("%d fast-path flows after %v, want %d", f.h.fast.TCPFlows(), fastWait, n)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -464,7 +464,7 @@ func (g *guest) expect(what string, match func(rxSeg) bool) rxSeg {
 		s, ok := g.next(deadline)
 		if !ok {
 			g.t.Fatalf("no %s within %v; passed over %v (link tx %d txerr %d, frames dropped %d)", what, fastWait, passed,
-				g.f.h.link.stats.TxFrames.Load(), g.f.h.link.stats.TxErrors.Load(), g.f.h.tcpDropped.Load())
+				g.f.h.link.Stats().TxFrames.Load(), g.f.h.link.Stats().TxErrors.Load(), g.f.h.tcpDropped.Load())
 		}
 		if match(s) {
 			return s
@@ -525,7 +525,7 @@ func (g *guest) recv(n, maxSeg int, fin, ack bool) {
 				g.t.Fatalf("a retransmission at %d differs from the first copy", s.seq)
 			}
 		case s.seq != g.rcvNxt:
-			if g.f.h.link.stats.TxErrors.Load() == 0 && g.f.h.tcpDropped.Load() == 0 {
+			if g.f.h.link.Stats().TxErrors.Load() == 0 && g.f.h.tcpDropped.Load() == 0 {
 				g.t.Fatalf("segment %v out of order: expected seq %d, and no frame was dropped", s, g.rcvNxt)
 			}
 		default:
@@ -724,7 +724,7 @@ func TestTCPFastHostToGuest(t *testing.T) {
 // flow returns the fast path's flow for g.
 func (f *fastFixture) flow(g *guest) *tcpFlow {
 	f.t.Helper()
-	fp := &f.h.link.tcpf
+	fp := &f.h.fast.tcp
 	fp.mu.RLock()
 	defer fp.mu.RUnlock()
 	fl := fp.flows[tcpFlowKey{src: g.src, dst: g.dst}]
@@ -734,9 +734,9 @@ func (f *fastFixture) flow(g *guest) *tcpFlow {
 	return fl
 }
 
-// TestTCPFastDialRefused: a failed dial answers the SYN with RST|ACK
+// TestTCPDialRefused: a failed dial answers the SYN with RST|ACK
 // acknowledging it, and the flow ends.
-func TestTCPFastDialRefused(t *testing.T) {
+func TestTCPDialRefused(t *testing.T) {
 	f := newFastFixture(t, func(p *fastPolicy) { p.dialErr = syscall.ECONNREFUSED })
 	g := f.guest(false, 44000)
 	g.syn()
@@ -898,7 +898,7 @@ func TestTCPFastGuestClosesFirst(t *testing.T) {
 		t.Fatalf("the host cannot send after the container's FIN: %v", err)
 	}
 	g.recv(len(reply), 1460, false, true)
-	if f.h.link.TCPFastFlows() != 1 {
+	if f.h.fast.TCPFlows() != 1 {
 		t.Fatal("the flow ended before the host closed")
 	}
 	host.Close()
@@ -1052,10 +1052,10 @@ func TestTCPFastZeroWindow(t *testing.T) {
 	}
 }
 
-// TestTCPFastPolicyDeclines: a SYN the policy does not take goes to the
+// TestTCPPolicyDeclines: a SYN the policy does not take goes to the
 // stack, whose forwarder answers (with SACK, which the fast path never
 // offers), and no flow starts.
-func TestTCPFastPolicyDeclines(t *testing.T) {
+func TestTCPPolicyDeclines(t *testing.T) {
 	f := newFastFixture(t, func(p *fastPolicy) { p.decline = true })
 	// The stack resolves the container's MAC before it answers (the
 	// fast path takes it from the SYN): the container asks for the
@@ -1073,8 +1073,8 @@ func TestTCPFastPolicyDeclines(t *testing.T) {
 	if sa.flags != flagSYN|flagACK || sa.ack != g.iss+1 || !sa.opts.SACKPermitted {
 		t.Errorf("SYN-ACK %v options %+v, want gVisor's (SACK permitted)", sa, sa.opts)
 	}
-	if f.p.asked.Load() != 1 || f.p.dials.Load() != 0 || f.h.link.TCPFastFlows() != 0 {
-		t.Errorf("policy asked %d times, %d dials, %d flows; want 1, 0, 0", f.p.asked.Load(), f.p.dials.Load(), f.h.link.TCPFastFlows())
+	if f.p.asked.Load() != 1 || f.p.dials.Load() != 0 || f.h.fast.TCPFlows() != 0 {
+		t.Errorf("policy asked %d times, %d dials, %d flows; want 1, 0, 0", f.p.asked.Load(), f.p.dials.Load(), f.h.fast.TCPFlows())
 	}
 	// Segments of a connection the stack holds are not the fast path's.
 	g.irs, g.rcvNxt, g.sndNxt = sa.seq, sa.seq+1, g.iss+1
@@ -1123,7 +1123,7 @@ func TestTCPFastLinkCloseEndsFlows(t *testing.T) {
 			t.Errorf("host end %d read %d bytes", i, len(b))
 		}
 	}
-	if n := f.h.link.TCPFastFlows(); n != 0 {
+	if n := f.h.fast.TCPFlows(); n != 0 {
 		t.Errorf("%d flows after the link closed", n)
 	}
 }

@@ -1,9 +1,9 @@
-package stack
+package fastpath
 
 import (
+	"sync/atomic"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -16,8 +16,9 @@ import (
 // is queued to it; when that endpoint closes, gVisor looks for another
 // endpoint for the SYN, never at the forwarder, and answers RST: the
 // container's connect fails with "connection refused" (seen in the soak,
-// about 1 in 3000 resets). The link holds such a SYN until the old
-// endpoint is gone.
+// about 1 in 3000 resets). The fast path holds such a SYN, among the frames
+// the link offers it, until the old endpoint is gone, and then has the
+// link hand it to the stack (link.Endpoint.Inject).
 const (
 	synHoldStep  = time.Millisecond
 	synHoldSteps = 50
@@ -31,39 +32,54 @@ const (
 type SYNBusy func(id stack.TransportEndpointID, proto tcpip.NetworkProtocolNumber) bool
 
 // SetSYNBusy installs the check; the read loop may already run.
-func (e *TapEndpoint) SetSYNBusy(fn SYNBusy) { e.synBusy.Store(&fn) }
+func (p *Path) SetSYNBusy(fn SYNBusy) { p.syn.busy.Store(&fn) }
 
-// holdSYN holds a copy of frame, whose first view is hdr, if it is a SYN
+// synHold holds SYNs whose 4-tuple the stack still holds.
+type synHold struct {
+	*core
+	busy atomic.Pointer[SYNBusy]
+	held atomic.Int32 // SYNs held now
+}
+
+// hold holds a copy of the frame read as hdr then rest, if it is a SYN
+// to the stack (to the link's MAC, or multicast: what the link passes)
 // whose 4-tuple is still taken, and reports whether it did.
-func (e *TapEndpoint) holdSYN(hdr []byte, frame *buffer.Buffer) bool {
-	busy := e.synBusy.Load()
+func (s *synHold) hold(hdr, rest []byte) bool {
+	busy := s.busy.Load()
 	if busy == nil {
 		return false
 	}
 	id, proto, ok := synID(hdr)
-	if !ok || !(*busy)(id, proto) {
+	if !ok || string(hdr[:header.EthernetAddressSize]) != string(s.mac) && !header.IsMulticastEthernetAddress(header.Ethernet(hdr).DestinationAddress()) {
 		return false
 	}
-	if e.synHeld.Add(1) > synHoldLimit {
-		e.synHeld.Add(-1)
+	if !(*busy)(id, proto) {
 		return false
 	}
-	held := frame.Flatten()
-	e.stats.SYNHeld.Add(1)
+	if s.held.Add(1) > synHoldLimit {
+		s.held.Add(-1)
+		return false
+	}
+	// The link learns the container's MAC from the frames it passes to
+	// the stack; this one it does not see.
+	s.link.LearnGuestMAC(header.Ethernet(hdr).SourceAddress())
+	held := make([]byte, 0, len(hdr)+len(rest))
+	held = append(append(held, hdr...), rest...)
+	s.stats.SYNHeld.Add(1)
 	var retry func(step int)
 	retry = func(step int) {
 		// The timer's goroutine ends with this call; Close makes the
 		// last one drop the frame.
-		if e.closed.Load() {
-			e.synHeld.Add(-1)
+		if s.closed.Load() {
+			s.held.Add(-1)
 			return
 		}
 		if step < synHoldSteps && (*busy)(id, proto) {
 			time.AfterFunc(synHoldStep, func() { retry(step + 1) })
 			return
 		}
-		e.synHeld.Add(-1)
-		e.dispatch(buffer.MakeWithData(held))
+		s.held.Add(-1)
+		s.link.Inject(held)
 	}
 	time.AfterFunc(synHoldStep, func() { retry(1) })
 	return true

@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -19,42 +21,45 @@ import (
 // sees who connected, as through the netstack. From then on the flow is
 // the same as an outbound one.
 
-// Errors of DialTCPFast. Those that wrap ErrFastUnavailable say that
+// Errors of DialTCP. Those that wrap ErrUnavailable say that
 // the netstack should carry the connection instead.
 var (
-	ErrFastUnavailable = errors.New("the TCP fast path cannot take this connection")
-	ErrFastRefused     = errors.New("the container refused the connection (RST)")
-	ErrFastTimeout     = errors.New("the container did not answer")
-	errFastDisabled    = fmt.Errorf("%w: it is off", ErrFastUnavailable)
-	errFastNoGuest     = fmt.Errorf("%w: the container's MAC is not known yet", ErrFastUnavailable)
-	errFastBusy        = fmt.Errorf("%w: no free source port for this client", ErrFastUnavailable)
-	errFastClosed      = errors.New("the link is closing")
+	ErrUnavailable = errors.New("the TCP fast path cannot take this connection")
+	ErrRefused     = errors.New("the container refused the connection (RST)")
+	ErrTimeout     = errors.New("the container did not answer")
+	errDisabled    = fmt.Errorf("%w: it is off", ErrUnavailable)
+	errNoGuest     = fmt.Errorf("%w: the container's MAC is not known yet", ErrUnavailable)
+	errBusy        = fmt.Errorf("%w: no free source port for this client", ErrUnavailable)
+	errClosed      = errors.New("the link is closing")
 )
 
 // fastDialTimeout bounds the wait for the container's SYN-ACK, as the
 // netstack's dial of a published port.
 const fastDialTimeout = 10 * time.Second
 
-// DialTCPFast connects to the container's dst from src (a zero port: one
+// DialTCP connects to the container's dst from src (a zero port: one
 // is chosen) on the fast path, for the host connection host, and returns
 // once the container answered: run then carries the connection until it
 // ends and closes host. On error host is left to the caller.
-func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (run func(context.Context), err error) {
-	fp := &e.tcpf
-	if fp.policy == nil {
-		return nil, errFastDisabled
+func (p *Path) DialTCP(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (run func(context.Context), err error) {
+	return p.tcp.dial(ctx, src, dst, host)
+}
+
+func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) (run func(context.Context), err error) {
+	if t.policy == nil {
+		return nil, errDisabled
 	}
-	guestMAC, ok := e.GuestMAC()
+	guestMAC, ok := t.link.GuestMAC()
 	if !ok {
-		return nil, errFastNoGuest
+		return nil, errNoGuest
 	}
 	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
 	if dst.Addr().Is6() {
 		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
 	}
-	mtu := int(e.MTU())
+	mtu := int(t.link.MTU())
 	f := &tcpFlow{
-		e:        e,
+		t:        t,
 		guestMAC: guestMAC,
 		state:    fsSynSent,
 		wsOK:     true, // offered; the SYN-ACK says whether it holds
@@ -66,29 +71,29 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		ended:    make(chan struct{}),
 		answered: make(chan error, 1),
 	}
-	fp.mu.Lock()
-	if fp.closed {
-		fp.mu.Unlock()
-		return nil, errFastClosed
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, errClosed
 	}
 	// The client's own port when it is free (a client of two published
 	// ports that reach the same guest port may repeat it), else a
 	// random one.
 	key := tcpFlowKey{src: dst, dst: src}
-	for i := 0; src.Port() == 0 || fp.flows[key] != nil; i++ {
+	for i := 0; src.Port() == 0 || t.flows[key] != nil; i++ {
 		if i == 64 {
-			fp.mu.Unlock()
-			return nil, errFastBusy
+			t.mu.Unlock()
+			return nil, errBusy
 		}
 		src = netip.AddrPortFrom(src.Addr(), uint16(32768+rand.IntN(28232)))
 		key.dst = src
 	}
 	f.key = key
-	f.iss = fp.isn(key)
+	f.iss = t.isn(key)
 	f.sndUna, f.sndNxt = f.iss, f.iss+1
-	fp.flows[key] = f
-	fp.mu.Unlock()
-	e.stats.TCPFastFlows.Add(1)
+	t.flows[key] = f
+	t.mu.Unlock()
+	t.stats.TCPFlows.Add(1)
 
 	f.mu.Lock()
 	f.sendLocked(flagSYN, f.iss, nil, 0)
@@ -100,7 +105,7 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 	select {
 	case err = <-f.answered:
 	case <-timer.C:
-		err = ErrFastTimeout
+		err = ErrTimeout
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
@@ -110,9 +115,9 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 		f.mu.Unlock()
 		return nil, err
 	}
-	// The host socket joins the poller now, out of Go's: from here on
+	// The host socket joins the event loop now, out of Go's: from here on
 	// the flow owns it.
-	fd, err := detachFD(host)
+	fd, err := eventloop.DetachFD(host)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
@@ -121,10 +126,10 @@ func (e *TapEndpoint) DialTCPFast(ctx context.Context, src, dst netip.AddrPort, 
 	}
 	if f.closed {
 		unix.Close(fd)
-		return nil, errFastClosed
+		return nil, errClosed
 	}
 	f.fd = fd
-	if err := e.poll.add(fd, pollEdge, f); err != nil {
+	if err := t.loop.Add(fd, eventloop.Edge, f); err != nil {
 		f.closeLocked(true, true)
 		return nil, err
 	}
@@ -160,7 +165,7 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 	}
 	switch {
 	case s.flags&flagRST != 0:
-		f.answer(ErrFastRefused)
+		f.answer(ErrRefused)
 		f.closeLocked(false, false)
 	case s.flags&flagSYN != 0:
 		f.irs = s.seq
@@ -182,11 +187,11 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 	}
 }
 
-// answer reports the end of the handshake to DialTCPFast, once.
+// answer reports the end of the handshake to DialTCP, once.
 func (f *tcpFlow) answer(err error) {
 	select {
 	case f.answered <- err:
-		f.e.poll.handedOff.Store(true)
+		f.t.loop.HandOff()
 	default:
 	}
 }

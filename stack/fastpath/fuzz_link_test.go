@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"encoding/binary"
@@ -17,17 +17,20 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/rootlessnet/rootlessnet/stack"
+	"github.com/rootlessnet/rootlessnet/stack/link"
 )
 
 // The frame fuzzer's container: 10.0.2.100 behind the default addressing.
 var (
-	fzAddressing = Addressing{
+	fzAddressing = stack.Addressing{
 		Network: netip.MustParsePrefix("10.0.2.0/24"),
 		Gateway: netip.MustParseAddr("10.0.2.2"),
 		DNS:     netip.MustParseAddr("10.0.2.3"),
 		Guest:   netip.MustParseAddr("10.0.2.100"),
 	}
-	fzGatewayMAC = []byte(GatewayMAC(fzAddressing))
+	fzGatewayMAC = []byte(stack.GatewayMAC(fzAddressing))
 	fzGuestMAC   = []byte{0x02, 0x00, 0x00, 0x00, 0x00, 0x64}
 	fzBroadcast  = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	fzGuest4     = []byte{10, 0, 2, 100}
@@ -42,12 +45,14 @@ var (
 // dispatcher still runs after an input.
 const fzAliveTimeout = 10 * time.Second
 
-// frameHarness is a real gVisor stack on a TapEndpoint whose "TAP" is one
-// end of a SOCK_SEQPACKET socketpair: one frame per read and write, as a
-// TAP has. The test plays the container on the other end.
+// frameHarness is the fast path on a real link endpoint, under a real
+// gVisor stack, whose "TAP" is one end of a SOCK_SEQPACKET socketpair:
+// one frame per read and write, as a TAP has. The test plays the
+// container on the other end. It is wired as network.New wires the three.
 type frameHarness struct {
 	s    *gstack.Stack
-	link *TapEndpoint
+	link *link.Endpoint
+	fast *Path
 	peer *os.File
 
 	// arpReplies carries the target MAC of every ARP reply from the
@@ -88,7 +93,7 @@ func (h *frameHarness) track() bool {
 // newFrameHarness.
 type frameHarnessOptions struct {
 	// tcpFast turns the link's TCP fast path on with this policy.
-	tcpFast TCPFastPolicy
+	tcpFast TCPPolicy
 	// tcpFrames passes TCP frames to the container on h.tcpFrames.
 	tcpFrames bool
 }
@@ -118,26 +123,28 @@ func newFrameHarnessWith(tb testing.TB, o frameHarnessOptions) *frameHarness {
 	gw, dns := tcpip.AddrFrom4(fzAddressing.Gateway.As4()), tcpip.AddrFrom4(fzAddressing.DNS.As4())
 	owns := func(a tcpip.Address) bool { return a == gw || a == dns }
 	onReadError := func(err error) { h.readErr.Store(&err) }
-	link, err := NewTapEndpoint(os.NewFile(uintptr(fds[0]), "tap-end"), 65520, GatewayMAC(fzAddressing), onReadError, owns)
+	ep, err := link.New(os.NewFile(uintptr(fds[0]), "tap-end"), 65520, stack.GatewayMAC(fzAddressing), onReadError, owns)
 	if err != nil {
 		unix.Close(fds[0])
 		h.peer.Close()
-		tb.Fatalf("NewTapEndpoint: %v", err)
+		tb.Fatalf("link.New: %v", err)
 	}
-	h.link = link
+	h.link = ep
+	h.fast = New(ep, ep.Loop())
+	ep.SetInterceptor(h.fast)
 	if o.tcpFast != nil {
-		link.EnableTCPFastPath(o.tcpFast) // before the NIC starts the read loop
+		h.fast.EnableTCP(o.tcpFast) // before the NIC starts the read loop
 	}
 	if o.tcpFrames {
 		h.tcpFrames = make(chan []byte, 8192)
 	}
-	s, err := New(Config{
-		Link:       link,
+	s, err := stack.New(stack.Config{
+		Link:       ep,
 		Addressing: fzAddressing,
-		Handlers:   Handlers{TCP: h.handleTCP, UDP: h.handleUDP, ICMP4: h.handleICMP4},
+		Handlers:   stack.Handlers{TCP: h.handleTCP, UDP: h.handleUDP, ICMP4: h.handleICMP4},
 	})
 	if err != nil {
-		link.Close()
+		ep.Close()
 		h.peer.Close()
 		tb.Fatalf("stack.New: %v", err)
 	}
@@ -163,6 +170,7 @@ func (h *frameHarness) close() {
 		// and its end before Stack.Wait, which holds a lock the loop
 		// may still need.
 		h.link.Close()
+		h.fast.Close()
 		h.link.Wait()
 		h.s.Close()
 		h.s.Wait()
@@ -238,7 +246,7 @@ func (h *frameHarness) handleICMP4(gstack.TransportEndpointID, *gstack.PacketBuf
 // replies for the gateway and passes UDP frames on.
 func (h *frameHarness) readFrames() {
 	defer close(h.readerDone)
-	buf := make([]byte, maxFrame+1)
+	buf := make([]byte, link.MaxFrame+1)
 	for {
 		n, err := h.peer.Read(buf)
 		if err != nil {
@@ -334,7 +342,7 @@ func (h *frameHarness) checkAlive(tb testing.TB) {
 			}
 		case <-deadline.C:
 			tb.Fatalf("no ARP reply for the gateway within %v: the stack stalled (link stats rx=%d dropped=%d tx=%d txerr=%d)",
-				fzAliveTimeout, h.link.stats.RxFrames.Load(), h.link.stats.RxDropped.Load(), h.link.stats.TxFrames.Load(), h.link.stats.TxErrors.Load())
+				fzAliveTimeout, h.link.Stats().RxFrames.Load(), h.link.Stats().RxDropped.Load(), h.link.Stats().TxFrames.Load(), h.link.Stats().TxErrors.Load())
 		}
 	}
 }
@@ -652,8 +660,8 @@ func FuzzFrames(f *testing.F) {
 	h.checkAlive(f)
 
 	f.Fuzz(func(t *testing.T, frame []byte, fixHeader bool) {
-		if len(frame) > maxFrame {
-			frame = frame[:maxFrame] // a TAP never delivers more
+		if len(frame) > link.MaxFrame {
+			frame = frame[:link.MaxFrame] // a TAP never delivers more
 		}
 		frame = append([]byte(nil), frame...)
 		if fixHeader && len(frame) >= 14 {

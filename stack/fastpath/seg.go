@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"encoding/binary"
@@ -7,9 +7,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/rootlessnet/rootlessnet/stack/link"
 )
 
-// The byte work of the TCP fast path (tcpfast.go): reading the container's
+// The byte work of the TCP fast path (tcp.go): reading the container's
 // segments and writing ours. Pure functions, tested by tables.
 
 // TCP flags as they sit in the header's flags byte.
@@ -151,14 +153,14 @@ type tcpOut struct {
 }
 
 // tcpHeadersMax is the room buildTCP needs.
-const tcpHeadersMax = VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.TCPMinimumSize + 8
+const tcpHeadersMax = link.VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.TCPMinimumSize + 8
 
 // buildTCP writes the headers of o into b (at least tcpHeadersMax bytes)
 // and returns their length; the payload follows them on the wire.
 func buildTCP(b []byte, o *tcpOut) int {
 	start := 0
 	if o.vnet {
-		start = VnetHdrSize
+		start = link.VnetHdrSize
 	}
 	v4 := o.src.Addr().Is4()
 	ipLen, proto := header.IPv6MinimumSize, header.IPv6ProtocolNumber
@@ -224,20 +226,20 @@ func buildTCP(b []byte, o *tcpOut) int {
 		// CHECKSUM_PARTIAL: the pseudo-header's sum in the field, the
 		// kernel adds the segment's.
 		t.SetChecksum(xsum)
-		h := vnetHdr{
-			flags:      vnetFlagNeedsCsum,
-			hdrLen:     uint16(hdrEnd - start),
-			csumStart:  uint16(header.EthernetMinimumSize + ipLen),
-			csumOffset: header.TCPChecksumOffset,
+		h := link.VnetHeader{
+			Flags:      link.VnetNeedsCsum,
+			HdrLen:     uint16(hdrEnd - start),
+			CsumStart:  uint16(header.EthernetMinimumSize + ipLen),
+			CsumOffset: header.TCPChecksumOffset,
 		}
 		if o.gsoMSS > 0 && o.payload > o.gsoMSS {
-			h.gsoType = vnetGSOTCPv6
+			h.GSOType = link.VnetGSOTCPv6
 			if v4 {
-				h.gsoType = vnetGSOTCPv4
+				h.GSOType = link.VnetGSOTCPv4
 			}
-			h.gsoSize = uint16(o.gsoMSS)
+			h.GSOSize = uint16(o.gsoMSS)
 		}
-		h.encode(b[:VnetHdrSize])
+		h.Encode(b[:link.VnetHdrSize])
 	} else {
 		xsum = checksum.Combine(xsum, o.sum)
 		t.SetChecksum(^t.CalculateChecksum(xsum))

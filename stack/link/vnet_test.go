@@ -1,4 +1,4 @@
-package stack
+package link
 
 import (
 	"bytes"
@@ -16,13 +16,13 @@ func TestVnetHdrFor(t *testing.T) {
 		gso     stack.GSO
 		l3      int
 		payload int
-		want    vnetHdr
+		want    VnetHeader
 	}{
-		{"no gso", stack.GSO{}, 20, 3000, vnetHdr{}},
-		{"tcp4 super-frame", tcp4, 20, 3000, vnetHdr{flags: 1, gsoType: vnetGSOTCPv4, hdrLen: 54, gsoSize: 1460, csumStart: 34, csumOffset: 16}},
-		{"tcp4 one segment: checksum only", tcp4, 20, 1000, vnetHdr{flags: 1, hdrLen: 54, csumStart: 34, csumOffset: 16}},
-		{"tcp4 exactly MSS", tcp4, 20, 1460, vnetHdr{flags: 1, hdrLen: 54, csumStart: 34, csumOffset: 16}},
-		{"tcp6 super-frame", tcp6, 40, 60000, vnetHdr{flags: 1, gsoType: vnetGSOTCPv6, hdrLen: 74, gsoSize: 1440, csumStart: 54, csumOffset: 16}},
+		{"no gso", stack.GSO{}, 20, 3000, VnetHeader{}},
+		{"tcp4 super-frame", tcp4, 20, 3000, VnetHeader{Flags: 1, GSOType: VnetGSOTCPv4, HdrLen: 54, GSOSize: 1460, CsumStart: 34, CsumOffset: 16}},
+		{"tcp4 one segment: checksum only", tcp4, 20, 1000, VnetHeader{Flags: 1, HdrLen: 54, CsumStart: 34, CsumOffset: 16}},
+		{"tcp4 exactly MSS", tcp4, 20, 1460, VnetHeader{Flags: 1, HdrLen: 54, CsumStart: 34, CsumOffset: 16}},
+		{"tcp6 super-frame", tcp6, 40, 60000, VnetHeader{Flags: 1, GSOType: VnetGSOTCPv6, HdrLen: 74, GSOSize: 1440, CsumStart: 54, CsumOffset: 16}},
 	} {
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
 			ReserveHeaderBytes: 128,
@@ -40,9 +40,9 @@ func TestVnetHdrFor(t *testing.T) {
 }
 
 func TestVnetHdrEncode(t *testing.T) {
-	h := vnetHdr{flags: 1, gsoType: 4, hdrLen: 0x0102, gsoSize: 0x0304, csumStart: 0x0506, csumOffset: 0x0708}
+	h := VnetHeader{Flags: 1, GSOType: 4, HdrLen: 0x0102, GSOSize: 0x0304, CsumStart: 0x0506, CsumOffset: 0x0708}
 	var b [VnetHdrSize]byte
-	h.encode(b[:])
+	h.Encode(b[:])
 	// Little-endian, as virtio 1.0 and the TAP (without TUNSETVNETBE) use.
 	want := []byte{1, 4, 0x02, 0x01, 0x04, 0x03, 0x06, 0x05, 0x08, 0x07}
 	if !bytes.Equal(b[:], want) {

@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"bytes"
@@ -15,10 +15,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// Published ports on the fast path (DialTCPFast), frame by frame on the
+// Published ports on the fast path (DialTCP), frame by frame on the
 // socketpair harness: the test plays the container, which answers the
 // flow's SYN, and a loopback TCP connection plays the published port's
-// host side (the client's end and the accepted end DialTCPFast takes).
+// host side (the client's end and the accepted end DialTCP takes).
 // The harness link has no virtio-net header: the flow's segments carry
 // full checksums, which guest.decode checks.
 
@@ -42,7 +42,7 @@ func newDialFixture(t *testing.T) *fastFixture {
 	f := &fastFixture{t: t, h: h, p: p}
 	t.Cleanup(func() {
 		f.closeHarness()
-		if n := h.link.TCPFastFlows(); n != 0 {
+		if n := h.fast.TCPFlows(); n != 0 {
 			t.Errorf("%d fast-path flows left after the link closed", n)
 		}
 		if n := p.asked.Load(); n != 0 {
@@ -75,7 +75,7 @@ func (f *fastFixture) teachGuestMAC() {
 }
 
 // hostPair is a published port's host side: the client's end, and the
-// accepted end that DialTCPFast takes. The test's cleanup closes both.
+// accepted end that DialTCP takes. The test's cleanup closes both.
 func hostPair(t *testing.T) (client, host *net.TCPConn) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -102,13 +102,13 @@ type dialResult struct {
 	err error
 }
 
-// dial runs DialTCPFast in a goroutine; the test's cleanup waits for it.
+// dial runs DialTCP in a goroutine; the test's cleanup waits for it.
 func (f *fastFixture) dial(ctx context.Context, src, dst netip.AddrPort, host *net.TCPConn) <-chan dialResult {
 	ch := make(chan dialResult, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		run, err := f.h.link.DialTCPFast(ctx, src, dst, host)
+		run, err := f.h.fast.DialTCP(ctx, src, dst, host)
 		ch <- dialResult{run, err}
 	}()
 	t := f.t
@@ -116,20 +116,20 @@ func (f *fastFixture) dial(ctx context.Context, src, dst netip.AddrPort, host *n
 		select {
 		case <-done:
 		case <-time.After(3 * fastWait):
-			t.Errorf("DialTCPFast did not return within %v of the test's end", 3*fastWait)
+			t.Errorf("DialTCP did not return within %v of the test's end", 3*fastWait)
 		}
 	})
 	return ch
 }
 
-// dialed waits for DialTCPFast's result.
+// dialed waits for DialTCP's result.
 func (f *fastFixture) dialed(ch <-chan dialResult) dialResult {
 	f.t.Helper()
 	select {
 	case r := <-ch:
 		return r
 	case <-time.After(fastWait):
-		f.t.Fatalf("DialTCPFast did not return within %v", fastWait)
+		f.t.Fatalf("DialTCP did not return within %v", fastWait)
 		return dialResult{}
 	}
 }
@@ -228,7 +228,7 @@ func (f *fastFixture) expectSYN(dst netip.AddrPort, skip ...uint16) (*guest, rxS
 			g := &guest{f: f, t: f.t, src: dst, dst: from, iss: 0xffffff00 - uint32(from.Port()), wnd: 65535, mss: 1460, ws: 7}
 			return g, s
 		case <-deadline.C:
-			f.t.Fatalf("no SYN to %v within %v (link tx %d txerr %d)", dst, fastWait, f.h.link.stats.TxFrames.Load(), f.h.link.stats.TxErrors.Load())
+			f.t.Fatalf("no SYN to %v within %v (link tx %d txerr %d)", dst, fastWait, f.h.link.Stats().TxFrames.Load(), f.h.link.Stats().TxErrors.Load())
 			return nil, rxSeg{}
 		}
 	}
@@ -294,37 +294,37 @@ func (f *fastFixture) open(ctx context.Context, src, dst netip.AddrPort, host *n
 	g.expectHandshakeACK(fastPendingMax >> fastRcvShift)
 	r := f.dialed(ch)
 	if r.err != nil {
-		f.t.Fatalf("DialTCPFast: %v", r.err)
+		f.t.Fatalf("DialTCP: %v", r.err)
 	}
 	return g, r.run
 }
 
-// TestDialTCPFastUnavailable: the fast path off, or on before any frame
+// TestDialTCPUnavailable: the fast path off, or on before any frame
 // from the container, cannot dial (an error that wraps
-// ErrFastUnavailable: the netstack carries the connection), and leaves
+// ErrUnavailable: the netstack carries the connection), and leaves
 // the host connection alone and no flow behind; a closing link refuses.
-func TestDialTCPFastUnavailable(t *testing.T) {
+func TestDialTCPUnavailable(t *testing.T) {
 	ctx := context.Background()
 	t.Run("off", func(t *testing.T) {
 		h := newFrameHarness(t)
 		client, host := hostPair(t)
-		run, err := h.link.DialTCPFast(ctx, dialClient4, dialGuest4, host)
-		if !errors.Is(err, ErrFastUnavailable) || run != nil {
-			t.Fatalf("DialTCPFast with the fast path off: %v (run %v), want ErrFastUnavailable", err, run != nil)
+		run, err := h.fast.DialTCP(ctx, dialClient4, dialGuest4, host)
+		if !errors.Is(err, ErrUnavailable) || run != nil {
+			t.Fatalf("DialTCP with the fast path off: %v (run %v), want ErrUnavailable", err, run != nil)
 		}
 		checkHostUsable(t, client, host)
 	})
 	t.Run("no guest MAC", func(t *testing.T) {
 		f := newDialFixture(t)
 		client, host := hostPair(t)
-		run, err := f.h.link.DialTCPFast(ctx, dialClient4, dialGuest4, host)
-		if !errors.Is(err, ErrFastUnavailable) || run != nil {
-			t.Fatalf("DialTCPFast before any frame from the container: %v (run %v), want ErrFastUnavailable", err, run != nil)
+		run, err := f.h.fast.DialTCP(ctx, dialClient4, dialGuest4, host)
+		if !errors.Is(err, ErrUnavailable) || run != nil {
+			t.Fatalf("DialTCP before any frame from the container: %v (run %v), want ErrUnavailable", err, run != nil)
 		}
-		if n := f.h.link.TCPFastFlows(); n != 0 {
+		if n := f.h.fast.TCPFlows(); n != 0 {
 			t.Errorf("%d flows after a dial that could not start", n)
 		}
-		if n := f.h.link.Stats().TCPFastFlows.Load(); n != 0 {
+		if n := f.h.fast.Stats().TCPFlows.Load(); n != 0 {
 			t.Errorf("stats count %d fast-path flows, want 0", n)
 		}
 		select {
@@ -339,11 +339,11 @@ func TestDialTCPFastUnavailable(t *testing.T) {
 		f.teachGuestMAC()
 		_, host := hostPair(t)
 		f.closeHarness()
-		run, err := f.h.link.DialTCPFast(ctx, dialClient4, dialGuest4, host)
+		run, err := f.h.fast.DialTCP(ctx, dialClient4, dialGuest4, host)
 		if err == nil || run != nil {
-			t.Fatalf("DialTCPFast on a closed link: %v (run %v), want an error", err, run != nil)
+			t.Fatalf("DialTCP on a closed link: %v (run %v), want an error", err, run != nil)
 		}
-		if n := f.h.link.TCPFastFlows(); n != 0 {
+		if n := f.h.fast.TCPFlows(); n != 0 {
 			t.Errorf("%d flows on a closed link", n)
 		}
 	})
@@ -367,13 +367,13 @@ func checkHostUsable(t *testing.T, client, host *net.TCPConn) {
 	}
 }
 
-// TestDialTCPFastHandshake: the flow's SYN comes from the client's
+// TestDialTCPHandshake: the flow's SYN comes from the client's
 // address and port to the container's, with our MSS and window scale;
 // the container's SYN-ACK gets an ACK whose window is scaled as the
-// SYN-ACK allows, DialTCPFast returns, and run carries data both ways
+// SYN-ACK allows, DialTCP returns, and run carries data both ways
 // (cut at the container's MSS) and the host's FIN, then the container's,
 // which ends the flow and run.
-func TestDialTCPFastHandshake(t *testing.T) {
+func TestDialTCPHandshake(t *testing.T) {
 	for i, tc := range []struct {
 		name    string
 		mss     uint16
@@ -398,7 +398,7 @@ func TestDialTCPFastHandshake(t *testing.T) {
 				t.Errorf("the SYN comes from %v, want the client's %v", g.dst, dialClient4)
 			}
 			checkSYN(t, syn, fastMSS4)
-			if n := f.h.link.TCPFastFlows(); n != 1 {
+			if n := f.h.fast.TCPFlows(); n != 1 {
 				t.Errorf("%d flows while dialing, want 1", n)
 			}
 			g.mss, g.ws = tc.mss, tc.ws
@@ -406,7 +406,7 @@ func TestDialTCPFastHandshake(t *testing.T) {
 			g.expectHandshakeACK(tc.wantWnd)
 			r := f.dialed(ch)
 			if r.err != nil || r.run == nil {
-				t.Fatalf("DialTCPFast after the SYN-ACK: %v (run %v)", r.err, r.run != nil)
+				t.Fatalf("DialTCP after the SYN-ACK: %v (run %v)", r.err, r.run != nil)
 			}
 			_, done := f.carry(r.run)
 
@@ -438,20 +438,20 @@ func TestDialTCPFastHandshake(t *testing.T) {
 				t.Errorf("the client read %q then %v, want \"last words\" then EOF", got, err)
 			}
 			waitDone(t, done, "run's return after both FINs")
-			if n := f.h.link.TCPFastFlows(); n != 0 {
+			if n := f.h.fast.TCPFlows(); n != 0 {
 				t.Errorf("%d flows after both FINs", n)
 			}
-			if n := f.h.link.Stats().TCPFastFlows.Load(); n != 1 {
+			if n := f.h.fast.Stats().TCPFlows.Load(); n != 1 {
 				t.Errorf("stats count %d fast-path flows, want 1", n)
 			}
 		})
 	}
 }
 
-// TestDialTCPFastGuestSpeaksFirst: a server that writes and closes at
+// TestDialTCPGuestSpeaksFirst: a server that writes and closes at
 // once (its data and FIN may come before run starts) reaches the client
 // whole, then EOF; the client's close ends the flow.
-func TestDialTCPFastGuestSpeaksFirst(t *testing.T) {
+func TestDialTCPGuestSpeaksFirst(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	client, host := hostPair(t)
@@ -464,7 +464,7 @@ func TestDialTCPFastGuestSpeaksFirst(t *testing.T) {
 	g.sndNxt += uint32(len("203.0.113.7:41234\n")) + 1
 	r := f.dialed(ch)
 	if r.err != nil {
-		t.Fatalf("DialTCPFast: %v", r.err)
+		t.Fatalf("DialTCP: %v", r.err)
 	}
 	g.expect("ACK of the data and FIN", func(s rxSeg) bool { return s.ack == g.sndNxt })
 	_, done := f.carry(r.run)
@@ -479,10 +479,10 @@ func TestDialTCPFastGuestSpeaksFirst(t *testing.T) {
 	f.waitFlows(0)
 }
 
-// TestDialTCPFastRefused: the container's RST|ACK to the SYN fails the
-// dial with ErrFastRefused; the flow is gone, nothing more goes to the
+// TestDialTCPRefused: the container's RST|ACK to the SYN fails the
+// dial with ErrRefused; the flow is gone, nothing more goes to the
 // container, and the host connection is left to the caller.
-func TestDialTCPFastRefused(t *testing.T) {
+func TestDialTCPRefused(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	_, host := hostPair(t)
@@ -497,10 +497,10 @@ func TestDialTCPFastRefused(t *testing.T) {
 	// Then the refusal.
 	f.h.send(t, g.frame(tcpRST|tcpACK, 0, syn.seq+1, nil, nil))
 	r := f.dialed(ch)
-	if !errors.Is(r.err, ErrFastRefused) || r.run != nil {
-		t.Fatalf("DialTCPFast after the container's RST: %v (run %v), want ErrFastRefused", r.err, r.run != nil)
+	if !errors.Is(r.err, ErrRefused) || r.run != nil {
+		t.Fatalf("DialTCP after the container's RST: %v (run %v), want ErrRefused", r.err, r.run != nil)
 	}
-	if n := f.h.link.TCPFastFlows(); n != 0 {
+	if n := f.h.fast.TCPFlows(); n != 0 {
 		t.Errorf("%d flows after a refused dial", n)
 	}
 	// No SYN again, no RST in answer.
@@ -512,10 +512,10 @@ func TestDialTCPFastRefused(t *testing.T) {
 	}
 }
 
-// TestDialTCPFastNoAnswer: an unanswered SYN comes again, the same; the
+// TestDialTCPNoAnswer: an unanswered SYN comes again, the same; the
 // dial ends with its context (canceled, or at its deadline) or at
-// fastDialTimeout with ErrFastTimeout, and the flow is gone.
-func TestDialTCPFastNoAnswer(t *testing.T) {
+// fastDialTimeout with ErrTimeout, and the flow is gone.
+func TestDialTCPNoAnswer(t *testing.T) {
 	t.Run("cancel", func(t *testing.T) {
 		f := newDialFixture(t)
 		f.teachGuestMAC()
@@ -533,7 +533,7 @@ func TestDialTCPFastNoAnswer(t *testing.T) {
 		cancel()
 		r := f.dialed(ch)
 		if !errors.Is(r.err, context.Canceled) || r.run != nil {
-			t.Errorf("DialTCPFast canceled: %v (run %v), want context.Canceled", r.err, r.run != nil)
+			t.Errorf("DialTCP canceled: %v (run %v), want context.Canceled", r.err, r.run != nil)
 		}
 		f.waitFlows(0)
 		g.nothing(500*time.Millisecond, "after the dial ended")
@@ -548,7 +548,7 @@ func TestDialTCPFastNoAnswer(t *testing.T) {
 		f.expectSYN(dialGuest4)
 		r := f.dialed(ch)
 		if !errors.Is(r.err, context.DeadlineExceeded) || r.run != nil {
-			t.Errorf("DialTCPFast at its context's deadline: %v (run %v), want context.DeadlineExceeded", r.err, r.run != nil)
+			t.Errorf("DialTCP at its context's deadline: %v (run %v), want context.DeadlineExceeded", r.err, r.run != nil)
 		}
 		f.waitFlows(0)
 	})
@@ -562,10 +562,10 @@ func TestDialTCPFastNoAnswer(t *testing.T) {
 		select {
 		case r = <-ch:
 		case <-time.After(fastDialTimeout + fastWait):
-			t.Fatalf("DialTCPFast did not return within %v", fastDialTimeout+fastWait)
+			t.Fatalf("DialTCP did not return within %v", fastDialTimeout+fastWait)
 		}
-		if !errors.Is(r.err, ErrFastTimeout) || r.run != nil {
-			t.Errorf("DialTCPFast unanswered: %v (run %v), want ErrFastTimeout", r.err, r.run != nil)
+		if !errors.Is(r.err, ErrTimeout) || r.run != nil {
+			t.Errorf("DialTCP unanswered: %v (run %v), want ErrTimeout", r.err, r.run != nil)
 		}
 		f.waitFlows(0)
 		n := 0
@@ -587,12 +587,12 @@ func TestDialTCPFastNoAnswer(t *testing.T) {
 	})
 }
 
-// TestDialTCPFastUnacceptableACK: a container that answers the SYN with
+// TestDialTCPUnacceptableACK: a container that answers the SYN with
 // an ACK of something else (a Linux socket in TIME-WAIT on this 4-tuple
 // does, when the SYN's ISN is below its old rcv_nxt) gets a RST at that
 // ACK's number (RFC 9293 3.10.7.3), which ends the TIME-WAIT; the SYN
 // sent again then opens the connection.
-func TestDialTCPFastUnacceptableACK(t *testing.T) {
+func TestDialTCPUnacceptableACK(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	client, host := hostPair(t)
@@ -615,7 +615,7 @@ func TestDialTCPFastUnacceptableACK(t *testing.T) {
 	g.expectHandshakeACK(fastPendingMax >> fastRcvShift)
 	r := f.dialed(ch)
 	if r.err != nil {
-		t.Fatalf("DialTCPFast: %v", r.err)
+		t.Fatalf("DialTCP: %v", r.err)
 	}
 	f.carry(r.run)
 	g.sendData([]byte("reused"))
@@ -624,12 +624,12 @@ func TestDialTCPFastUnacceptableACK(t *testing.T) {
 	}
 }
 
-// TestDialTCPFastPortTaken: a client port that a flow to the same guest
+// TestDialTCPPortTaken: a client port that a flow to the same guest
 // port holds already is not used again (another client of another
 // published port that reaches the same guest port may repeat it): the
 // second flow's SYN comes from another port, as does one asked for port
 // 0, and the flows are independent.
-func TestDialTCPFastPortTaken(t *testing.T) {
+func TestDialTCPPortTaken(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	ctx, cancel := context.WithTimeout(context.Background(), 6*fastWait)
@@ -648,7 +648,7 @@ func TestDialTCPFastPortTaken(t *testing.T) {
 	g2.expectHandshakeACK(fastPendingMax >> fastRcvShift)
 	r := f.dialed(ch)
 	if r.err != nil {
-		t.Fatalf("the second DialTCPFast: %v", r.err)
+		t.Fatalf("the second DialTCP: %v", r.err)
 	}
 	f.carry(r.run)
 
@@ -665,7 +665,7 @@ func TestDialTCPFastPortTaken(t *testing.T) {
 	} else {
 		f.carry(r.run)
 	}
-	if n := f.h.link.TCPFastFlows(); n != 3 {
+	if n := f.h.fast.TCPFlows(); n != 3 {
 		t.Errorf("%d flows, want 3", n)
 	}
 
@@ -688,9 +688,9 @@ func TestDialTCPFastPortTaken(t *testing.T) {
 	noMore(t, client2)
 }
 
-// TestDialTCPFastIPv6: the same over IPv6: the SYN's MSS is the IPv6
+// TestDialTCPIPv6: the same over IPv6: the SYN's MSS is the IPv6
 // one, data both ways, FINs both ways.
-func TestDialTCPFastIPv6(t *testing.T) {
+func TestDialTCPIPv6(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	client, host := hostPair(t)
@@ -706,7 +706,7 @@ func TestDialTCPFastIPv6(t *testing.T) {
 	g.expectHandshakeACK(fastPendingMax >> fastRcvShift)
 	r := f.dialed(ch)
 	if r.err != nil {
-		t.Fatalf("DialTCPFast: %v", r.err)
+		t.Fatalf("DialTCP: %v", r.err)
 	}
 	_, done := f.carry(r.run)
 	g.exchange(client, "client", randomBytes(66, 7000), randomBytes(67, 10000))
@@ -714,10 +714,10 @@ func TestDialTCPFastIPv6(t *testing.T) {
 	f.waitFlows(0)
 }
 
-// TestDialTCPFastCancelRun: run's context ending resets the container's
+// TestDialTCPCancelRun: run's context ending resets the container's
 // connection (RST at the next sequence number) and the client's, and
 // run returns.
-func TestDialTCPFastCancelRun(t *testing.T) {
+func TestDialTCPCancelRun(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	client, host := hostPair(t)
@@ -739,9 +739,9 @@ func TestDialTCPFastCancelRun(t *testing.T) {
 	f.waitFlows(0)
 }
 
-// TestDialTCPFastLinkCloseDuringRun: closing the link ends a published
+// TestDialTCPLinkCloseDuringRun: closing the link ends a published
 // flow: run returns, and the client's connection ends.
-func TestDialTCPFastLinkCloseDuringRun(t *testing.T) {
+func TestDialTCPLinkCloseDuringRun(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	client, host := hostPair(t)
@@ -756,15 +756,15 @@ func TestDialTCPFastLinkCloseDuringRun(t *testing.T) {
 	if b, err := readEnd(t, client); len(b) != 0 || err == nil {
 		t.Errorf("the client read %q, %v after the link closed", b, err)
 	}
-	if n := f.h.link.TCPFastFlows(); n != 0 {
+	if n := f.h.fast.TCPFlows(); n != 0 {
 		t.Errorf("%d flows after the link closed", n)
 	}
 }
 
-// TestDialTCPFastLinkCloseDuringDial: closing the link while a dial
+// TestDialTCPLinkCloseDuringDial: closing the link while a dial
 // waits for the container's answer ends the dial with an error at once
 // (not at fastDialTimeout), and the flow is gone.
-func TestDialTCPFastLinkCloseDuringDial(t *testing.T) {
+func TestDialTCPLinkCloseDuringDial(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	_, host := hostPair(t)
@@ -775,28 +775,28 @@ func TestDialTCPFastLinkCloseDuringDial(t *testing.T) {
 	select {
 	case r := <-ch:
 		if r.err == nil || r.run != nil {
-			t.Errorf("DialTCPFast on a link that closed: %v (run %v), want an error", r.err, r.run != nil)
+			t.Errorf("DialTCP on a link that closed: %v (run %v), want an error", r.err, r.run != nil)
 		}
 	case <-time.After(fastWait):
 		// Wait for it anyway, to say how it ended.
 		select {
 		case r := <-ch:
-			t.Errorf("DialTCPFast returned %v only %v after the link closed (fastDialTimeout %v): a closed flow does not end the dial", r.err, time.Since(start).Round(100*time.Millisecond), fastDialTimeout)
+			t.Errorf("DialTCP returned %v only %v after the link closed (fastDialTimeout %v): a closed flow does not end the dial", r.err, time.Since(start).Round(100*time.Millisecond), fastDialTimeout)
 		case <-time.After(fastDialTimeout + fastWait):
-			t.Errorf("DialTCPFast did not return within %v of the link's close", fastDialTimeout+2*fastWait)
+			t.Errorf("DialTCP did not return within %v of the link's close", fastDialTimeout+2*fastWait)
 		}
 	}
-	if n := f.h.link.TCPFastFlows(); n != 0 {
+	if n := f.h.fast.TCPFlows(); n != 0 {
 		t.Errorf("%d flows after the link closed", n)
 	}
 }
 
-// TestDialTCPFastAnswerRacesCancel: the container's answer (SYN-ACK or
+// TestDialTCPAnswerRacesCancel: the container's answer (SYN-ACK or
 // RST) and the end of the dial's context come at once, in both orders,
-// many times: DialTCPFast returns every time (the flow's answer and the
+// many times: DialTCP returns every time (the flow's answer and the
 // dial's own close must not wait on each other), no flow is left, and
 // the read loop lives on.
-func TestDialTCPFastAnswerRacesCancel(t *testing.T) {
+func TestDialTCPAnswerRacesCancel(t *testing.T) {
 	f := newDialFixture(t)
 	f.teachGuestMAC()
 	const rounds = 200
@@ -840,26 +840,26 @@ func TestDialTCPFastAnswerRacesCancel(t *testing.T) {
 		case r = <-ch:
 		case <-time.After(fastWait):
 			f.h.abandon()
-			t.Fatalf("round %d: DialTCPFast did not return within %v of its answer and its context's end:\n%s", i, fastWait, goroutineDump())
+			t.Fatalf("round %d: DialTCP did not return within %v of its answer and its context's end:\n%s", i, fastWait, goroutineDump())
 		}
 		outcomes[i%4][fmt.Sprint(r.err)]++
 		switch {
 		case r.err == nil:
 			if refuse {
-				t.Fatalf("round %d: DialTCPFast succeeded on a refusal", i)
+				t.Fatalf("round %d: DialTCP succeeded on a refusal", i)
 			}
 			stop, done := f.carry(r.run)
 			stop()
 			waitDone(t, done, "run's return with its context ended")
-		case refuse && !errors.Is(r.err, ErrFastRefused) && !errors.Is(r.err, context.Canceled):
-			t.Errorf("round %d: DialTCPFast refused and canceled: %v", i, r.err)
+		case refuse && !errors.Is(r.err, ErrRefused) && !errors.Is(r.err, context.Canceled):
+			t.Errorf("round %d: DialTCP refused and canceled: %v", i, r.err)
 		case !refuse && !errors.Is(r.err, context.Canceled):
-			t.Errorf("round %d: DialTCPFast answered and canceled: %v", i, r.err)
+			t.Errorf("round %d: DialTCP answered and canceled: %v", i, r.err)
 		}
 		deadline := time.Now().Add(fastWait)
-		for f.h.link.TCPFastFlows() != 0 {
+		for f.h.fast.TCPFlows() != 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("round %d: %d flows after the dial (%v) and run", i, f.h.link.TCPFastFlows(), r.err)
+				t.Fatalf("round %d: %d flows after the dial (%v) and run", i, f.h.fast.TCPFlows(), r.err)
 			}
 			time.Sleep(time.Millisecond)
 		}

@@ -1,4 +1,4 @@
-package stack
+package fastpath
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/rootlessnet/rootlessnet/stack/link"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -386,32 +387,32 @@ func TestBuildTCPVnet(t *testing.T) {
 			o.vnet, o.gsoMSS, o.payload = true, gsoMSS, len(tc.payload)
 			b := make([]byte, tcpHeadersMax)
 			hl := buildTCP(b, &o)
-			frame := append(b[VnetHdrSize:hl:hl], tc.payload...)
+			frame := append(b[link.VnetHdrSize:hl:hl], tc.payload...)
 			v4 := o.src.Addr().Is4()
 			ipLen := 40
 			if v4 {
 				ipLen = 20
 			}
-			tcpLen := hl - VnetHdrSize - 14 - ipLen
+			tcpLen := hl - link.VnetHdrSize - 14 - ipLen
 			tcp := checkBuiltFrame(t, frame, &o, tcpLen, len(tc.payload))
 
-			var want vnetHdr
-			want.flags = vnetFlagNeedsCsum
-			want.hdrLen = uint16(14 + ipLen + tcpLen)
-			want.csumStart = uint16(14 + ipLen)
-			want.csumOffset = 16
+			var want link.VnetHeader
+			want.Flags = link.VnetNeedsCsum
+			want.HdrLen = uint16(14 + ipLen + tcpLen)
+			want.CsumStart = uint16(14 + ipLen)
+			want.CsumOffset = 16
 			if gsoMSS > 0 && len(tc.payload) > gsoMSS {
-				want.gsoType, want.gsoSize = vnetGSOTCPv6, uint16(gsoMSS)
+				want.GSOType, want.GSOSize = link.VnetGSOTCPv6, uint16(gsoMSS)
 				if v4 {
-					want.gsoType = vnetGSOTCPv4
+					want.GSOType = link.VnetGSOTCPv4
 				}
 			}
-			vh := b[:VnetHdrSize]
-			got := vnetHdr{
-				flags: vh[0], gsoType: vh[1],
-				hdrLen:    binary.LittleEndian.Uint16(vh[2:]),
-				gsoSize:   binary.LittleEndian.Uint16(vh[4:]),
-				csumStart: binary.LittleEndian.Uint16(vh[6:]), csumOffset: binary.LittleEndian.Uint16(vh[8:]),
+			vh := b[:link.VnetHdrSize]
+			got := link.VnetHeader{
+				Flags: vh[0], GSOType: vh[1],
+				HdrLen:    binary.LittleEndian.Uint16(vh[2:]),
+				GSOSize:   binary.LittleEndian.Uint16(vh[4:]),
+				CsumStart: binary.LittleEndian.Uint16(vh[6:]), CsumOffset: binary.LittleEndian.Uint16(vh[8:]),
 			}
 			if got != want {
 				t.Errorf("%s, gsoMSS %d: virtio-net header %+v, want %+v", tc.name, gsoMSS, got, want)
@@ -424,15 +425,15 @@ func TestBuildTCPVnet(t *testing.T) {
 			}
 			// Finish it as the kernel does (sum from csum_start, stored
 			// at csum_start+csum_offset): the segment is then valid.
-			seg := frame[got.csumStart:]
-			binary.BigEndian.PutUint16(seg[got.csumOffset:], ^checksum.Checksum(seg, 0))
+			seg := frame[got.CsumStart:]
+			binary.BigEndian.PutUint16(seg[got.CsumOffset:], ^checksum.Checksum(seg, 0))
 			if !tcpChecksumOK(o.src.Addr(), o.dst.Addr(), seg) {
 				t.Errorf("%s: the checksum the kernel would finish is wrong", tc.name)
 			}
 
 			s, ok := parseTCP(frame, len(frame))
 			if !ok || s.src != o.src || s.dst != o.dst || s.seq != o.seq || s.ack != o.ack || s.flags != o.flags ||
-				s.off != hl-VnetHdrSize || s.n != len(tc.payload) {
+				s.off != hl-link.VnetHdrSize || s.n != len(tc.payload) {
 				t.Errorf("%s: parsed %+v (ok %v), want %+v", tc.name, s, ok, o)
 			}
 		}

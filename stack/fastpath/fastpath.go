@@ -1,0 +1,138 @@
+// Package fastpath carries the container's traffic past the gVisor
+// netstack, on the TAP's read loop: outbound and published TCP
+// connections as flows of its own (tcp.go, and a tcpFlow split into
+// flow.go, connect.go, dial.go, receive.go, send.go, timers.go and
+// close.go; its segment codec in seg.go), UDP flows once the forwarder
+// has set them up (udp.go), and SYNs held until gVisor has let go of
+// their 4-tuple (synhold.go).
+//
+// Its edges: the link offers it every inbound frame first (Path is a
+// link.Interceptor); it writes frames through Link, which link.Endpoint
+// implements, and never sees the endpoint otherwise; its host sockets
+// and deadlines are served by the link's event loop (eventloop.Loop). The
+// forwarder gives it a TCPPolicy and uses AddUDPFlow and WriteUDP; port
+// forwarding uses DialTCP.
+package fastpath
+
+import (
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"github.com/rootlessnet/rootlessnet/stack/link"
+)
+
+// Link is what the fast path needs of the TAP link endpoint.
+type Link interface {
+	// LinkAddress is the gateway's MAC, fixed for the link's life.
+	LinkAddress() tcpip.LinkAddress
+	MTU() uint32
+	// VnetHdr says whether frames carry a virtio-net header.
+	VnetHdr() bool
+	// GuestMAC is the container's MAC, once a frame from it was seen;
+	// LearnGuestMAC tells the link of a frame the fast path took.
+	GuestMAC() (tcpip.LinkAddress, bool)
+	LearnGuestMAC(tcpip.LinkAddress)
+	// WritePieces writes one frame, its virtio-net header first when
+	// VnetHdr; a full TAP drops it.
+	WritePieces(pieces [][]byte) error
+	// Inject hands a frame to the stack as if just read (a held SYN).
+	Inject(frame []byte)
+}
+
+var (
+	_ Link             = (*link.Endpoint)(nil)
+	_ link.Interceptor = (*Path)(nil)
+)
+
+// Path is the fast path of one link: a part per concern (udp.go,
+// tcp.go, synhold.go), each with the link's side they share (core).
+type Path struct {
+	core
+	udp udpShortcut
+	tcp tcpTable
+	syn synHold
+}
+
+// core is what the parts of the fast path share.
+type core struct {
+	link Link
+	loop *eventloop.Loop
+	// mac is the link's MAC, compared as bytes with every frame's
+	// destination.
+	mac    tcpip.LinkAddress
+	closed atomic.Bool
+	// ipID numbers the IPv4 packets WriteUDP and the TCP flows make.
+	ipID  atomic.Uint32
+	stats Stats
+}
+
+// Stats counts what the fast path carried.
+type Stats struct {
+	// SYNHeld counts SYNs held until their 4-tuple was free (synhold.go).
+	SYNHeld atomic.Uint64
+	// UDPShortcutIn counts datagrams handed to a flow's sink past the
+	// stack, UDPShortcutOut those written to the container by WriteUDP
+	// (udp.go).
+	UDPShortcutIn, UDPShortcutOut atomic.Uint64
+	// TCPFlows counts connections the TCP fast path took on.
+	TCPFlows atomic.Uint64
+}
+
+// New makes the fast path of l, whose host sockets loop serves; it takes
+// nothing until the link is told of it (link.Endpoint.SetInterceptor) and
+// it is given work (EnableTCP, AddUDPFlow, SetSYNBusy).
+func New(l Link, loop *eventloop.Loop) *Path {
+	p := &Path{core: core{link: l, loop: loop, mac: l.LinkAddress()}}
+	p.udp.core = &p.core
+	p.tcp.core = &p.core
+	p.syn.core = &p.core
+	return p
+}
+
+// Intercept implements link.Interceptor: a datagram of a registered UDP
+// flow goes to its sink, a segment of a TCP flow to the flow (a SYN the
+// policy takes starts one), and a SYN whose 4-tuple the stack still
+// holds waits; everything else goes on to the stack.
+func (p *Path) Intercept(hdr, rest []byte) bool {
+	if p.udp.n.Load() > 0 && p.udp.intercept(hdr, rest) {
+		return true
+	}
+	if p.tcp.policy != nil && p.tcp.intercept(hdr, rest) {
+		return true
+	}
+	return p.syn.hold(hdr, rest)
+}
+
+// Close ends every TCP flow (their host sockets close) and drops the
+// held SYNs. Call it after the link's Close, which stops the loop: flows
+// have no goroutines of their own.
+func (p *Path) Close() {
+	p.closed.Store(true)
+	p.tcp.close()
+}
+
+// Stats returns the fast path's counters.
+func (p *Path) Stats() *Stats { return &p.stats }
+
+// framePieces appends to dst the pieces of bytes [off, off+n) of a frame
+// read as hdr then rest.
+func framePieces(dst [][]byte, hdr, rest []byte, off, n int) [][]byte {
+	for _, b := range [2][]byte{hdr, rest} {
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > n {
+			b = b[:n]
+		}
+		if len(b) > 0 {
+			dst = append(dst, b)
+		}
+		n -= len(b)
+	}
+	return dst
+}
