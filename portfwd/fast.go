@@ -12,7 +12,7 @@ import (
 )
 
 // FastLink carries published TCP past the netstack: the link's TCP fast
-// path (stack.TapEndpoint.DialTCPFast), which opens the connection to the
+// path (fastpath.Path.DialTCP), which opens the connection to the
 // guest from the client's address itself.
 type FastLink interface {
 	// DialTCPFast connects from src to the guest's dst for host and

@@ -2,7 +2,7 @@ package e2e
 
 // Published TCP ports on both paths: with --tcp-fastpath (the default) a
 // published port's host connection becomes a fast-path flow that opens
-// the connection to the container itself (stack.DialTCPFast), from the
+// the connection to the container itself (fastpath.Path.DialTCP), from the
 // client's address. Transfers both ways through published ports, a
 // container that sent nothing before its first client, and a client
 // that connects again from the same port after the container closed
