@@ -733,8 +733,15 @@ func TestNetworkAttach(t *testing.T) {
 		ctr.Env = append(ctr.Env, helperEnv+"=newns-net")
 		ctrIn, _ := ctr.StdinPipe()
 		ctrOut, _ := ctr.StdoutPipe()
+		// Buffers the processes write while the test reads them.
+		var outMu sync.Mutex
+		locked := func(b *bytes.Buffer) string {
+			outMu.Lock()
+			defer outMu.Unlock()
+			return b.String()
+		}
 		var ctrErr bytes.Buffer
-		ctr.Stderr = &ctrErr
+		ctr.Stderr = &lockedWriter{mu: &outMu, w: &ctrErr}
 		if err := e.w.Start(ctr); err != nil {
 			t.Fatal(err)
 		}
@@ -747,11 +754,11 @@ func TestNetworkAttach(t *testing.T) {
 		line, _ := rd.ReadString('\n')
 		var pid int
 		if _, err := fmt.Sscanf(line, "PID %d", &pid); err != nil {
-			t.Fatalf("container said %q: %s", line, ctrErr.String())
+			t.Fatalf("container said %q: %s", line, locked(&ctrErr))
 		}
 		rn := ne.cmd(ctx, "--netns", fmt.Sprintf("/proc/%d/ns/net", pid), "--network", "n1", "--name", "ext")
 		var rnOut, rnErr bytes.Buffer
-		rn.Stdout, rn.Stderr = &rnOut, &lockedWriter{mu: new(sync.Mutex), w: &rnErr}
+		rn.Stdout, rn.Stderr = &lockedWriter{mu: &outMu, w: &rnOut}, &lockedWriter{mu: &outMu, w: &rnErr}
 		if err := e.w.Start(rn); err != nil {
 			t.Fatal(err)
 		}
@@ -762,7 +769,7 @@ func TestNetworkAttach(t *testing.T) {
 			<-rnDone
 		}()
 		if l, _ := rd.ReadString('\n'); strings.TrimSpace(l) != "LISTENING" {
-			t.Fatalf("attached container said %q: %s\nrootlessnet: %s", l, ctrErr.String(), rnErr.String())
+			t.Fatalf("attached container said %q: %s\nrootlessnet: %s", l, locked(&ctrErr), locked(&rnErr))
 		}
 		st := ne.waitMember("n1", "ext")
 		extIP, dbIP := st.addr(t, "ext"), st.addr(t, "db")
@@ -771,8 +778,8 @@ func TestNetworkAttach(t *testing.T) {
 		if l, _ := rd.ReadString('\n'); strings.TrimSpace(l) != "OK" {
 			t.Errorf("attached -> db: %s", l)
 		}
-		if !strings.Contains(rnOut.String(), "member ext of network n1: address "+extIP) {
-			t.Errorf("rootlessnet printed %q", rnOut.String())
+		if out := locked(&rnOut); !strings.Contains(out, "member ext of network n1: address "+extIP) {
+			t.Errorf("rootlessnet printed %q", out)
 		}
 		// The namespace goes: the member leaves.
 		ctrIn.Close()
