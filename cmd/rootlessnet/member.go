@@ -57,14 +57,7 @@ func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	stopped := func(err error) (int, error) {
-		select {
-		case sig := <-sigs:
-			return 128 + int(sig.(syscall.Signal)), nil
-		default:
-			return 0, err
-		}
-	}
+	stopped := stopAsked(sigs)
 
 	state, cfg, err := findNetwork(mo.network)
 	if err != nil {
@@ -155,27 +148,8 @@ func runMember(o *options, mo *memberOptions, command []string, log *slog.Logger
 	// The connection is the membership: the network asks a member to
 	// stop on it (network rm -f), and its end means the network's
 	// process is gone.
-	netMsgs := make(chan netd.Reply, 1)
-	var watch sync.WaitGroup
-	watch.Add(1)
-	go func() {
-		defer watch.Done()
-		defer close(netMsgs)
-		for {
-			var r netd.Reply
-			if _, err := conn.Recv(&r); err != nil {
-				if !errors.Is(err, userns.ErrMessage) {
-					return
-				}
-				continue
-			}
-			netMsgs <- r
-		}
-	}()
-	defer func() {
-		conn.Close() // ends the watch, and the membership
-		watch.Wait()
-	}()
+	netMsgs, leave := watchMembership(conn)
+	defer leave()
 	exited := make(chan int, 1)
 	go func() { exited <- c.Wait() }()
 	for {
@@ -278,27 +252,8 @@ func attachMember(o *attachOptions, log *slog.Logger) error {
 	fmt.Printf("rootlessnet: %s is member %s of network %s: address %s/%d, gateway %s, DNS %s (search %s), MTU %d\n",
 		o.netns, me.Name, net.Name, me.Address, net.Subnet.Bits(), net.Gateway, net.DNS, net.Name, net.MTU)
 
-	netMsgs := make(chan netd.Reply, 1)
-	var watch sync.WaitGroup
-	watch.Add(1)
-	go func() {
-		defer watch.Done()
-		defer close(netMsgs)
-		for {
-			var r netd.Reply
-			if _, err := conn.Recv(&r); err != nil {
-				if !errors.Is(err, userns.ErrMessage) {
-					return
-				}
-				continue
-			}
-			netMsgs <- r
-		}
-	}()
-	defer func() {
-		conn.Close()
-		watch.Wait()
-	}()
+	netMsgs, leave := watchMembership(conn)
+	defer leave()
 	tick := time.NewTicker(nsPollInterval)
 	defer tick.Stop()
 	for {
@@ -320,5 +275,32 @@ func attachMember(o *attachOptions, log *slog.Logger) error {
 				return nil
 			}
 		}
+	}
+}
+
+// watchMembership reads what the network sends a member (a stop, from
+// rm -f) until the connection ends, which closes the channel: the
+// network's process is gone. leave ends the membership and the watch.
+func watchMembership(conn *userns.Conn) (msgs <-chan netd.Reply, leave func()) {
+	ch := make(chan netd.Reply, 1)
+	var watch sync.WaitGroup
+	watch.Add(1)
+	go func() {
+		defer watch.Done()
+		defer close(ch)
+		for {
+			var r netd.Reply
+			if _, err := conn.Recv(&r); err != nil {
+				if !errors.Is(err, userns.ErrMessage) {
+					return
+				}
+				continue
+			}
+			ch <- r
+		}
+	}()
+	return ch, func() {
+		conn.Close()
+		watch.Wait()
 	}
 }

@@ -61,14 +61,7 @@ func runCommand(args []string) (int, error) {
 	// ends the start quietly, with the status a shell reports for a
 	// command killed by that signal: a setup step the signal broke is not
 	// an error to report.
-	stopped := func(err error) (int, error) {
-		select {
-		case sig := <-sigs:
-			return 128 + int(sig.(syscall.Signal)), nil
-		default:
-			return 0, err
-		}
-	}
+	stopped := stopAsked(sigs)
 
 	req := launcher.SetupRequest{
 		Tap:       o.tapName,
@@ -171,6 +164,20 @@ func runCommand(args []string) (int, error) {
 			log.Error("the data path stopped", "err", n.Err())
 			c.Signal(syscall.SIGKILL)
 			return <-exited, nil
+		}
+	}
+}
+
+// stopAsked returns what a start that failed with err, or that is about
+// to run the command (err nil), reports: 128+signal, quietly, when a
+// signal already asked for a stop, else err.
+func stopAsked(sigs <-chan os.Signal) func(err error) (int, error) {
+	return func(err error) (int, error) {
+		select {
+		case sig := <-sigs:
+			return 128 + int(sig.(syscall.Signal)), nil
+		default:
+			return 0, err
 		}
 	}
 }

@@ -434,41 +434,14 @@ func waitGone(t *testing.T, pid int) {
 }
 
 // hubsOf lists the hub children (rootlessnet-hub) whose parent is pid.
-func hubsOf(pid int) []int {
+func hubsOf(t *testing.T, pid int) []int {
 	var hubs []int
-	for _, c := range childPidsOf(pid) {
+	for _, c := range childPids(t, pid) {
 		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); strings.HasPrefix(string(b), "rootlessnet-hub") {
 			hubs = append(hubs, c)
 		}
 	}
 	return hubs
-}
-
-func childPidsOf(pid int) []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		var p int
-		if _, err := fmt.Sscan(e.Name(), &p); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		var state string
-		var ppid int
-		if i < 0 {
-			continue
-		}
-		if _, err := fmt.Sscan(s[i+1:], &state, &ppid); err == nil && ppid == pid {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // TestNetworkMembers: members of one network reach each other by name
@@ -589,7 +562,7 @@ func TestNetworkCrash(t *testing.T) {
 		ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
 		db := ne.startServer(t, "--network", "n1", "--name", "db")
 		st := ne.waitMember("n1", "db")
-		hubs := hubsOf(st.Pid)
+		hubs := hubsOf(t, st.Pid)
 		if len(hubs) != 1 {
 			t.Fatalf("the network's process %d has hubs %v, want one", st.Pid, hubs)
 		}
