@@ -412,9 +412,11 @@ func (d *Daemon) publish(m *member, specs []portfwd.Spec) error {
 }
 
 // leave undoes a member's join: its ports, its bridge port, its name.
+// The member stays listed until all of it is released, so that a member
+// joining under the same name or address meanwhile is refused rather
+// than losing its name or port to this cleanup.
 func (d *Daemon) leave(m *member) {
 	d.mu.Lock()
-	delete(d.members, m.id)
 	ports, frames, auto, autoList := m.ports, m.frames, m.auto, m.autoList
 	d.mu.Unlock()
 	if auto != nil {
@@ -431,6 +433,9 @@ func (d *Daemon) leave(m *member) {
 		d.log.Warn("unplugging a member", "name", m.info.Name, "err", err)
 	}
 	d.names.Remove(m.info.Name)
+	d.mu.Lock()
+	delete(d.members, m.id)
+	d.mu.Unlock()
 	d.log.Info("member left", "name", m.info.Name, "address", m.info.Address)
 }
 
