@@ -16,6 +16,8 @@
 //   - CPU seconds of the stack process per GB moved;
 //   - plain host loopback TCP throughput as the ceiling.
 //
+// With -networks it measures rootless networks instead (networks.go).
+//
 // Usage:
 //
 //	go build -o /tmp/rootlessnet ./cmd/rootlessnet && go run ./test/bench -rootlessnet /tmp/rootlessnet
@@ -112,6 +114,7 @@ func main() {
 	extraB := flag.String("b-args", "", "extra flags for rootlessnet-b, space-separated (-b defaults to -rootlessnet's binary when only this is given)")
 	only := flag.String("figures", "", "measure only these figures (comma-separated ids: tcp-out-65520, pub-in, udp-out, lat-p50, connrate, rss-idle, ...)")
 	profile := flag.String("profile", "", "directory for pprof CPU and allocation profiles of every rootlessnet session (RLN_CPUPROFILE, RLN_MEMPROFILE)")
+	networks := flag.Bool("networks", false, "measure rootless networks instead (issue 17: member to member, outbound, published ports, 50 members; against loopback, rootlessnet run and podman's bridge)")
 	flag.BoolVar(&verbose, "v", false, "report progress and timings on stderr")
 	flag.Parse()
 	if *runs < 1 || *secs < 1 {
@@ -191,6 +194,16 @@ func main() {
 	cleanups = append(cleanups, func() { srv.stop(time.Second) })
 
 	cfg := &config{tmp: tmp, secs: *secs, hostPort: hostPort, helper: helper, rtts: *rtts, connSecs: *connSecs, holdConns: *hold, udpRate: *udpRate, figures: selected, profileDir: *profile}
+	if *networks {
+		table := runNetworks(cfg, *bin, *runs, func(f func()) { cleanups = append(cleanups, f) })
+		cleanup()
+		fmt.Print(table)
+		if err := appendTo(*out, table); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	tools, err := pickTools(newTools(*bin, *binB, strings.Fields(*extra), strings.Fields(*extraB), cfg), *toolList, *binB != "")
 	if err != nil {
 		fatal(err)
@@ -232,19 +245,26 @@ func main() {
 	}
 	table := render(rec, cfg, names, *runs, desc, elapsed)
 	fmt.Print(table)
-	if *out != "" {
-		f, err := os.OpenFile(*out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			_, err = f.WriteString(table)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+	if err := appendTo(*out, table); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
 	}
+}
+
+// appendTo appends table to the markdown file path (none when "").
+func appendTo(path, table string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(table)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // pickTools keeps the named tools, in the default order; with an A/B
