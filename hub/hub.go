@@ -90,6 +90,11 @@ func Attach(id int, memberNS *os.File, mtu int) error {
 		Detach(id)
 		return fmt.Errorf("bringing the member's port up: %w", err)
 	}
+	// In order towards the bridge (EnableGRO says why); an optimisation,
+	// so a kernel that refuses it still gets its member.
+	if os.Getenv("RLN_NO_GRO") == "" {
+		EnableGRO(PortName(id))
+	}
 	return nil
 }
 

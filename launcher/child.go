@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/rootlessnet/rootlessnet/hub"
 	"github.com/rootlessnet/rootlessnet/tap"
 	"github.com/rootlessnet/rootlessnet/userns"
 )
@@ -128,6 +129,12 @@ func setupMember(conn *userns.Conn, req SetupRequest) ([]string, error) {
 		return nil, err
 	}
 	var warnings []string
+	// In order towards the member (hub.EnableGRO says why).
+	if os.Getenv("RLN_NO_GRO") == "" {
+		if err := hub.EnableGRO(req.Tap); err != nil {
+			warnings = append(warnings, err.Error())
+		}
+	}
 	if req.ResolvConf != "" {
 		if err := bindResolvConf(req.ResolvConf); err != nil {
 			warnings = append(warnings, err.Error())
