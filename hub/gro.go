@@ -14,6 +14,13 @@ import (
 // the per-CPU backlog of whichever CPU the sender ran on, which reorders a
 // TCP stream whenever the sender migrates and costs it retransmits.
 func EnableGRO(name string) error {
+	return SetEthtoolValue(name, unix.ETHTOOL_SGRO, 1)
+}
+
+// SetEthtoolValue sets one of the ethtool settings of link name that take
+// a single value (ETHTOOL_SGRO, ETHTOOL_STXCSUM, ...) in the current
+// network namespace.
+func SetEthtoolValue(name string, cmd, data uint32) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -21,7 +28,7 @@ func EnableGRO(name string) error {
 	defer unix.Close(fd)
 	// On the heap, which does not move, since ifr holds its address as
 	// an integer (struct ifreq's ifr_data).
-	value := &struct{ cmd, data uint32 }{cmd: unix.ETHTOOL_SGRO, data: 1}
+	value := &struct{ cmd, data uint32 }{cmd: cmd, data: data}
 	ifr := &struct {
 		name [unix.IFNAMSIZ]byte
 		data uintptr
@@ -31,7 +38,7 @@ func EnableGRO(name string) error {
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(ifr)))
 	runtime.KeepAlive(value)
 	if errno != 0 {
-		return fmt.Errorf("turning GRO on for %s: %w", name, errno)
+		return fmt.Errorf("ethtool command %#x on %s: %w", cmd, name, errno)
 	}
 	return nil
 }

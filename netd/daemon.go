@@ -19,6 +19,7 @@ import (
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/relay"
 	"github.com/rootlessnet/rootlessnet/userns"
+	"github.com/rootlessnet/rootlessnet/vxlan"
 )
 
 // Plugger connects members' network namespaces to the network's bridge
@@ -43,6 +44,14 @@ type Publisher interface {
 	Auto(guest portfwd.Addresses, lister portfwd.SocketLister, pubs []portfwd.Publish) io.Closer
 }
 
+// Overlay is an overlay network's tunnel (vxlan.Tunnel).
+type Overlay interface {
+	AddPeer(netip.AddrPort)
+	RemovePeer(netip.AddrPort) bool
+	Peers() []netip.AddrPort
+	Stats() vxlan.Stats
+}
+
 // Daemon serves a network's control socket: members join and leave,
 // their names are answered by Names, their ports published.
 type Daemon struct {
@@ -52,6 +61,8 @@ type Daemon struct {
 	ports Publisher
 	names *Names
 	log   *slog.Logger
+	// overlay is set before Serve for an overlay network.
+	overlay Overlay
 
 	ln      *net.UnixListener
 	ctx     context.Context
@@ -95,6 +106,9 @@ func NewDaemon(cfg Config, paths Paths, hub Plugger, ports Publisher, names *Nam
 		nextID: 1, members: map[int]*member{},
 	}, nil
 }
+
+// SetOverlay gives an overlay network's tunnel to the daemon; before Serve.
+func (d *Daemon) SetOverlay(o Overlay) { d.overlay = o }
 
 // Stopped is closed when `network rm` asked the network to end.
 func (d *Daemon) Stopped() <-chan struct{} { return d.stopped }
@@ -203,7 +217,28 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 	switch req.Op {
 	case "inspect":
 		cfg := d.cfg
-		return Reply{Network: &cfg, Members: d.Members(), Pid: os.Getpid()}, nil
+		r := Reply{Network: &cfg, Members: d.Members(), Pid: os.Getpid()}
+		if d.overlay != nil {
+			r.Overlay = &OverlayInfo{Peers: d.overlay.Peers(), Stats: d.overlay.Stats()}
+		}
+		return r, nil
+	case "peer-add", "peer-rm":
+		if d.overlay == nil {
+			return fail("network %s is not an overlay (create it with --vxlan)", d.cfg.Name)
+		}
+		ap, err := ParsePeer(req.Peer)
+		if err != nil {
+			return fail("%v", err)
+		}
+		if req.Op == "peer-add" {
+			d.overlay.AddPeer(ap)
+			d.log.Info("overlay peer added", "peer", ap)
+		} else if !d.overlay.RemovePeer(ap) {
+			return fail("%s is not a peer of network %s", ap, d.cfg.Name)
+		} else {
+			d.log.Info("overlay peer removed", "peer", ap)
+		}
+		return Reply{}, nil
 	case "join":
 		if m != nil {
 			return fail("this connection already joined as %s", m.info.Name)
@@ -344,12 +379,16 @@ func (d *Daemon) join(req Request, conn *userns.Conn) (*member, error) {
 		}
 		addr = a
 	} else {
+		pool := d.cfg.Subnet
+		if d.cfg.IPRange.IsValid() {
+			pool = d.cfg.IPRange
+		}
 		for i := 0; ; i++ {
-			a, ok := MemberAddress(d.cfg.Subnet, i)
-			if !ok {
-				return nil, fmt.Errorf("network %s (%s) has no free address", d.cfg.Name, d.cfg.Subnet)
+			a, ok := MemberAddress(pool, i)
+			if !ok || !d.cfg.Subnet.Contains(a) || a == lastAddr(d.cfg.Subnet) {
+				return nil, fmt.Errorf("network %s has no free address in %s", d.cfg.Name, pool)
 			}
-			if !inUse(a) {
+			if !inUse(a) && a != d.cfg.Gateway && a != d.cfg.DNS {
 				addr = a
 				break
 			}
@@ -364,6 +403,23 @@ func (d *Daemon) join(req Request, conn *userns.Conn) (*member, error) {
 	d.names.Add(name, m.info.Address, m.info.Address6)
 	d.log.Info("member joined", "name", name, "address", addr, "pid", req.Pid)
 	return m, nil
+}
+
+// ParsePeer parses a VTEP: HOST:PORT, HOST an IP address (or a host
+// name, resolved now).
+func ParsePeer(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil && ap.Port() != 0 {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err == nil {
+		var ua *net.UDPAddr
+		if ua, err = net.ResolveUDPAddr("udp", net.JoinHostPort(host, port)); err == nil && ua.Port != 0 {
+			ap := ua.AddrPort()
+			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+		}
+	}
+	return netip.AddrPort{}, fmt.Errorf("invalid peer %q: want HOST:PORT, such as 192.0.2.2:4789", s)
 }
 
 // dupFile returns a non-blocking copy of a received TAP fd that the

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/rootlessnet/rootlessnet/portfwd"
+	"github.com/rootlessnet/rootlessnet/vxlan"
 )
 
 // Request is one message to a network's control socket.
@@ -17,6 +18,7 @@ import (
 //   - "publish": (a member) publish Ports to the member's address.
 //   - "auto": (a member) publish what the member serves, as Autos (-p
 //     auto) say, listing its sockets with the attached sock_diag socket.
+//   - "peer-add", "peer-rm": add or remove an overlay's VTEP (Peer).
 //   - "stop": end the network; refused while members run, unless Force,
 //     which stops them.
 type Request struct {
@@ -27,6 +29,7 @@ type Request struct {
 	Ports []portfwd.Spec    `json:"ports,omitempty"`
 	Autos []portfwd.Publish `json:"autos,omitempty"`
 	Force bool              `json:"force,omitempty"`
+	Peer  string            `json:"peer,omitempty"`
 }
 
 // Reply answers a Request. The network sends a member's connection an
@@ -39,6 +42,14 @@ type Reply struct {
 	Stop    bool         `json:"stop,omitempty"`
 	// Pid is the network's process (inspect).
 	Pid int `json:"pid,omitempty"`
+	// Overlay is the tunnel's state (inspect, an overlay network).
+	Overlay *OverlayInfo `json:"overlay,omitempty"`
+}
+
+// OverlayInfo is what inspect shows of an overlay's tunnel.
+type OverlayInfo struct {
+	Peers []netip.AddrPort `json:"peers"`
+	Stats vxlan.Stats      `json:"stats"`
 }
 
 // MemberInfo is what `network inspect` shows of a member.

@@ -33,6 +33,20 @@ type Config struct {
 	// ResolvConf names the upstream nameservers, read at start.
 	ResolvConf          string `json:"resolv_conf"`
 	DisableHostLoopback bool   `json:"disable_host_loopback,omitempty"`
+	// IPRange is where this host's members get their addresses (the
+	// whole subnet when not set): hosts of one overlay need ranges of
+	// their own.
+	IPRange netip.Prefix `json:"ip_range,omitzero"`
+	// VXLAN, when set, spans the network across hosts.
+	VXLAN *VXLAN `json:"vxlan,omitempty"`
+}
+
+// VXLAN is an overlay network's tunnel: this host's VTEP, the network's
+// identifier and the other hosts' VTEPs at start.
+type VXLAN struct {
+	Listen netip.AddrPort   `json:"listen"`
+	VNI    uint32           `json:"vni"`
+	Peers  []netip.AddrPort `json:"peers,omitempty"`
 }
 
 // Addresses within a network: the gateway is network+1, as docker and
@@ -44,6 +58,12 @@ const (
 	dnsOffset         = 2
 	firstMemberOffset = 10
 )
+
+// DefaultUnderlayMTU is the hosts' network's MTU an overlay assumes.
+const DefaultUnderlayMTU = 1500
+
+// vxlanOverhead is what VXLAN over IPv4 adds (vxlan.Overhead).
+const vxlanOverhead = 50
 
 // DefaultMTU is the members' MTU: with 65520, member-to-member TCP over
 // the bridge measured 0.94x the host's loopback, against 0.64x at 1500
@@ -181,6 +201,8 @@ type Options struct {
 	// ResolvConf and DisableHostLoopback are kept as given.
 	ResolvConf          string
 	DisableHostLoopback bool
+	IPRange             netip.Prefix
+	VXLAN               *VXLAN
 }
 
 // reservedSubnet is slirp4netns' and `run`'s network, which a member's
@@ -199,9 +221,22 @@ func NewConfig(opts Options, existing []Config) (Config, error) {
 			return Config{}, fmt.Errorf("network %s already exists", opts.Name)
 		}
 	}
-	cfg := Config{Name: opts.Name, MTU: opts.MTU, ResolvConf: opts.ResolvConf, DisableHostLoopback: opts.DisableHostLoopback}
+	cfg := Config{Name: opts.Name, MTU: opts.MTU, ResolvConf: opts.ResolvConf, DisableHostLoopback: opts.DisableHostLoopback, VXLAN: opts.VXLAN}
 	if cfg.MTU == 0 {
 		cfg.MTU = DefaultMTU
+		if cfg.VXLAN != nil {
+			// Frames cross the hosts' network, commonly of MTU 1500,
+			// in UDP: as the kernel's vxlan sizes its device.
+			cfg.MTU = DefaultUnderlayMTU - vxlanOverhead
+		}
+	}
+	if v := cfg.VXLAN; v != nil {
+		if v.VNI > 1<<24-1 {
+			return Config{}, fmt.Errorf("invalid --vni %d: want 0 to %d", v.VNI, 1<<24-1)
+		}
+		if !v.Listen.IsValid() || v.Listen.Port() == 0 {
+			return Config{}, errors.New("invalid --vxlan: want [ADDR:]PORT")
+		}
 	}
 	if cfg.MTU < 1280 || cfg.MTU > 65520 {
 		return Config{}, fmt.Errorf("invalid --mtu %d: want 1280 to 65520", cfg.MTU)
@@ -263,6 +298,12 @@ func NewConfig(opts Options, existing []Config) (Config, error) {
 	}
 	cfg.Gateway = offset(cfg.Subnet, gatewayOffset)
 	cfg.DNS = offset(cfg.Subnet, dnsOffset)
+	if r := opts.IPRange; r.IsValid() {
+		if !r.Addr().Is4() || r.Masked() != r || !cfg.Subnet.Contains(r.Addr()) || r.Bits() < cfg.Subnet.Bits() {
+			return Config{}, fmt.Errorf("invalid --ip-range %s: want a network inside %s", r, cfg.Subnet)
+		}
+		cfg.IPRange = r
+	}
 	return cfg, nil
 }
 

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -27,10 +29,13 @@ import (
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"github.com/rootlessnet/rootlessnet/vxlan"
 )
 
 const networkUsage = `Usage:
   rootlessnet network create NAME [--subnet CIDR] [--subnet6 CIDR] [-6] [--mtu N]
+                             [--ip-range CIDR] [--vxlan [ADDR:]PORT [--vni N] [--vxlan-peer HOST:PORT]...]
+  rootlessnet network peer add|rm NAME HOST:PORT
   rootlessnet network ls [--format json]
   rootlessnet network inspect NAME
   rootlessnet network rm [-f] NAME...
@@ -57,6 +62,8 @@ func networkCommand(args []string) error {
 		return networkRemove(args[1:])
 	case "serve":
 		return networkServe(args[1:])
+	case "peer":
+		return networkPeer(args[1:])
 	case "-h", "--help", "help":
 		fmt.Print(networkUsage)
 		return errHelp
@@ -72,10 +79,14 @@ func networkCreate(args []string) error {
 	subnet := fs.String("subnet", "", "IPv4 network of the members (default: the first free 10.89.N.0/24); gateway +1, DNS +2, members from +10")
 	subnet6 := fs.String("subnet6", "", "IPv6 /64 network of the members (implies -6; default: the first free fd89:0:0:N::/64)")
 	ipv6 := fs.BoolP("ipv6", "6", false, "IPv6 too")
-	mtu := fs.Int("mtu", netd.DefaultMTU, "MTU of the members' links")
+	mtu := fs.Int("mtu", netd.DefaultMTU, "MTU of the members' links (with --vxlan: 1450 by default, 1500 less VXLAN's 50)")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "resolv.conf whose nameservers answer the members' DNS queries for names that are not members'")
 	noLoopback := fs.Bool("disable-host-loopback", false, "refuse connections from members to the gateway address (the host's 127.0.0.1)")
 	logLevel := fs.String("log-level", "info", "log level of the network's process (its log is in the network's state directory)")
+	ipRange := fs.String("ip-range", "", "give this host's members addresses from this part of the subnet (hosts of one overlay need ranges of their own)")
+	vxlanAt := fs.String("vxlan", "", "span the network across hosts over VXLAN: receive on [ADDR:]PORT of this host (e.g. 4789, or 192.0.2.1:4789); members' MTU defaults to 1450")
+	vni := fs.Uint32("vni", 1, "with --vxlan: the network's VXLAN identifier, the same on every host")
+	peers := fs.StringArray("vxlan-peer", nil, "with --vxlan: another host's VTEP, HOST:PORT (repeatable; 'network peer add' adds more later)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: rootlessnet network create NAME [flags]\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -87,6 +98,9 @@ func networkCreate(args []string) error {
 	}
 	if _, err := newLogger(*logLevel); err != nil {
 		return err
+	}
+	if !fs.Changed("mtu") {
+		*mtu = 0 // the default for the kind of network
 	}
 	opts := netd.Options{Name: fs.Arg(0), IPv6: *ipv6, MTU: *mtu, ResolvConf: *resolvConf, DisableHostLoopback: *noLoopback}
 	for _, s := range []struct {
@@ -104,6 +118,22 @@ func networkCreate(args []string) error {
 	}
 	if err := netd.ValidName("network", opts.Name); err != nil {
 		return usageError{err}
+	}
+	if *ipRange != "" {
+		p, err := netip.ParsePrefix(*ipRange)
+		if err != nil {
+			return usageError{fmt.Errorf("invalid --ip-range %q: want a network such as 10.89.0.128/25", *ipRange)}
+		}
+		opts.IPRange = p
+	}
+	if *vxlanAt != "" {
+		v, err := parseVXLAN(*vxlanAt, *vni, *peers)
+		if err != nil {
+			return usageError{err}
+		}
+		opts.VXLAN = v
+	} else if fs.Changed("vni") || len(*peers) > 0 {
+		return usageError{errors.New("--vni and --vxlan-peer need --vxlan")}
 	}
 	state, err := netd.StateDir()
 	if err != nil {
@@ -150,6 +180,55 @@ func networkCreate(args []string) error {
 	}
 	fmt.Println(cfg.Name)
 	return nil
+}
+
+// parseVXLAN reads --vxlan [ADDR:]PORT, --vni and --vxlan-peer.
+func parseVXLAN(at string, vni uint32, peers []string) (*netd.VXLAN, error) {
+	v := &netd.VXLAN{VNI: vni}
+	if port, err := strconv.ParseUint(at, 10, 16); err == nil && port > 0 {
+		v.Listen = netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(port))
+	} else if ap, err := netip.ParseAddrPort(at); err == nil && ap.Port() > 0 {
+		v.Listen = ap
+	} else {
+		return nil, fmt.Errorf("invalid --vxlan %q: want [ADDR:]PORT, such as 4789 or 192.0.2.1:4789", at)
+	}
+	if vni > vxlan.MaxVNI {
+		return nil, fmt.Errorf("invalid --vni %d: want 0 to %d", vni, vxlan.MaxVNI)
+	}
+	for _, p := range peers {
+		ap, err := netd.ParsePeer(p)
+		if err != nil {
+			return nil, fmt.Errorf("--vxlan-peer: %w", err)
+		}
+		v.Peers = append(v.Peers, ap)
+	}
+	return v, nil
+}
+
+// networkPeer is `network peer add|rm NAME HOST:PORT`.
+func networkPeer(args []string) error {
+	if len(args) != 3 || (args[0] != "add" && args[0] != "rm") {
+		return usageError{errors.New("network peer: want add|rm NAME HOST:PORT")}
+	}
+	state, cfg, err := findNetwork(args[1])
+	if err != nil {
+		return err
+	}
+	if _, err := netd.ParsePeer(args[2]); err != nil {
+		return usageError{err}
+	}
+	conn, err := netd.Dial(netd.PathsOf(state, cfg.Name))
+	if err != nil {
+		return fmt.Errorf("network %s: %w", cfg.Name, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	op := "peer-add"
+	if args[0] == "rm" {
+		op = "peer-rm"
+	}
+	_, _, err = netd.Call(conn, netd.Request{Op: op, Peer: args[2]})
+	return err
 }
 
 // startNetworkProcess starts `network serve` in a session of its own,
@@ -275,6 +354,15 @@ func networkServe(args []string) error {
 	if err != nil {
 		return fail(err)
 	}
+	if v := cfg.VXLAN; v != nil {
+		tun, err := startOverlay(cfg, hub, log)
+		if err != nil {
+			return fail(err)
+		}
+		defer tun.Close()
+		d.SetOverlay(tun)
+		log.Info("overlay", "listen", v.Listen, "vni", v.VNI, "peers", v.Peers)
+	}
 	served := make(chan error, 1)
 	go func() { served <- d.Serve() }()
 	defer func() {
@@ -300,6 +388,27 @@ func networkServe(args []string) error {
 		log.Warn("members still running; their network ends now", "members", len(d.Members()))
 	}
 	return nil
+}
+
+// startOverlay opens the overlay's UDP socket on the host and a bridge
+// port for the tunnel (member id 0, which no member gets).
+func startOverlay(cfg netd.Config, hub *launcher.Hub, log *slog.Logger) (*vxlan.Tunnel, error) {
+	v := cfg.VXLAN
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(v.Listen))
+	if err != nil {
+		return nil, fmt.Errorf("--vxlan %s: %w", v.Listen, err)
+	}
+	port, err := hub.Tap(0, cfg.MTU)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("the overlay's bridge port: %w", err)
+	}
+	gw := stack.GatewayMAC(stack.Addressing{Network: cfg.Subnet, Gateway: cfg.Gateway, DNS: cfg.DNS})
+	return vxlan.Start(vxlan.Config{
+		Conn: conn, Port: port, VNI: v.VNI,
+		Local: net.HardwareAddr(gw),
+		Log:   log.With("component", "vxlan"),
+	}, v.Peers), nil
 }
 
 // memberStopTimeout bounds the wait for stopped members to leave.
@@ -336,6 +445,7 @@ type networkStatus struct {
 	Running bool              `json:"running"`
 	Pid     int               `json:"pid,omitempty"`
 	Members []netd.MemberInfo `json:"members"`
+	Overlay *netd.OverlayInfo `json:"overlay,omitempty"`
 }
 
 func readStatus(state string, cfg netd.Config) networkStatus {
@@ -344,6 +454,7 @@ func readStatus(state string, cfg netd.Config) networkStatus {
 	if err == nil {
 		st.Running = true
 		st.Pid = r.Pid
+		st.Overlay = r.Overlay
 		if r.Members != nil {
 			st.Members = r.Members
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +28,17 @@ func init() {
 	extraHelpers["net-server"] = netServer
 	extraHelpers["net-client"] = func(args []string) error { return netClient(args[0], args[1]) }
 	extraHelpers["net-lookup"] = netLookup
+	extraHelpers["net-bulk"] = func(args []string) error {
+		own, err := ownAddress()
+		if err != nil {
+			return err
+		}
+		size, err := strconv.Atoi(args[1])
+		if err != nil {
+			return err
+		}
+		return netEcho(net.JoinHostPort(args[0], fmt.Sprint(netPort)), own, size)
+	}
 	extraHelpers["newns-net"] = func([]string) error { return newNSMode("net-attached") }
 	extraHelpers["net-attached"] = netAttached
 }
@@ -125,28 +138,8 @@ func netClient(target, wantIP string) error {
 		}
 	}
 	addr := net.JoinHostPort(target, fmt.Sprint(netPort))
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
+	if err := netEcho(addr, own, 1<<20); err != nil {
 		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	rd := bufio.NewReader(c)
-	line, err := rd.ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("tcp greeting: %w", err)
-	}
-	if !strings.HasPrefix(line, "FROM "+own+":") {
-		return fmt.Errorf("the server saw the client as %q, want %s", strings.TrimSpace(line), own)
-	}
-	data := pattern(1 << 20)
-	go c.Write(data)
-	got := make([]byte, len(data))
-	if _, err := io.ReadFull(rd, got); err != nil {
-		return fmt.Errorf("tcp echo: %w", err)
-	}
-	if !bytes.Equal(got, data) {
-		return errors.New("tcp echo: the bytes differ")
 	}
 	u, err := net.Dial("udp", addr)
 	if err != nil {
@@ -166,6 +159,36 @@ func netClient(target, wantIP string) error {
 		return fmt.Errorf("udp reply %q, want FROM %s:PORT hello", reply, own)
 	}
 	return ping(wantIP)
+}
+
+// netEcho sends size bytes to a net-server at addr, which must see the
+// client as own, and checks that the same bytes come back (SHA-256).
+func netEcho(addr, own string, size int) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	rd := bufio.NewReader(c)
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("tcp greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "FROM "+own+":") {
+		return fmt.Errorf("the server saw the client as %q, want %s", strings.TrimSpace(line), own)
+	}
+	data := pattern(size)
+	want := sha256.Sum256(data)
+	go c.Write(data)
+	h := sha256.New()
+	if n, err := io.CopyN(h, rd, int64(size)); err != nil {
+		return fmt.Errorf("tcp echo after %d bytes: %w", n, err)
+	}
+	if !bytes.Equal(h.Sum(nil), want[:]) {
+		return errors.New("tcp echo: the bytes differ")
+	}
+	return nil
 }
 
 // ownAddress is eth0's IPv4 address (a member's), or tap0's (an attached
