@@ -67,6 +67,11 @@ func Stop(p Paths, force bool) error {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(clientTimeout))
-	_, _, err = Call(conn, Request{Op: "stop", Force: force})
+	r, _, err := Call(conn, Request{Op: "stop", Force: force})
+	if err != nil && r.Error == "" {
+		// No answer: the process died as it was asked (a kill racing
+		// the request); what is left of it is its state.
+		return fmt.Errorf("%w (%v)", ErrGone, err)
+	}
 	return err
 }

@@ -61,8 +61,10 @@ type Daemon struct {
 	ports Publisher
 	names *Names
 	log   *slog.Logger
-	// overlay is set before Serve for an overlay network.
+	// overlay is set before Serve for an overlay network, and gossip
+	// when its hosts share names.
 	overlay Overlay
+	gossip  *Gossip
 
 	ln      *net.UnixListener
 	ctx     context.Context
@@ -107,8 +109,16 @@ func NewDaemon(cfg Config, paths Paths, hub Plugger, ports Publisher, names *Nam
 	}, nil
 }
 
-// SetOverlay gives an overlay network's tunnel to the daemon; before Serve.
-func (d *Daemon) SetOverlay(o Overlay) { d.overlay = o }
+// SetOverlay gives an overlay network's tunnel, and its gossip (nil
+// when names stay local), to the daemon; before Serve.
+func (d *Daemon) SetOverlay(o Overlay, g *Gossip) { d.overlay, d.gossip = o, g }
+
+// namesChanged tells the overlay's other hosts.
+func (d *Daemon) namesChanged() {
+	if d.gossip != nil {
+		d.gossip.Changed()
+	}
+}
 
 // Stopped is closed when `network rm` asked the network to end.
 func (d *Daemon) Stopped() <-chan struct{} { return d.stopped }
@@ -220,6 +230,9 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 		r := Reply{Network: &cfg, Members: d.Members(), Pid: os.Getpid()}
 		if d.overlay != nil {
 			r.Overlay = &OverlayInfo{Peers: d.overlay.Peers(), Stats: d.overlay.Stats()}
+			if d.gossip != nil {
+				r.Overlay.Hosts = d.gossip.Hosts()
+			}
 		}
 		return r, nil
 	case "peer-add", "peer-rm":
@@ -232,6 +245,9 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 		}
 		if req.Op == "peer-add" {
 			d.overlay.AddPeer(ap)
+			if d.gossip != nil {
+				go d.gossip.Join(ap.Addr()) // may wait for a TCP timeout
+			}
 			d.log.Info("overlay peer added", "peer", ap)
 		} else if !d.overlay.RemovePeer(ap) {
 			return fail("%s is not a peer of network %s", ap, d.cfg.Name)
@@ -401,6 +417,7 @@ func (d *Daemon) join(req Request, conn *userns.Conn) (*member, error) {
 	d.nextID++
 	d.members[id] = m
 	d.names.Add(name, m.info.Address, m.info.Address6)
+	d.namesChanged()
 	d.log.Info("member joined", "name", name, "address", addr, "pid", req.Pid)
 	return m, nil
 }
@@ -489,6 +506,7 @@ func (d *Daemon) leave(m *member) {
 		d.log.Warn("unplugging a member", "name", m.info.Name, "err", err)
 	}
 	d.names.Remove(m.info.Name)
+	d.namesChanged()
 	d.mu.Lock()
 	delete(d.members, m.id)
 	d.mu.Unlock()

@@ -2,6 +2,7 @@ package netd
 
 import (
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 
@@ -20,6 +21,9 @@ type Names struct {
 	mu     sync.RWMutex
 	byName map[string][]netip.Addr // lower-cased bare name
 	byAddr map[netip.Addr]string
+	// remote holds the other hosts' members of an overlay, by host
+	// (Gossip); a local name wins over a remote one.
+	remote map[string]map[string][]netip.Addr
 }
 
 // NewNames returns an empty table for network.
@@ -29,7 +33,70 @@ func NewNames(network string) *Names {
 		ttl:    5, // members come and go: answers must not be held long
 		byName: map[string][]netip.Addr{},
 		byAddr: map[netip.Addr]string{},
+		remote: map[string]map[string][]netip.Addr{},
 	}
+}
+
+// Local returns this host's members: name -> addresses.
+func (n *Names) Local() map[string][]netip.Addr {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make(map[string][]netip.Addr, len(n.byName))
+	for k, v := range n.byName {
+		out[k] = append([]netip.Addr(nil), v...)
+	}
+	return out
+}
+
+// SetRemote replaces what host (another host of the overlay) has; nil
+// forgets it.
+func (n *Names) SetRemote(host string, members map[string][]netip.Addr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if members == nil {
+		delete(n.remote, host)
+		return
+	}
+	m := make(map[string][]netip.Addr, len(members))
+	for k, v := range members {
+		m[strings.ToLower(k)] = v
+	}
+	n.remote[host] = m
+}
+
+// lookup returns a name's addresses, local first; the caller holds mu.
+func (n *Names) lookup(name string) ([]netip.Addr, bool) {
+	if a, ok := n.byName[name]; ok {
+		return a, true
+	}
+	hosts := make([]string, 0, len(n.remote))
+	for h := range n.remote {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts) // the same answer every time when two hosts clash
+	for _, h := range hosts {
+		if a, ok := n.remote[h][name]; ok {
+			return a, true
+		}
+	}
+	return nil, false
+}
+
+// reverse returns the name of an address; the caller holds mu.
+func (n *Names) reverse(a netip.Addr) (string, bool) {
+	if name, ok := n.byAddr[a]; ok {
+		return name, true
+	}
+	for _, members := range n.remote {
+		for name, addrs := range members {
+			for _, x := range addrs {
+				if x == a {
+					return name, true
+				}
+			}
+		}
+	}
+	return "", false
 }
 
 // Add records a member's name and addresses.
@@ -78,7 +145,7 @@ func (n *Names) Answer(q *dns.Msg) *dns.Msg {
 		if !ok {
 			return nil
 		}
-		member, ok := n.byAddr[a]
+		member, ok := n.reverse(a)
 		if !ok {
 			return nil
 		}
@@ -93,7 +160,7 @@ func (n *Names) Answer(q *dns.Msg) *dns.Msg {
 	if inDomain {
 		bare = strings.TrimSuffix(name, "."+n.domain)
 	}
-	addrs, known := n.byName[bare]
+	addrs, known := n.lookup(bare)
 	if !known || strings.Contains(bare, ".") {
 		if inDomain || name == n.domain {
 			r.Rcode = dns.RcodeNameError

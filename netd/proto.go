@@ -49,7 +49,9 @@ type Reply struct {
 // OverlayInfo is what inspect shows of an overlay's tunnel.
 type OverlayInfo struct {
 	Peers []netip.AddrPort `json:"peers"`
-	Stats vxlan.Stats      `json:"stats"`
+	// Hosts are the hosts sharing names (gossip), this one included.
+	Hosts []string    `json:"hosts,omitempty"`
+	Stats vxlan.Stats `json:"stats"`
 }
 
 // MemberInfo is what `network inspect` shows of a member.

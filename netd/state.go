@@ -47,6 +47,9 @@ type VXLAN struct {
 	Listen netip.AddrPort   `json:"listen"`
 	VNI    uint32           `json:"vni"`
 	Peers  []netip.AddrPort `json:"peers,omitempty"`
+	// Gossip is where the hosts share their members' names
+	// (memberlist); invalid: names stay on each host.
+	Gossip netip.AddrPort `json:"gossip,omitzero"`
 }
 
 // Addresses within a network: the gateway is network+1, as docker and

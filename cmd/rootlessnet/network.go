@@ -34,7 +34,7 @@ import (
 
 const networkUsage = `Usage:
   rootlessnet network create NAME [--subnet CIDR] [--subnet6 CIDR] [-6] [--mtu N]
-                             [--ip-range CIDR] [--vxlan [ADDR:]PORT [--vni N] [--vxlan-peer HOST:PORT]...]
+                             [--ip-range CIDR] [--vxlan [ADDR:]PORT [--vni N] [--vxlan-peer HOST:PORT]... [--gossip [ADDR:]PORT|none]]
   rootlessnet network peer add|rm NAME HOST:PORT
   rootlessnet network ls [--format json]
   rootlessnet network inspect NAME
@@ -87,6 +87,7 @@ func networkCreate(args []string) error {
 	vxlanAt := fs.String("vxlan", "", "span the network across hosts over VXLAN: receive on [ADDR:]PORT of this host (e.g. 4789, or 192.0.2.1:4789); members' MTU defaults to 1450")
 	vni := fs.Uint32("vni", 1, "with --vxlan: the network's VXLAN identifier, the same on every host")
 	peers := fs.StringArray("vxlan-peer", nil, "with --vxlan: another host's VTEP, HOST:PORT (repeatable; 'network peer add' adds more later)")
+	gossip := fs.String("gossip", "", "with --vxlan: [ADDR:]PORT where the hosts share their members' names (TCP and UDP, memberlist; default the --vxlan address, port 7946, the same port on every host); 'none': names stay on each host")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: rootlessnet network create NAME [flags]\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -127,13 +128,13 @@ func networkCreate(args []string) error {
 		opts.IPRange = p
 	}
 	if *vxlanAt != "" {
-		v, err := parseVXLAN(*vxlanAt, *vni, *peers)
+		v, err := parseVXLAN(*vxlanAt, *vni, *peers, *gossip)
 		if err != nil {
 			return usageError{err}
 		}
 		opts.VXLAN = v
-	} else if fs.Changed("vni") || len(*peers) > 0 {
-		return usageError{errors.New("--vni and --vxlan-peer need --vxlan")}
+	} else if fs.Changed("vni") || len(*peers) > 0 || *gossip != "" {
+		return usageError{errors.New("--vni, --vxlan-peer and --gossip need --vxlan")}
 	}
 	state, err := netd.StateDir()
 	if err != nil {
@@ -182,8 +183,8 @@ func networkCreate(args []string) error {
 	return nil
 }
 
-// parseVXLAN reads --vxlan [ADDR:]PORT, --vni and --vxlan-peer.
-func parseVXLAN(at string, vni uint32, peers []string) (*netd.VXLAN, error) {
+// parseVXLAN reads --vxlan [ADDR:]PORT, --vni, --vxlan-peer and --gossip.
+func parseVXLAN(at string, vni uint32, peers []string, gossip string) (*netd.VXLAN, error) {
 	v := &netd.VXLAN{VNI: vni}
 	if port, err := strconv.ParseUint(at, 10, 16); err == nil && port > 0 {
 		v.Listen = netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(port))
@@ -201,6 +202,19 @@ func parseVXLAN(at string, vni uint32, peers []string) (*netd.VXLAN, error) {
 			return nil, fmt.Errorf("--vxlan-peer: %w", err)
 		}
 		v.Peers = append(v.Peers, ap)
+	}
+	switch {
+	case gossip == "none":
+	case gossip == "":
+		v.Gossip = netip.AddrPortFrom(v.Listen.Addr(), netd.DefaultGossipPort)
+	default:
+		if port, err := strconv.ParseUint(gossip, 10, 16); err == nil && port > 0 {
+			v.Gossip = netip.AddrPortFrom(v.Listen.Addr(), uint16(port))
+		} else if ap, err := netip.ParseAddrPort(gossip); err == nil && ap.Port() > 0 {
+			v.Gossip = ap
+		} else {
+			return nil, fmt.Errorf("invalid --gossip %q: want [ADDR:]PORT or none", gossip)
+		}
 	}
 	return v, nil
 }
@@ -360,8 +374,19 @@ func networkServe(args []string) error {
 			return fail(err)
 		}
 		defer tun.Close()
-		d.SetOverlay(tun)
-		log.Info("overlay", "listen", v.Listen, "vni", v.VNI, "peers", v.Peers)
+		var g *netd.Gossip
+		if v.Gossip.IsValid() {
+			peers := make([]netip.Addr, len(v.Peers))
+			for i, p := range v.Peers {
+				peers[i] = p.Addr()
+			}
+			if g, err = netd.StartGossip(v.Gossip, peers, names, log.With("component", "gossip")); err != nil {
+				return fail(err)
+			}
+			defer g.Close()
+		}
+		d.SetOverlay(tun, g)
+		log.Info("overlay", "listen", v.Listen, "vni", v.VNI, "peers", v.Peers, "gossip", v.Gossip)
 	}
 	served := make(chan error, 1)
 	go func() { served <- d.Serve() }()

@@ -373,6 +373,25 @@ func (s *server) connect(t *testing.T, target, wantIP string) {
 	}
 }
 
+// connectEventually retries connect until it works, within d: for names
+// that take a moment to arrive (an overlay's gossip).
+func (s *server) connectEventually(t *testing.T, target, wantIP string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		fmt.Fprintf(s.stdin, "connect %s %s\n", target, wantIP)
+		line := s.next(t, time.Minute)
+		if line == "OK" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("member -> %s: %s", target, line)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 type netStatus struct {
 	Name    string `json:"name"`
 	Subnet  string `json:"subnet"`

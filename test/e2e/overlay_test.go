@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,6 +116,9 @@ func TestOverlay(t *testing.T) {
 	}
 	sa.connect(t, ipB, ipB)
 	sb.connect(t, ipA, ipA)
+	// Names across hosts, once the hosts' gossip has met.
+	sa.connectEventually(t, "b1", ipB, 30*time.Second)
+	sb.connectEventually(t, "a1.ov", ipA, 30*time.Second)
 	// A bigger transfer across, checked end to end.
 	if r := b.member([]string{"--network", "ov"}, "net-bulk", ipA, fmt.Sprint(64<<20)); r.status != 0 || !strings.Contains(r.stdout, "OK") {
 		t.Errorf("64 MiB across the overlay: %d\n%s%s", r.status, r.stdout, r.stderr)
@@ -178,6 +182,35 @@ func TestOverlay(t *testing.T) {
 	if st := a.overlay("ov"); len(st.Overlay.Peers) != 1 || st.Overlay.Peers[0] != hostBAddr+":4789" {
 		t.Errorf("A's peers: %v", st.Overlay.Peers)
 	}
+	// Host B's network dies and comes back with a new member: A reaches
+	// it by address and by name; the dead host's names are gone.
+	pidB := b.overlay("ov").Pid
+	syscall.Kill(pidB, syscall.SIGKILL)
+	waitGone(t, pidB)
+	b.mustRN("network", "rm", "ov")
+	b.mustRN("network", "create", "ov", "--subnet", ovSubnet, "--ip-range", "10.200.0.128/25",
+		"--vxlan", "4789", "--vni", "42", "--vxlan-peer", hostAAddr+":4789", "--resolv-conf", eb.w.ResolvConf())
+	// A new address: host A's members keep b1's MAC for its old one
+	// until their neighbour entries expire (tens of seconds), as with
+	// any network whose host restarts.
+	sb2 := b.startServer(t, "--network", "ov", "--name", "b2", "--ip", "10.200.0.150")
+	ipB2 := b.overlay("ov").addr(t, "b2")
+	sa.connectEventually(t, "b2", ipB2, 30*time.Second)
+	sb2.connectEventually(t, "a1", ipA, 30*time.Second)
+	if err := retryFor(30*time.Second, func() error {
+		// In the network's domain the answer is NXDOMAIN; a bare
+		// name goes to the upstreams (none answers here).
+		if r := a.member([]string{"--network", "ov"}, "net-lookup", "b1.ov"); !strings.Contains(r.stdout, "NXDOMAIN") {
+			return fmt.Errorf("b1.ov still resolves: %s%s", r.stdout, r.stderr)
+		}
+		if r := a.member([]string{"--network", "ov"}, "net-lookup", "b1"); strings.Contains(r.stdout, "ADDRS") {
+			return fmt.Errorf("b1 still resolves: %s", r.stdout)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("after host B died: %v", err)
+	}
+
 	// Bad peers and flags: one-line errors.
 	for _, c := range []struct {
 		args []string
