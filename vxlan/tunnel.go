@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // Config is a tunnel's setup.
@@ -27,6 +29,9 @@ type Config struct {
 	Local net.HardwareAddr
 	// Ageing expires learnt MAC -> VTEP entries (DefaultAgeing if 0).
 	Ageing time.Duration
+	// MTU is the bridge port's: frames are at most MTU+14 bytes
+	// (65520 if 0).
+	MTU int
 	Log    *slog.Logger
 }
 
@@ -66,6 +71,14 @@ func Start(cfg Config, peers []netip.AddrPort) *Tunnel {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.MTU <= 0 {
+		cfg.MTU = 65520
+	}
+	// Bursts of datagrams outrun one reader now and then: a larger
+	// receive buffer (as far as net.core.rmem_max lets an unprivileged
+	// process) drops fewer of them.
+	cfg.Conn.SetReadBuffer(socketBuffer)
+	cfg.Conn.SetWriteBuffer(socketBuffer)
 	t := &Tunnel{cfg: cfg, fdb: NewFDB(cfg.Ageing), log: cfg.Log, peers: map[netip.AddrPort]struct{}{}, done: make(chan struct{})}
 	for _, p := range peers {
 		t.peers[canonical(p)] = struct{}{}
@@ -135,11 +148,17 @@ func (t *Tunnel) Close() {
 // maxFrame is the largest frame a bridge port gives (MTU 65520).
 const maxFrame = 65536 + 14
 
+// socketBuffer is the UDP socket's asked-for buffer size.
+const socketBuffer = 4 << 20
+
+// batch is how many datagrams one recvmmsg takes.
+const batch = 32
+
 // fromPort encapsulates the port's frames: to the VTEP a unicast
 // destination was learnt behind, else to every peer.
 func (t *Tunnel) fromPort() {
 	defer t.wg.Done()
-	buf := make([]byte, HeaderLen+maxFrame)
+	buf := make([]byte, HeaderLen+t.cfg.MTU+14)
 	Encode(buf, t.cfg.VNI)
 	for {
 		n, err := t.cfg.Port.Read(buf[HeaderLen:])
@@ -186,49 +205,67 @@ func (t *Tunnel) send(msg []byte, to netip.AddrPort) {
 }
 
 // fromPeers decapsulates datagrams from the peers onto the port, learning
-// where each source MAC lives.
+// where each source MAC lives. It reads them in batches (recvmmsg): one
+// system call per datagram was where a loaded host's tunnel fell behind.
 func (t *Tunnel) fromPeers() {
 	defer t.wg.Done()
-	buf := make([]byte, HeaderLen+maxFrame)
+	pc := ipv4.NewPacketConn(t.cfg.Conn)
+	msgs := make([]ipv4.Message, batch)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, HeaderLen+t.cfg.MTU+14)}
+	}
 	for {
-		n, from, err := t.cfg.Conn.ReadFromUDPAddrPort(buf)
+		n, err := pc.ReadBatch(msgs, 0)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				t.log.Error("vxlan: reading the UDP socket", "err", err)
 			}
 			return
 		}
-		vtep, ok := t.peerOf(canonical(from))
-		if !ok {
-			t.dropStranger.Add(1)
-			continue
-		}
-		vni, frame, err := Decode(buf[:n])
-		switch {
-		case errors.Is(err, ErrShort):
-			t.dropShort.Add(1)
-			continue
-		case err != nil:
-			t.dropFlags.Add(1)
-			continue
-		case vni != t.cfg.VNI:
-			t.dropVNI.Add(1)
-			continue
-		}
-		src := net.HardwareAddr(frame[6:12])
-		if sameMAC(src, t.cfg.Local) || sameMAC(frame[0:6], t.cfg.Local) {
-			t.dropLocal.Add(1)
-			continue
-		}
-		t.fdb.Learn(src, vtep)
-		if _, err := t.cfg.Port.Write(frame); err != nil {
-			if errors.Is(err, os.ErrClosed) {
+		for i := range msgs[:n] {
+			from, ok := msgs[i].Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			if !t.receive(msgs[i].Buffers[0][:msgs[i].N], canonical(from.AddrPort())) {
 				return
 			}
-			continue // a full queue drops the frame, as a NIC's would
 		}
-		t.received.Add(1)
 	}
+}
+
+// receive takes one datagram; false once the port is closed.
+func (t *Tunnel) receive(b []byte, from netip.AddrPort) bool {
+	vtep, ok := t.peerOf(from)
+	if !ok {
+		t.dropStranger.Add(1)
+		return true
+	}
+	vni, frame, err := Decode(b)
+	switch {
+	case errors.Is(err, ErrShort):
+		t.dropShort.Add(1)
+		return true
+	case err != nil:
+		t.dropFlags.Add(1)
+		return true
+	case vni != t.cfg.VNI:
+		t.dropVNI.Add(1)
+		return true
+	}
+	src := net.HardwareAddr(frame[6:12])
+	if sameMAC(src, t.cfg.Local) || sameMAC(frame[0:6], t.cfg.Local) {
+		t.dropLocal.Add(1)
+		return true
+	}
+	t.fdb.Learn(src, vtep)
+	if _, err := t.cfg.Port.Write(frame); err != nil {
+		// A full queue drops the frame, as a NIC's would; only a
+		// closed port ends the tunnel.
+		return !errors.Is(err, os.ErrClosed)
+	}
+	t.received.Add(1)
+	return true
 }
 
 // peerOf returns the peer a datagram from addr came from: the kernel's

@@ -430,7 +430,7 @@ func startOverlay(cfg netd.Config, hub *launcher.Hub, log *slog.Logger) (*vxlan.
 	}
 	gw := stack.GatewayMAC(stack.Addressing{Network: cfg.Subnet, Gateway: cfg.Gateway, DNS: cfg.DNS})
 	return vxlan.Start(vxlan.Config{
-		Conn: conn, Port: port, VNI: v.VNI,
+		Conn: conn, Port: port, VNI: v.VNI, MTU: cfg.MTU,
 		Local: net.HardwareAddr(gw),
 		Log:   log.With("component", "vxlan"),
 	}, v.Peers), nil
