@@ -70,7 +70,10 @@ type netBench struct {
 	cfg *config
 	bin string
 	xdg string
-	rec *recorder
+	// netns: a network namespace under /run/netns to run in (-overlay's
+	// hosts), "" for the bench's own.
+	netns string
+	rec   *recorder
 
 	mu       sync.Mutex
 	networks map[string]bool // created and not yet removed
@@ -81,10 +84,7 @@ type netBench struct {
 // directory; RNBENCH_HELPER reaches the commands of `run`, for the
 // helper's modes.
 func (nb *netBench) cmd(ctx context.Context, args ...string) *exec.Cmd {
-	c := unprivileged(exec.CommandContext(ctx, nb.bin, args...))
-	if c.Env == nil {
-		c.Env = os.Environ()
-	}
+	c := nsCommand(ctx, nb.netns, nb.bin, args...)
 	c.Env = append(c.Env, "XDG_RUNTIME_DIR="+nb.xdg, helperEnv+"=1")
 	return c
 }
