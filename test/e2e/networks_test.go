@@ -122,7 +122,7 @@ func netServer([]string) error {
 // member's own address as the client (no NAT between members), 1 MiB
 // echoes intact; and wantIP answers a ping.
 func netClient(target, wantIP string) error {
-	own, err := ownAddress()
+	own, err := ownAddressOf(strings.Contains(wantIP, ":"))
 	if err != nil {
 		return err
 	}
@@ -193,7 +193,11 @@ func netEcho(addr, own string, size int) error {
 
 // ownAddress is eth0's IPv4 address (a member's), or tap0's (an attached
 // namespace's).
-func ownAddress() (string, error) {
+func ownAddress() (string, error) { return ownAddressOf(false) }
+
+// ownAddressOf is eth0's (or tap0's) IPv4 address, or its global IPv6 one
+// as it shows in a socket address ("[fd89::a]").
+func ownAddressOf(v6 bool) (string, error) {
 	ifi, err := net.InterfaceByName("eth0")
 	if err != nil {
 		if ifi, err = net.InterfaceByName("tap0"); err != nil {
@@ -205,11 +209,16 @@ func ownAddress() (string, error) {
 		return "", err
 	}
 	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+		ipn, ok := a.(*net.IPNet)
+		switch {
+		case !ok:
+		case !v6 && ipn.IP.To4() != nil:
 			return ipn.IP.String(), nil
+		case v6 && ipn.IP.To4() == nil && ipn.IP.IsGlobalUnicast():
+			return "[" + ipn.IP.String() + "]", nil
 		}
 	}
-	return "", errors.New("eth0 has no IPv4 address")
+	return "", fmt.Errorf("no address (IPv6: %v) on the member's link", v6)
 }
 
 // netLookup prints what the name resolves to, or NXDOMAIN.
@@ -400,9 +409,10 @@ type netStatus struct {
 	Running bool   `json:"running"`
 	Pid     int    `json:"pid"`
 	Members []struct {
-		Name    string   `json:"name"`
-		Address string   `json:"address"`
-		Ports   []string `json:"ports"`
+		Name     string   `json:"name"`
+		Address  string   `json:"address"`
+		Address6 string   `json:"address6"`
+		Ports    []string `json:"ports"`
 	} `json:"members"`
 }
 

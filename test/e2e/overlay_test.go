@@ -23,7 +23,20 @@ const (
 	hostAAddr = "192.0.2.1"
 	hostBAddr = "192.0.2.2"
 	ovSubnet  = "10.200.0.0/24"
+	ovSubnet6 = "fd89:200::/64"
 )
+
+// addr6 is a member's IPv6 address from inspect.
+func addr6(t *testing.T, st overlayStatus, member string) string {
+	t.Helper()
+	for _, m := range st.Members {
+		if m.Name == member && m.Address6 != "" {
+			return m.Address6
+		}
+	}
+	t.Fatalf("member %s has no IPv6 address: %+v", member, st.Members)
+	return ""
+}
 
 // joinHosts links world a to world b: hostlink in each, 192.0.2.1/24 in a
 // and 192.0.2.2/24 in b.
@@ -103,9 +116,9 @@ func TestOverlay(t *testing.T) {
 	ea, eb := newEnv(t, world.Nobody), newEnv(t, world.Nobody)
 	joinHosts(t, ea.w, eb.w)
 	a, b := newNetEnv(t, ea), newNetEnv(t, eb)
-	a.mustRN("network", "create", "ov", "--subnet", ovSubnet, "--ip-range", "10.200.0.0/25",
+	a.mustRN("network", "create", "ov", "--subnet", ovSubnet, "--ip-range", "10.200.0.0/25", "--subnet6", ovSubnet6,
 		"--vxlan", hostAAddr+":4789", "--vni", "42", "--vxlan-peer", hostBAddr+":4789", "--resolv-conf", ea.w.ResolvConf())
-	b.mustRN("network", "create", "ov", "--subnet", ovSubnet, "--ip-range", "10.200.0.128/25",
+	b.mustRN("network", "create", "ov", "--subnet", ovSubnet, "--ip-range", "10.200.0.128/25", "--subnet6", ovSubnet6,
 		"--vxlan", "4789", "--vni", "42", "--vxlan-peer", hostAAddr+":4789", "--resolv-conf", eb.w.ResolvConf())
 	sa := a.startServer(t, "--network", "ov", "--name", "a1")
 	sb := b.startServer(t, "--network", "ov", "--name", "b1")
@@ -116,13 +129,24 @@ func TestOverlay(t *testing.T) {
 	}
 	sa.connect(t, ipB, ipB)
 	sb.connect(t, ipA, ipA)
+	// IPv6 across, both ways.
+	ip6A, ip6B := addr6(t, stA, "a1"), addr6(t, stB, "b1")
+	sa.connect(t, ip6B, ip6B)
+	sb.connect(t, ip6A, ip6A)
 	// Names across hosts, once the hosts' gossip has met.
 	sa.connectEventually(t, "b1", ipB, 30*time.Second)
 	sb.connectEventually(t, "a1.ov", ipA, 30*time.Second)
-	// A bigger transfer across, checked end to end.
-	if r := b.member([]string{"--network", "ov"}, "net-bulk", ipA, fmt.Sprint(64<<20)); r.status != 0 || !strings.Contains(r.stdout, "OK") {
-		t.Errorf("64 MiB across the overlay: %d\n%s%s", r.status, r.stdout, r.stderr)
+	// 1 GiB across, checked end to end.
+	start := time.Now()
+	if r := b.member([]string{"--network", "ov"}, "net-bulk", ipA, fmt.Sprint(1<<30)); r.status != 0 || !strings.Contains(r.stdout, "OK") {
+		t.Errorf("1 GiB across the overlay: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
+	t.Logf("1 GiB echoed across the overlay in %v", time.Since(start))
+	// A peer address where no host answers: flooded to as well, and the
+	// real peer is still reached.
+	a.mustRN("network", "peer", "add", "ov", "192.0.2.99:4789")
+	sa.connect(t, ipB, ipB)
+	a.mustRN("network", "peer", "rm", "ov", "192.0.2.99:4789")
 
 	// Bad datagrams at A's VTEP, from B's address: counted, dropped.
 	before := a.overlay("ov").Overlay.Stats
