@@ -92,9 +92,7 @@ func Attach(id int, memberNS *os.File, mtu int) error {
 	}
 	// In order towards the bridge (EnableGRO says why); an optimisation,
 	// so a kernel that refuses it still gets its member.
-	if os.Getenv("RLN_NO_GRO") == "" {
-		EnableGRO(PortName(id))
-	}
+	EnableGRO(PortName(id))
 	return nil
 }
 
