@@ -1,8 +1,9 @@
 // Package fastpath carries the container's traffic past the gVisor
 // netstack, on the TAP's read loop: outbound and published TCP
-// connections as flows of its own (tcp.go, and a tcpFlow split into
-// flow.go, connect.go, dial.go, receive.go, send.go, timers.go and
-// close.go; its segment codec in seg.go), UDP flows once the forwarder
+// connections as flows of its own (tcp.go, and a tcpFlow in flow.go and
+// close.go composed of its handshake (connect.go, dial.go), sendSide
+// (send.go, sendbuf.go), recvSide (receive.go, pending.go) and
+// flowTimers (timers.go); its segment codec in seg.go), UDP flows once the forwarder
 // has set them up (udp.go), and SYNs held until gVisor has let go of
 // their 4-tuple (synhold.go).
 //
