@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // The handshake of a flow, and the host socket of an outbound one: made
@@ -35,6 +36,32 @@ const (
 	fastKeepIntvl = 15
 	fastKeepCnt   = 9
 )
+
+// newOutboundFlow makes the flow of the container's SYN seg.
+func newOutboundFlow(t *tcpTable, seg *tcpSeg, guestMAC tcpip.LinkAddress) *tcpFlow {
+	key := tcpFlowKey{src: seg.src, dst: seg.dst}
+	iss := t.isn(key)
+	room := segRoom(int(t.link.MTU()), seg.src)
+	mss := int(seg.mss)
+	if mss == 0 {
+		mss = 536 // RFC 9293's default
+	}
+	f := (&tcpFlow{
+		t:        t,
+		key:      key,
+		guestMAC: guestMAC,
+		fd:       -1,
+		hs:       handshake{iss: iss, irs: seg.seq},
+		snd:      sendSide{mss: max(min(mss, room), 64)},
+		rcv:      recvSide{mss: uint16(min(room, 65535))},
+		timers:   flowTimers{rto: fastRTOMin},
+	}).wire()
+	f.snd.start(iss)
+	f.snd.peerWindow(seg.wnd, seg.wscale)
+	f.rcv.start(seg.seq)
+	f.rcv.scaleWindow(seg.wscale >= 0)
+	return f
+}
 
 // connect starts d's connect; a failure answers the SYN with RST.
 func (h *handshake) connect(d *TCPDial) {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -53,26 +54,7 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	if !ok {
 		return nil, errNoGuest
 	}
-	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
-	if dst.Addr().Is6() {
-		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
-	}
-	mtu := int(t.link.MTU())
-	f := (&tcpFlow{
-		t:        t,
-		guestMAC: guestMAC,
-		state:    fsSynSent,
-		fd:       -1,
-		ended:    make(chan struct{}),
-		hs:       handshake{answered: make(chan error, 1)},
-		snd:      sendSide{mss: 536},
-		rcv: recvSide{
-			scaled: true, // offered; the SYN-ACK says whether it holds
-			mss:    uint16(min(mtu-hdrs, 65535)),
-			pend:   hostWriter{waiting: true}, // the container's data waits for the socket
-		},
-		timers: flowTimers{rto: fastRTOMin},
-	}).wire()
+	f := newPublishedFlow(t, guestMAC, dst)
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -103,43 +85,89 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	f.timers.arm()
 	f.mu.Unlock()
 
+	if err := f.hs.wait(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.hs.joinHost(host); err != nil {
+		return nil, err
+	}
+	return f.carry, nil
+}
+
+// newPublishedFlow makes a published flow to the container's dst, its
+// key and sequence numbers still to be set.
+func newPublishedFlow(t *tcpTable, guestMAC tcpip.LinkAddress, dst netip.AddrPort) *tcpFlow {
+	return (&tcpFlow{
+		t:        t,
+		guestMAC: guestMAC,
+		state:    fsSynSent,
+		fd:       -1,
+		ended:    make(chan struct{}),
+		hs:       handshake{answered: make(chan error, 1)},
+		snd:      sendSide{mss: 536},
+		rcv: recvSide{
+			scaled: true, // offered; the SYN-ACK says whether it holds
+			mss:    uint16(min(segRoom(int(t.link.MTU()), dst), 65535)),
+			pend:   hostWriter{waiting: true}, // the container's data waits for the socket
+		},
+		timers: flowTimers{rto: fastRTOMin},
+	}).wire()
+}
+
+// segRoom is the room for a segment's payload in an MTU's packet to or
+// from addr.
+func segRoom(mtu int, addr netip.AddrPort) int {
+	if addr.Addr().Is6() {
+		return mtu - header.IPv6MinimumSize - header.TCPMinimumSize
+	}
+	return mtu - header.IPv4MinimumSize - header.TCPMinimumSize
+}
+
+// wait waits for the container's answer to a published flow's SYN, at
+// most fastDialTimeout, and ends the flow without one.
+func (h *handshake) wait(ctx context.Context) (err error) {
 	timer := time.NewTimer(fastDialTimeout)
 	defer timer.Stop()
 	select {
-	case err = <-f.hs.answered:
+	case err = <-h.answered:
 	case <-timer.C:
 		err = ErrTimeout
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
 	if err != nil {
-		f.mu.Lock()
-		f.closeLocked(false, false) // the caller resets the client
-		f.mu.Unlock()
-		return nil, err
+		h.f.mu.Lock()
+		h.f.closeLocked(false, false) // the caller resets the client
+		h.f.mu.Unlock()
 	}
-	// The host socket joins the event loop now, out of Go's: from here on
-	// the flow owns it.
+	return err
+}
+
+// joinHost ends a published flow's handshake: host, its host socket,
+// joins the event loop now, out of Go's, and from here on the flow owns
+// it.
+func (h *handshake) joinHost(host *net.TCPConn) error {
+	f := h.f
 	fd, err := eventloop.DetachFD(host)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
 		f.closeLocked(true, false)
-		return nil, err
+		return err
 	}
-	if f.closed {
+	if f.isClosed() {
 		unix.Close(fd)
-		return nil, errClosed
+		return errClosed
 	}
 	f.adoptHostLocked(fd)
 	if err := f.watchHostLocked(); err != nil {
 		f.closeLocked(true, true)
-		return nil, err
+		return err
 	}
 	f.rcv.flush() // what the container sent meanwhile
 	f.snd.hostReadable()
 	f.snd.pumpHost()
-	return f.carry, nil
+	return nil
 }
 
 // synSent takes the container's answer to a published flow's SYN.

@@ -223,30 +223,7 @@ func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 	if !ok {
 		return false
 	}
-	iss := t.isn(tcpFlowKey{src: seg.src, dst: seg.dst})
-	mtu := int(t.link.MTU())
-	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
-	if seg.src.Addr().Is6() {
-		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
-	}
-	mss := int(seg.mss)
-	if mss == 0 {
-		mss = 536 // RFC 9293's default
-	}
-	f := (&tcpFlow{
-		t:        t,
-		key:      tcpFlowKey{src: seg.src, dst: seg.dst},
-		guestMAC: guestMAC,
-		fd:       -1,
-		hs:       handshake{iss: iss, irs: seg.seq},
-		snd:      sendSide{mss: max(min(mss, mtu-hdrs), 64)},
-		rcv:      recvSide{mss: uint16(min(mtu-hdrs, 65535))},
-		timers:   flowTimers{rto: fastRTOMin},
-	}).wire()
-	f.snd.start(iss)
-	f.snd.peerWindow(seg.wnd, seg.wscale)
-	f.rcv.start(seg.seq)
-	f.rcv.scaleWindow(seg.wscale >= 0)
+	f := newOutboundFlow(t, seg, guestMAC)
 	t.mu.Lock()
 	if t.closed || t.flows[f.key] != nil {
 		t.mu.Unlock()
