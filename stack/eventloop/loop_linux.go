@@ -42,8 +42,8 @@ type Loop struct {
 	stopping bool
 
 	// acks are the deadlines Later asked for (the flows owing a delayed
-	// ACK), in order. Only the loop touches it.
-	acks []ackDue
+	// ACK). Only the loop touches them.
+	acks deadlines
 	// handedOff says a handler made a goroutine runnable (the netstack's,
 	// a published dial's). It waits in this P's run queue, which the
 	// loop holds while it sleeps in epoll_wait: the loop yields first,
@@ -53,12 +53,9 @@ type Loop struct {
 	// viaGo: the loop waits in Go's poller, on the epoll fd itself (see
 	// runViaGo). Set before run.
 	viaGo bool
-	// busyPoll is the longest busy-poll window (busypoll.go), 0 for
-	// none; set before run. spinLimit is the window now, in
-	// nanoseconds: the loop's, atomic for tests.
-	busyPoll  time.Duration
-	spinLimit atomic.Int64
-	done      chan struct{}
+	// busyPoller is the busy loop's wait (busypoll.go).
+	busyPoller
+	done chan struct{}
 }
 
 // Handler serves one fd's events on the loop's goroutine.
@@ -75,11 +72,51 @@ type Waiter interface {
 	Wanted(gen uint32) bool
 }
 
+// deadlines are the ones Later asked for, in order. Only the loop
+// touches them.
+type deadlines struct{ due []ackDue }
+
 type ackDue struct {
 	w   Waiter
 	at  time.Time
 	gen uint32
 }
+
+func (d *deadlines) later(w Waiter, gen uint32, at time.Time) {
+	d.due = append(d.due, ackDue{w: w, at: at, gen: gen})
+}
+
+// fire tells the waiters whose deadline came and returns how long the
+// loop may sleep: until the next one, or for good (-1).
+func (d *deadlines) fire() time.Duration {
+	if len(d.due) == 0 {
+		return -1
+	}
+	now := time.Now()
+	i := 0
+	for ; i < len(d.due); i++ {
+		a := d.due[i]
+		if !a.at.After(now) {
+			a.w.Due(a.gen)
+			continue
+		}
+		if a.w.Wanted(a.gen) {
+			break // the first still to come; stale ones go
+		}
+	}
+	// Shift down rather than reslice, so that the array is kept: an
+	// append per round trip allocated.
+	left := copy(d.due, d.due[i:])
+	clear(d.due[left:])
+	d.due = d.due[:left]
+	if left == 0 {
+		return -1
+	}
+	return d.due[0].at.Sub(now)
+}
+
+// reset drops them all.
+func (d *deadlines) reset() { d.due = nil }
 
 // Edge is a socket's interest: edge-triggered, so its handler reads
 // until EAGAIN or a short read. Level is the TAP's: level-triggered,
@@ -169,9 +206,7 @@ func (p *Loop) Forget(fd int) {
 
 // Later asks the loop for w.Due(gen) at at. Deadlines must come in
 // order (a constant delay from now keeps them so). On the loop only.
-func (p *Loop) Later(w Waiter, gen uint32, at time.Time) {
-	p.acks = append(p.acks, ackDue{w: w, at: at, gen: gen})
-}
+func (p *Loop) Later(w Waiter, gen uint32, at time.Time) { p.acks.later(w, gen, at) }
 
 // Run is the loop; it returns after Stop.
 func (p *Loop) Run() {
@@ -183,11 +218,11 @@ func (p *Loop) Run() {
 	}
 	busy := false
 	for {
-		timeout := p.fireAcks()
+		timeout := p.acks.fire()
 		var n int
 		var err error
 		if busy {
-			n, busy, err = p.pollBusy(events, timeout)
+			n, busy, err = p.pollBusy(p.epfd, events, timeout)
 		} else {
 			n, err = epollWait(p.epfd, events, timeout, false)
 			// Busy again: hold the P while there is another P for
@@ -204,50 +239,6 @@ func (p *Loop) Run() {
 		if p.handedOff.Swap(false) {
 			runtime.Gosched()
 		}
-	}
-}
-
-// pollBusy is the busy loop's wait, up to timeout (-1: none): a spin
-// first (busypoll.go), then a raw epoll_wait that keeps the P (see
-// busyWait), for at most busyWait. stillBusy is false once that passed
-// with no event.
-func (p *Loop) pollBusy(events []unix.EpollEvent, timeout time.Duration) (n int, stillBusy bool, err error) {
-	began := time.Now()
-	if limit := time.Duration(p.spinLimit.Load()); limit > 0 {
-		n, err = p.spin(events, began, limit, timeout)
-	}
-	idle := false
-	if n == 0 && err == nil {
-		wait := busyWait
-		if timeout >= 0 {
-			wait = min(wait, timeout-time.Since(began))
-		}
-		if wait > 0 {
-			n, err = epollWait(p.epfd, events, wait, true)
-			idle = err == nil && n == 0 && wait == busyWait
-		}
-	}
-	if waited := time.Since(began); n > 0 || waited > p.busyPoll {
-		p.spinLimit.Store(int64(nextSpin(time.Duration(p.spinLimit.Load()), waited, p.busyPoll)))
-	}
-	return n, !idle, err
-}
-
-// spin polls the epoll without sleeping until an event, or until limit
-// or the timeout (-1: none) passed since began.
-func (p *Loop) spin(events []unix.EpollEvent, began time.Time, limit, timeout time.Duration) (int, error) {
-	if timeout >= 0 {
-		limit = min(limit, timeout)
-	}
-	for {
-		n, err := epollWait(p.epfd, events, 0, true)
-		if n > 0 || err != nil || time.Since(began) >= limit {
-			return n, err
-		}
-		// Let a thread that shares this CPU run: the container's or
-		// the host's peer makes the next event. Without it the
-		// spin delayed them: p99 90 µs against 55.
-		unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 	}
 }
 
@@ -279,7 +270,7 @@ func (p *Loop) runViaGo(events []unix.EpollEvent) {
 		return n > 0 || werr != nil && werr != unix.EINTR
 	}
 	for {
-		timeout := p.fireAcks()
+		timeout := p.acks.fire()
 		deadline := time.Time{}
 		if timeout >= 0 {
 			deadline = time.Now().Add(timeout)
@@ -325,35 +316,6 @@ func (p *Loop) dispatch(events []unix.EpollEvent) (stop bool) {
 	return false
 }
 
-// fireAcks sends the delayed ACKs that are due and returns how long the
-// loop may sleep: until the next one, or for good (-1).
-func (p *Loop) fireAcks() time.Duration {
-	if len(p.acks) == 0 {
-		return -1
-	}
-	now := time.Now()
-	i := 0
-	for ; i < len(p.acks); i++ {
-		a := p.acks[i]
-		if !a.at.After(now) {
-			a.w.Due(a.gen)
-			continue
-		}
-		if a.w.Wanted(a.gen) {
-			break // the first still to come; stale ones go
-		}
-	}
-	// Shift down rather than reslice, so that the array is kept: an
-	// append per round trip allocated.
-	left := copy(p.acks, p.acks[i:])
-	clear(p.acks[left:])
-	p.acks = p.acks[:left]
-	if left == 0 {
-		return -1
-	}
-	return p.acks[0].at.Sub(now)
-}
-
 // Stop ends the loop and waits for it; the registered fds stay open
 // (their owners close them). Run must have been started.
 func (p *Loop) Stop() {
@@ -367,7 +329,7 @@ func (p *Loop) Stop() {
 		unix.Write(p.wakefd, one[:])
 	}
 	<-p.done
-	p.acks = nil
+	p.acks.reset()
 }
 
 // Close frees the epoll and eventfd; after Stop, or when Run never ran.

@@ -1,25 +1,21 @@
 package fastpath
 
-import "golang.org/x/sys/unix"
+import (
+	"context"
 
-// The end of a flow: half-closes both ways and the final close.
+	"golang.org/x/sys/unix"
+)
+
+// The end of a flow: closed both ways and acknowledged, reset, or given
+// up; and the wait of a published flow's carrier for it.
 
 // sentAllLocked says whether the container has closed its side and all
 // it sent is in the host socket.
-func (f *tcpFlow) sentAllLocked() bool {
-	return f.guestFIN && f.shutWr && !f.flushing && len(f.pending) == 0
-}
-
-func (f *tcpFlow) shutWriteLocked() {
-	if !f.shutWr {
-		f.shutWr = true
-		unix.Shutdown(f.fd, unix.SHUT_WR)
-	}
-}
+func (f *tcpFlow) sentAllLocked() bool { return f.rcv.sentAll() }
 
 // maybeFinishLocked ends a flow closed both ways and acknowledged.
 func (f *tcpFlow) maybeFinishLocked() {
-	if f.shutWr && f.finSent && f.sndUna == f.sndNxt {
+	if f.rcv.shutDone() && f.snd.finAcked() {
 		f.closeLocked(false, false)
 	}
 }
@@ -31,14 +27,9 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		return
 	}
 	f.closed = true
-	if f.answered != nil {
-		f.answer(errClosed) // a dial still waiting ends now
-	}
+	f.hs.closing()
 	if rstGuest && f.state != fsConnecting {
-		f.sendLocked(flagRST|flagACK, f.sndNxt, nil, 0)
-	}
-	if f.state == fsConnecting && f.result != nil {
-		f.result(errClosed)
+		f.snd.reset()
 	}
 	if f.fd >= 0 {
 		f.t.loop.Forget(f.fd) // the flow's fd is the socket's only one
@@ -48,12 +39,9 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		unix.Close(f.fd)
 		f.fd = -1
 	}
-	if f.timer != nil {
-		f.timer.Stop()
-	}
-	f.ackTimerOn = false
+	f.timers.stop()
 	f.snd.release()
-	f.releasePendingLocked()
+	f.rcv.release()
 	f.t.remove(f)
 	if f.ended != nil {
 		close(f.ended)
@@ -61,5 +49,17 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 	}
 	if f.done != nil {
 		f.done()
+	}
+}
+
+// carry waits until the published flow ends, or ctx does, which ends it
+// (its host socket closes with it).
+func (f *tcpFlow) carry(ctx context.Context) {
+	select {
+	case <-f.ended:
+	case <-ctx.Done():
+		f.mu.Lock()
+		f.closeLocked(true, true)
+		f.mu.Unlock()
 	}
 }

@@ -7,12 +7,27 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
-// The host socket of an outbound flow: made and connected on the read
-// loop without blocking; the event loop reports the end of the connect.
+// The handshake of a flow, and the host socket of an outbound one: made
+// and connected on the read loop without blocking; the event loop
+// reports the end of the connect. A published flow's side of it is in
+// dial.go.
+
+// handshake opens a flow and says how that ended: for an outbound flow,
+// a connect to the host, then SYN-ACK to the container's SYN (or RST);
+// for a published one, our SYN to the container and its SYN-ACK. It
+// owns the initial sequence numbers and the callers waiting for the
+// end. Its methods run under the flow's mu.
+type handshake struct {
+	f        *tcpFlow
+	iss, irs uint32
+	result   func(error) // outbound: told how the connect ended; may be nil
+	// answered carries the end of a published flow's handshake to
+	// DialTCP.
+	answered chan error
+}
 
 // Keepalive as net.Dialer sets it by default, which the fast path's
 // sockets had when they came from one.
@@ -22,8 +37,57 @@ const (
 	fastKeepCnt   = 9
 )
 
-// connectLocked starts d's connect; a failure answers the SYN with RST.
-func (f *tcpFlow) connectLocked(d *TCPDial) {
+// newOutboundFlow makes the flow of the container's SYN seg.
+func newOutboundFlow(t *tcpTable, seg *tcpSeg, guestMAC tcpip.LinkAddress) *tcpFlow {
+	key := tcpFlowKey{src: seg.src, dst: seg.dst}
+	iss := t.isn(key)
+	room := segRoom(int(t.link.MTU()), seg.src)
+	mss := int(seg.mss)
+	if mss == 0 {
+		mss = 536 // RFC 9293's default
+	}
+	f := (&tcpFlow{
+		t:        t,
+		key:      key,
+		guestMAC: guestMAC,
+		fd:       -1,
+		hs:       handshake{iss: iss, irs: seg.seq},
+		snd:      sendSide{mss: max(min(mss, room), 64)},
+		rcv:      recvSide{mss: uint16(min(room, 65535))},
+		timers:   flowTimers{rto: fastRTOMin},
+	}).wire()
+	f.snd.start(iss)
+	f.snd.peerWindow(seg.wnd, seg.wscale)
+	f.rcv.start(seg.seq)
+	f.rcv.scaleWindow(seg.wscale >= 0)
+	return f
+}
+
+// connect starts d's connect; a failure answers the SYN with RST.
+func (h *handshake) connect(d *TCPDial) {
+	f := h.f
+	fd, err := connectHost(d)
+	if fd >= 0 {
+		f.adoptHostLocked(fd) // closed with the flow, on failure too
+	}
+	if err == nil {
+		// Registered after connect: the loop's first report for the
+		// fd says whether it is connected (EPOLLOUT) or failed
+		// (EPOLLERR).
+		err = f.watchHostLocked()
+	}
+	if err != nil {
+		h.connectFailed(err)
+		return
+	}
+	if d.Timeout > 0 {
+		f.timers.deadline(time.Now().Add(d.Timeout))
+	}
+}
+
+// connectHost makes a non-blocking socket and starts its connect to
+// d.To. It returns the socket (-1: none) also with an error.
+func connectHost(d *TCPDial) (int, error) {
 	to := d.To
 	network, family := "tcp4", unix.AF_INET
 	var sa unix.Sockaddr
@@ -41,14 +105,11 @@ func (f *tcpFlow) connectLocked(d *TCPDial) {
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		f.connectFailedLocked(err)
-		return
+		return -1, err
 	}
-	f.fd = fd
 	if d.Control != nil {
 		if err := d.Control(network, to.String(), rawFD(fd)); err != nil {
-			f.connectFailedLocked(err)
-			return
+			return fd, err
 		}
 	}
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
@@ -63,53 +124,86 @@ func (f *tcpFlow) connectLocked(d *TCPDial) {
 		err = unix.EINPROGRESS
 	}
 	if err != nil && err != unix.EINPROGRESS {
-		f.connectFailedLocked(err)
-		return
+		return fd, err
 	}
-	// Registered after connect: the loop's first report for the fd
-	// says whether it is connected (EPOLLOUT) or failed (EPOLLERR).
-	if err := f.t.loop.Add(fd, eventloop.Edge, f); err != nil {
-		f.connectFailedLocked(err)
-		return
-	}
-	if d.Timeout > 0 {
-		f.rtoAt = time.Now().Add(d.Timeout)
-		f.restartTimerLocked()
-	}
+	return fd, nil
 }
 
-// connectedLocked ends the connect the loop reported: on success it
-// answers the container's SYN with SYN-ACK.
-func (f *tcpFlow) connectedLocked() {
-	soerr, err := unix.GetsockoptInt(f.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+// connected ends the connect the loop reported: on success it answers
+// the container's SYN with SYN-ACK.
+func (h *handshake) connected() {
+	f := h.f
+	soerr, err := unix.GetsockoptInt(f.hostFD(), unix.SOL_SOCKET, unix.SO_ERROR)
 	if err == nil && soerr != 0 {
 		err = syscall.Errno(soerr)
 	}
 	if err != nil {
-		f.connectFailedLocked(err)
+		h.connectFailed(err)
 		return
 	}
-	if f.result != nil {
-		f.result(nil)
-		f.result = nil
+	if h.result != nil {
+		h.result(nil)
+		h.result = nil
 	}
 	f.state = fsSynAckSent
-	f.sndNxt = f.iss + 1
-	f.rtoAt = time.Time{}
-	f.timerOn = false
-	f.sendSynAckLocked()
-	f.armLocked()
+	f.snd.synSent()
+	f.timers.clearDeadline()
+	h.sendSynAck()
+	f.timers.arm()
 }
 
-// connectFailedLocked answers the container's SYN with RST and ends the
-// flow.
-func (f *tcpFlow) connectFailedLocked(err error) {
-	if f.result != nil {
-		f.result(err)
-		f.result = nil
+// connectFailed answers the container's SYN with RST and ends the flow.
+func (h *handshake) connectFailed(err error) {
+	if h.result != nil {
+		h.result(err)
+		h.result = nil
 	}
-	f.sendLocked(flagRST|flagACK, 0, nil, 0)
-	f.closeLocked(false, true)
+	h.f.sendLocked(flagRST|flagACK, 0, nil, 0)
+	h.f.closeLocked(false, true)
+}
+
+func (h *handshake) sendSyn()    { h.f.sendLocked(flagSYN, h.iss, nil, 0) }
+func (h *handshake) sendSynAck() { h.f.sendLocked(flagSYN|flagACK, h.iss, nil, 0) }
+
+// syn takes a SYN from the container on a flow that has one already.
+func (h *handshake) syn(s *tcpSeg) {
+	f := h.f
+	switch {
+	case s.seq == h.irs:
+		if f.state == fsSynAckSent {
+			h.sendSynAck() // ours was lost
+		}
+	case f.state != fsConnecting:
+		// A new connection on this 4-tuple while we hold the old
+		// one: a challenge ACK (RFC 5961) makes the container
+		// reset the old one, and its next SYN starts afresh.
+		f.sendAckLocked()
+	}
+}
+
+// resend sends again the SYN or SYN-ACK the container has not answered,
+// and says whether the handshake had one out.
+func (h *handshake) resend() bool {
+	switch h.f.state {
+	case fsSynAckSent:
+		h.sendSynAck()
+	case fsSynSent:
+		h.sendSyn()
+	default:
+		return false
+	}
+	return true
+}
+
+// closing tells whoever still waits for the handshake that the flow
+// ended.
+func (h *handshake) closing() {
+	if h.answered != nil {
+		h.answer(errClosed) // a dial still waiting ends now
+	}
+	if h.f.state == fsConnecting && h.result != nil {
+		h.result(errClosed)
+	}
 }
 
 // rawFD is a socket fd as the syscall.RawConn that a Dialer's Control

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -53,24 +54,7 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	if !ok {
 		return nil, errNoGuest
 	}
-	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
-	if dst.Addr().Is6() {
-		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
-	}
-	mtu := int(t.link.MTU())
-	f := &tcpFlow{
-		t:        t,
-		guestMAC: guestMAC,
-		state:    fsSynSent,
-		wsOK:     true, // offered; the SYN-ACK says whether it holds
-		mss:      536,
-		ourMSS:   uint16(min(mtu-hdrs, 65535)),
-		rto:      fastRTOMin,
-		fd:       -1,
-		flushing: true, // the container's data waits for the socket
-		ended:    make(chan struct{}),
-		answered: make(chan error, 1),
-	}
+	f := newPublishedFlow(t, guestMAC, dst)
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -89,74 +73,110 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 		key.dst = src
 	}
 	f.key = key
-	f.iss = t.isn(key)
-	f.sndUna, f.sndNxt = f.iss, f.iss+1
+	f.hs.iss = t.isn(key)
+	f.snd.start(f.hs.iss)
+	f.snd.synSent()
 	t.flows[key] = f
 	t.mu.Unlock()
 	t.stats.TCPFlows.Add(1)
 
 	f.mu.Lock()
-	f.sendLocked(flagSYN, f.iss, nil, 0)
-	f.armLocked()
+	f.hs.sendSyn()
+	f.timers.arm()
 	f.mu.Unlock()
 
+	if err := f.hs.wait(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.hs.joinHost(host); err != nil {
+		return nil, err
+	}
+	return f.carry, nil
+}
+
+// newPublishedFlow makes a published flow to the container's dst, its
+// key and sequence numbers still to be set.
+func newPublishedFlow(t *tcpTable, guestMAC tcpip.LinkAddress, dst netip.AddrPort) *tcpFlow {
+	return (&tcpFlow{
+		t:        t,
+		guestMAC: guestMAC,
+		state:    fsSynSent,
+		fd:       -1,
+		ended:    make(chan struct{}),
+		hs:       handshake{answered: make(chan error, 1)},
+		snd:      sendSide{mss: 536},
+		rcv: recvSide{
+			scaled: true, // offered; the SYN-ACK says whether it holds
+			mss:    uint16(min(segRoom(int(t.link.MTU()), dst), 65535)),
+			pend:   hostWriter{waiting: true}, // the container's data waits for the socket
+		},
+		timers: flowTimers{rto: fastRTOMin},
+	}).wire()
+}
+
+// segRoom is the room for a segment's payload in an MTU's packet to or
+// from addr.
+func segRoom(mtu int, addr netip.AddrPort) int {
+	if addr.Addr().Is6() {
+		return mtu - header.IPv6MinimumSize - header.TCPMinimumSize
+	}
+	return mtu - header.IPv4MinimumSize - header.TCPMinimumSize
+}
+
+// wait waits for the container's answer to a published flow's SYN, at
+// most fastDialTimeout, and ends the flow without one.
+func (h *handshake) wait(ctx context.Context) (err error) {
 	timer := time.NewTimer(fastDialTimeout)
 	defer timer.Stop()
 	select {
-	case err = <-f.answered:
+	case err = <-h.answered:
 	case <-timer.C:
 		err = ErrTimeout
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
 	if err != nil {
-		f.mu.Lock()
-		f.closeLocked(false, false) // the caller resets the client
-		f.mu.Unlock()
-		return nil, err
+		h.f.mu.Lock()
+		h.f.closeLocked(false, false) // the caller resets the client
+		h.f.mu.Unlock()
 	}
-	// The host socket joins the event loop now, out of Go's: from here on
-	// the flow owns it.
+	return err
+}
+
+// joinHost ends a published flow's handshake: host, its host socket,
+// joins the event loop now, out of Go's, and from here on the flow owns
+// it.
+func (h *handshake) joinHost(host *net.TCPConn) error {
+	f := h.f
 	fd, err := eventloop.DetachFD(host)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
 		f.closeLocked(true, false)
-		return nil, err
+		return err
 	}
-	if f.closed {
+	if f.isClosed() {
 		unix.Close(fd)
-		return nil, errClosed
+		return errClosed
 	}
-	f.fd = fd
-	if err := t.loop.Add(fd, eventloop.Edge, f); err != nil {
+	f.adoptHostLocked(fd)
+	if err := f.watchHostLocked(); err != nil {
 		f.closeLocked(true, true)
-		return nil, err
+		return err
 	}
-	f.flushLocked() // what the container sent meanwhile
-	f.hostReady = true
-	f.pumpHostLocked()
-	return f.carry, nil
+	f.rcv.flush() // what the container sent meanwhile
+	f.snd.hostReadable()
+	f.snd.pumpHost()
+	return nil
 }
 
-// carry waits until the published flow ends, or ctx does, which ends it
-// (its host socket closes with it).
-func (f *tcpFlow) carry(ctx context.Context) {
-	select {
-	case <-f.ended:
-	case <-ctx.Done():
-		f.mu.Lock()
-		f.closeLocked(true, true)
-		f.mu.Unlock()
-	}
-}
-
-// synSentLocked takes the container's answer to our SYN.
-func (f *tcpFlow) synSentLocked(s *tcpSeg) {
+// synSent takes the container's answer to a published flow's SYN.
+func (h *handshake) synSent(s *tcpSeg) {
+	f := h.f
 	if s.flags&flagACK == 0 {
 		return // not an answer to our SYN (a simultaneous open is not one either)
 	}
-	if s.ack != f.iss+1 {
+	if s.ack != h.iss+1 {
 		if s.flags&flagRST == 0 {
 			// An unacceptable ACK: reset it (RFC 9293 3.10.7.3).
 			f.sendLocked(flagRST, s.ack, nil, 0)
@@ -165,33 +185,30 @@ func (f *tcpFlow) synSentLocked(s *tcpSeg) {
 	}
 	switch {
 	case s.flags&flagRST != 0:
-		f.answer(ErrRefused)
+		h.answer(ErrRefused)
 		f.closeLocked(false, false)
 	case s.flags&flagSYN != 0:
-		f.irs = s.seq
-		f.rcvNxt = s.seq + 1
-		f.sndUna = s.ack
+		h.irs = s.seq
+		f.rcv.start(s.seq)
+		f.snd.synAcked()
 		if s.mss != 0 {
-			f.mss = max(min(int(s.mss), int(f.ourMSS)), 64)
+			f.snd.setMSS(max(min(int(s.mss), f.rcv.ourMSS()), 64))
 		}
-		f.wsOK = s.wscale >= 0
-		if f.wsOK {
-			f.sndShift = uint8(s.wscale)
-		}
-		f.sndWnd = uint32(s.wnd) // a SYN's window is never scaled
+		f.rcv.scaleWindow(s.wscale >= 0)
+		f.snd.peerWindow(s.wnd, s.wscale) // a SYN's window is never scaled
 		f.state = fsEstablished
-		f.retries = 0
-		f.restartTimerLocked()
+		f.timers.alive()
+		f.timers.restart()
 		f.sendAckLocked()
-		f.answer(nil)
+		h.answer(nil)
 	}
 }
 
 // answer reports the end of the handshake to DialTCP, once.
-func (f *tcpFlow) answer(err error) {
+func (h *handshake) answer(err error) {
 	select {
-	case f.answered <- err:
-		f.t.loop.HandOff()
+	case h.answered <- err:
+		h.f.t.loop.HandOff()
 	default:
 	}
 }

@@ -1,10 +1,11 @@
 // Package fastpath carries the container's traffic past the gVisor
 // netstack, on the TAP's read loop: outbound and published TCP
-// connections as flows of its own (tcp.go, and a tcpFlow split into
-// flow.go, connect.go, dial.go, receive.go, send.go, timers.go and
-// close.go; its segment codec in seg.go), UDP flows once the forwarder
-// has set them up (udp.go), and SYNs held until gVisor has let go of
-// their 4-tuple (synhold.go).
+// connections as flows of its own (tcp.go; a tcpFlow, in flow.go and
+// close.go, composed of its handshake in connect.go and dial.go, its
+// sendSide in send.go and sendbuf.go, its recvSide in receive.go and
+// pending.go and its flowTimers in timers.go; the segment codec in
+// seg.go), UDP flows once the forwarder has set them up (udp.go), and
+// SYNs held until gVisor has let go of their 4-tuple (synhold.go).
 //
 // Its edges: the link offers it every inbound frame first (Path is a
 // link.Interceptor); it writes frames through Link, which link.Endpoint

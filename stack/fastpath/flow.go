@@ -5,14 +5,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// A TCP flow of the fast path: its state and the host socket's events.
-// What it does is split by side: connect.go and dial.go (the handshake,
-// outbound and published), receive.go (the container's segments),
-// send.go (the host's data to the container), timers.go and close.go.
+// A TCP flow of the fast path: its identity, state machine and host
+// socket (tcpFlow, here; its end in close.go), composed of a part per
+// job, each with the state it owns: the handshake (handshake: connect.go
+// for outbound flows, dial.go for published ones), the host's data to the
+// container (sendSide, send.go), the container's data to the host
+// (recvSide, receive.go, with hostWriter for what a full host socket has
+// not taken) and the retransmission timer (flowTimers, timers.go). The
+// parts call each other through small methods, all under the flow's mu.
 
 const (
 	// fastRcvShift is the window scale offered to the container.
@@ -50,82 +56,70 @@ const (
 	fsEstablished                  // data both ways
 )
 
-// tcpFlow is one connection on the fast path. mu guards everything; the
-// loop's goroutine holds it to apply a segment and to move host data,
-// timers and a published flow's dial to do their part. Sequence
-// variables are named as in RFC 9293: snd* for what goes to the
-// container, rcv* for what comes from it.
+// tcpFlow is one connection on the fast path. mu guards everything,
+// its parts' state too; the loop's goroutine holds it to apply a segment
+// and to move host data, timers and a published flow's dial to do their
+// part. Sequence variables are named as in RFC 9293: the send side's
+// for what goes to the container, the receive side's for what comes
+// from it.
 type tcpFlow struct {
 	t        *tcpTable
 	key      tcpFlowKey // src: the container's end; dst: the peer it sees
 	guestMAC tcpip.LinkAddress
-	done     func()      // the policy's, once at the end; may be nil
-	result   func(error) // told how the connect ended; may be nil
+	done     func() // the policy's, once at the end; may be nil
 	// ended is closed at the end of a published flow (carry waits).
 	ended chan struct{}
 
 	mu     sync.Mutex
 	state  flowState
 	closed bool
-
-	irs, rcvNxt         uint32
-	iss, sndUna, sndNxt uint32
-	sndWnd              uint32 // the container's window from sndUna, in bytes
-	sndShift            uint8
-	wsOK                bool // window scaling on: both sides offered it
-	mss                 int  // largest segment the container takes
-	ourMSS              uint16
-	lastWnd             uint16 // the window field last sent
-	guestFIN, shutWr    bool   // FIN from the container; host socket shut for writing
-	hostEOF, finSent    bool   // EOF from the host socket; FIN sent to the container
-	dupAcks             int
-	rto                 time.Duration
-	retries             int
-	// The retransmission timer is lazy: timerOn says it is wanted, for
-	// rtoAt; the runtime timer (timerRunning) is not reset per segment
-	// but re-armed when it fires early, as a reset can wake an idle
-	// thread out of Go's poller.
-	timer        *time.Timer
-	timerOn      bool
-	timerRunning bool
-	rtoAt        time.Time // when the timer is wanted
-	timerAt      time.Time // when the runtime timer fires
-	// ackOwed counts the bytes taken since the last ACK sent; the
-	// loop sends the ACK that no segment of ours carried in time
-	// (ackTimerOn, for the request numbered ackGen).
-	ackOwed    int
-	ackTimerOn bool
-	ackGen     uint32
-
-	// snd holds the host's data from sndUna on: sent, then unsent.
-	snd sendBuf
-	// pending is the container's data the host socket has not taken;
-	// flushing says it waits for the socket to be writable (or to be
-	// there at all: a published flow's until its handshake is done).
-	pending  []byte
-	pendBuf  *[]byte // pending's pooled array, while data waits
-	flushing bool
-
 	// fd is the host socket, out of Go's poller (-1: none yet, or
-	// closed). hostReady: it may have data to read (an edge came and
-	// no read found it empty since); hostRDHUP: its peer sent FIN.
-	fd        int
-	hostReady bool
-	hostRDHUP bool
-	// answered carries the end of a published flow's handshake.
-	answered chan error
+	// closed).
+	fd int
 
-	// Scratch under mu.
-	pieces [][]byte
-	iovs   [][]byte
-	wiovs  [][]byte
-	hdr    [tcpHeadersMax]byte
+	hs     handshake
+	snd    sendSide
+	rcv    recvSide
+	timers flowTimers
+	out    segWriter
 }
 
-// readRoomLocked is how much more host data the flow may hold: no more
-// than the container's window, which keeps the host peer's pace.
-func (f *tcpFlow) readRoomLocked() int {
-	return min(fastSendMax, int(f.sndWnd)) - f.snd.size
+// wire points f's parts at f; every new flow is wired once.
+func (f *tcpFlow) wire() *tcpFlow {
+	f.hs.f, f.snd.f, f.rcv.f, f.timers.f = f, f, f, f
+	return f
+}
+
+// The parts ask the flow through these.
+
+func (f *tcpFlow) isClosed() bool    { return f.closed }
+func (f *tcpFlow) connecting() bool  { return f.state == fsConnecting }
+func (f *tcpFlow) established() bool { return f.state == fsEstablished }
+
+// open says whether data may move: established and not closed.
+func (f *tcpFlow) open() bool { return f.state == fsEstablished && !f.closed }
+
+// hostFD is the host socket (-1: none yet, or closed).
+func (f *tcpFlow) hostFD() int { return f.fd }
+
+// gso says whether segments to the container may be super-frames.
+func (f *tcpFlow) gso() bool { return f.t.link.VnetHdr() }
+
+// adoptHostLocked makes fd the flow's host socket, closed with it.
+func (f *tcpFlow) adoptHostLocked(fd int) { f.fd = fd }
+
+// watchHostLocked registers the host socket with the loop: its events
+// come to OnPoll.
+func (f *tcpFlow) watchHostLocked() error { return f.t.loop.Add(f.fd, eventloop.Edge, f) }
+
+// synAckedLocked establishes a flow whose SYN-ACK the container
+// acknowledged, and says whether it did.
+func (f *tcpFlow) synAckedLocked() bool {
+	if f.state != fsSynAckSent {
+		return false
+	}
+	f.state = fsEstablished
+	return true
 }
 
 // OnPoll takes the host socket's events on the loop (eventloop.Handler).
@@ -139,16 +133,84 @@ func (f *tcpFlow) OnPoll(events uint32) {
 		if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 			return
 		}
-		f.connectedLocked()
+		f.hs.connected()
 	}
-	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		f.hostReady = true
+	f.snd.hostEvents(events)
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		f.rcv.hostWritable()
 	}
-	if events&unix.EPOLLRDHUP != 0 {
-		f.hostRDHUP = true
+	f.snd.pumpHost()
+}
+
+// applyLocked applies a segment read as hdr then rest.
+func (f *tcpFlow) applyLocked(seg *tcpSeg, hdr, rest []byte) {
+	f.rcv.takePayload(hdr, rest, seg)
+	f.segmentLocked(seg)
+	f.rcv.dropPayload()
+}
+
+// segmentLocked applies a segment from the container, its payload
+// taken by the receive side.
+func (f *tcpFlow) segmentLocked(s *tcpSeg) {
+	switch {
+	case f.closed:
+	case f.state == fsSynSent:
+		f.hs.synSent(s)
+	case s.flags&flagRST != 0:
+		// Accept a reset within the window (RFC 5961 would ask for an
+		// exact match; a TAP carries no blind attackers).
+		if f.state == fsConnecting || f.rcv.inWindow(s.seq) {
+			f.closeLocked(false, true)
+		}
+	case s.flags&flagSYN != 0:
+		f.hs.syn(s)
+	case f.state == fsConnecting || s.flags&flagACK == 0:
+	default:
+		f.snd.ack(s)
+		if f.closed || f.state != fsEstablished {
+			return
+		}
+		if s.n > 0 || s.flags&flagFIN != 0 {
+			f.rcv.data(s)
+		}
+		f.maybeFinishLocked()
 	}
-	if f.flushing && events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		f.flushLocked()
+}
+
+// retransmitLocked sends again the first unacknowledged segment: the
+// handshake's, or data or FIN.
+func (f *tcpFlow) retransmitLocked() {
+	if !f.hs.resend() {
+		f.snd.retransmit()
 	}
-	f.pumpHostLocked()
+}
+
+func (f *tcpFlow) sendAckLocked() { f.sendLocked(flagACK, f.snd.next(), nil, 0) }
+
+// sendLocked writes one segment from seq with the flow's ACK and window:
+// n bytes of payload, in pieces.
+func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte, n int) {
+	o := tcpOut{
+		srcMAC:  f.t.mac,
+		dstMAC:  f.guestMAC,
+		src:     f.key.dst,
+		dst:     f.key.src,
+		seq:     seq,
+		flags:   flags,
+		payload: n,
+		vnet:    f.t.link.VnetHdr(),
+		gsoMSS:  f.snd.segSize(),
+		synWS:   -1,
+	}
+	if flags&flagSYN != 0 {
+		o.wnd, o.synMSS, o.synWS = f.rcv.synOffer()
+	} else {
+		o.wnd = f.rcv.advertise()
+	}
+	if flags&flagACK != 0 {
+		o.ack = f.rcv.acking()
+	}
+	// A full TAP drops the frame, as for the stack's frames; the timer
+	// sends it again.
+	f.out.write(f.t.core, &o, payload)
 }

@@ -1,158 +1,213 @@
 package fastpath
 
 import (
-	"sync"
 	"time"
 
-	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"golang.org/x/sys/unix"
 )
 
-// The receive side of a flow: segments from the container, their ACKs
-// and data, written to the host socket or kept pending while it is full.
+// The receive side of a flow: segments from the container, their data
+// written to the host socket (or kept by hostWriter while it is full),
+// and their ACKs, delayed while a segment of ours may carry them.
 
-// segmentLocked applies a segment from the container; f.pieces holds its
-// payload.
-func (f *tcpFlow) segmentLocked(s *tcpSeg) {
-	if f.closed {
-		return
-	}
-	if f.state == fsSynSent {
-		f.synSentLocked(s)
-		return
-	}
-	if s.flags&flagRST != 0 {
-		// Accept a reset within the window (RFC 5961 would ask for an
-		// exact match; a TAP carries no blind attackers).
-		if f.state == fsConnecting || seqLEQ(f.rcvNxt, s.seq) && seqLEQ(s.seq, f.rcvNxt+fastPendingMax) {
-			f.closeLocked(false, true)
-		}
-		return
-	}
-	if s.flags&flagSYN != 0 {
-		switch {
-		case s.seq == f.irs:
-			if f.state == fsSynAckSent {
-				f.sendSynAckLocked() // ours was lost
-			}
-		case f.state != fsConnecting:
-			// A new connection on this 4-tuple while we hold the old
-			// one: a challenge ACK (RFC 5961) makes the container
-			// reset the old one, and its next SYN starts afresh.
-			f.sendAckLocked()
-		}
-		return
-	}
-	if f.state == fsConnecting || s.flags&flagACK == 0 {
-		return
-	}
-	f.ackLocked(s)
-	if f.closed || f.state != fsEstablished {
-		return
-	}
-	if s.n == 0 && s.flags&flagFIN == 0 {
-		f.maybeFinishLocked()
-		return
-	}
-	f.dataLocked(s)
-	f.maybeFinishLocked()
+// recvSide is a flow's direction from the container to the host: the
+// sequence expected next, the window and MSS offered, the container's
+// FIN and the host socket's write side, and the ACKs owed. Its methods
+// run under the flow's mu.
+type recvSide struct {
+	f       *tcpFlow
+	nxt     uint32
+	mss     uint16 // the MSS offered: the largest segment we take
+	scaled  bool   // window scaling on: both sides offered it
+	lastWnd uint16 // the window field last sent
+	fin     bool   // FIN from the container
+	shutWr  bool   // the host socket shut for writing
+	// pend keeps the container's data the host socket has not taken.
+	pend hostWriter
+	// ackOwed counts the bytes taken since the last ACK sent; the
+	// loop sends the ACK that no segment of ours carried in time
+	// (ackTimerOn, for the request numbered ackGen).
+	ackOwed    int
+	ackTimerOn bool
+	ackGen     uint32
+	// pieces is the payload of the segment being applied.
+	pieces [][]byte
 }
 
-// ackLocked takes the acknowledgment and window of a segment.
-func (f *tcpFlow) ackLocked(s *tcpSeg) {
-	ack := s.ack
-	if seqLT(ack, f.sndUna) || seqGT(ack, f.sndNxt) {
-		return // old, or acknowledges what was never sent
-	}
-	wnd := uint32(s.wnd) << f.sndShift
-	if f.sndNxt == f.sndUna {
-		f.retries = 0 // it answers window probes: alive
-	}
-	if ack == f.sndUna {
-		if s.n == 0 && s.flags&flagFIN == 0 && wnd == f.sndWnd && f.sndNxt != f.sndUna {
-			f.dupAcks++
-			if f.dupAcks == 3 {
-				f.retransmitLocked()
-			}
-		}
-		if wnd != f.sndWnd {
-			grew := wnd > f.sndWnd
-			f.sndWnd = wnd
-			if grew {
-				f.sendNewLocked()
-				f.pumpHostLocked()
-			}
-		}
-		return
-	}
-	acked := int(ack - f.sndUna)
-	if f.state == fsSynAckSent {
-		f.state = fsEstablished
-		acked-- // our SYN
-	}
-	if f.finSent && ack == f.sndNxt {
-		acked-- // our FIN
-	}
-	f.snd.consume(acked)
-	f.sndUna = ack
-	f.sndWnd = wnd
-	f.dupAcks = 0
-	f.retries = 0
-	f.rto = fastRTOMin
-	f.restartTimerLocked()
-	f.sendNewLocked()
-	f.pumpHostLocked()
+// start expects the container's data after its SYN at seq.
+func (r *recvSide) start(seq uint32) { r.nxt = seq + 1 }
+
+// scaleWindow turns window scaling on or off, as the SYNs agreed.
+func (r *recvSide) scaleWindow(on bool) { r.scaled = on }
+
+func (r *recvSide) ourMSS() int { return int(r.mss) }
+
+// inWindow says whether seq lies in the window offered.
+func (r *recvSide) inWindow(seq uint32) bool {
+	return seqLEQ(r.nxt, seq) && seqLEQ(seq, r.nxt+fastPendingMax)
 }
 
-// dataLocked takes the payload and FIN of an acceptable segment and
+// takePayload holds the payload of seg, read as hdr then rest, while it
+// is applied; dropPayload lets it go.
+func (r *recvSide) takePayload(hdr, rest []byte, seg *tcpSeg) {
+	r.pieces = framePieces(r.pieces[:0], hdr, rest, seg.off, seg.n)
+}
+
+func (r *recvSide) dropPayload() { clear(r.pieces) }
+
+// window is the window to advertise, in the header's units.
+func (r *recvSide) window() uint16 {
+	w := fastPendingMax - r.pend.size()
+	if r.scaled {
+		return uint16(min(w>>fastRcvShift, 65535))
+	}
+	return uint16(min(w, 65535))
+}
+
+// advertise is the window field of a segment other than SYN, noted.
+func (r *recvSide) advertise() uint16 {
+	r.lastWnd = r.window()
+	return r.lastWnd
+}
+
+// synOffer is what a SYN of ours offers: its window (never scaled), MSS
+// and window scale (< 0: none).
+func (r *recvSide) synOffer() (wnd, mss uint16, ws int) {
+	ws = -1
+	if r.scaled {
+		ws = fastRcvShift
+	}
+	return uint16(min(fastPendingMax, 65535)), r.mss, ws
+}
+
+// acking is the ACK field of a segment about to go, which pays the ACK
+// owed.
+func (r *recvSide) acking() uint32 {
+	r.ackOwed = 0
+	r.ackTimerOn = false // the loop finds it off
+	return r.nxt
+}
+
+// data takes the payload and FIN of an acceptable segment and
 // acknowledges them.
-func (f *tcpFlow) dataLocked(s *tcpSeg) {
+func (r *recvSide) data(s *tcpSeg) {
+	f := r.f
 	seq, n := s.seq, s.n
 	fin := s.flags&flagFIN != 0
-	if seqLT(seq, f.rcvNxt) {
+	if seqLT(seq, r.nxt) {
 		// A retransmission of what we have: keep only what is new.
-		skip := int(f.rcvNxt - seq)
-		if skip > n || skip == n && (!fin || f.guestFIN) {
+		skip := int(r.nxt - seq)
+		if skip > n || skip == n && (!fin || r.fin) {
 			f.sendAckLocked()
 			return
 		}
-		f.pieces = skipPieces(f.pieces, skip)
-		seq, n = f.rcvNxt, n-skip
+		r.pieces = skipPieces(r.pieces, skip)
+		seq, n = r.nxt, n-skip
 	}
-	if seq != f.rcvNxt || f.guestFIN {
+	if seq != r.nxt || r.fin {
 		f.sendAckLocked() // out of order: a duplicate ACK
 		return
 	}
 	if n > 0 {
-		took, err := f.toHostLocked(n)
+		took, err := r.pend.write(f.hostFD(), r.pieces, n)
 		if err != nil {
 			f.closeLocked(true, false)
 			return
 		}
-		f.rcvNxt += uint32(took)
+		r.nxt += uint32(took)
 		if took < n {
 			f.sendAckLocked() // the rest comes again
 			return
 		}
 	}
 	if fin {
-		f.rcvNxt++
-		f.guestFIN = true
-		if !f.flushing {
-			f.shutWriteLocked()
+		r.nxt++
+		r.fin = true
+		if !r.pend.waiting {
+			r.shutWrite()
 		}
 	}
-	f.ackOwed += n
-	if fin || f.flushing || f.ackOwed >= fastAckEvery {
+	r.ackOwed += n
+	if fin || r.pend.waiting || r.ackOwed >= fastAckEvery {
 		f.sendAckLocked()
 		return
 	}
 	// Delayed: the host's answer, or the next segments, carry it.
-	if !f.ackTimerOn {
-		f.ackTimerOn = true
-		f.ackGen++
-		f.t.loop.Later(f, f.ackGen, time.Now().Add(fastAckDelay))
+	if !r.ackTimerOn {
+		r.ackTimerOn = true
+		r.ackGen++
+		f.t.loop.Later(r, r.ackGen, time.Now().Add(fastAckDelay))
 	}
+}
+
+// Due sends a delayed ACK that no segment carried (request gen): the
+// loop's eventloop.Waiter.
+func (r *recvSide) Due(gen uint32) {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	if r.f.isClosed() || !r.ackTimerOn || gen != r.ackGen {
+		return
+	}
+	r.ackTimerOn = false
+	if r.ackOwed > 0 {
+		r.f.sendAckLocked()
+	}
+}
+
+// Wanted says whether request gen of a delayed ACK still stands.
+func (r *recvSide) Wanted(gen uint32) bool {
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	return !r.f.isClosed() && r.ackTimerOn && gen == r.ackGen
+}
+
+// hostWritable flushes what waits for the host socket to be writable.
+func (r *recvSide) hostWritable() {
+	if r.pend.waiting {
+		r.flush()
+	}
+}
+
+// flush writes the pending data to the host socket, and then shuts the
+// socket's write side if the container has sent FIN; an ACK says when
+// the window reopened.
+func (r *recvSide) flush() {
+	f := r.f
+	if f.hostFD() < 0 {
+		return
+	}
+	wrote, done, err := r.pend.flush(f.hostFD())
+	if err != nil {
+		f.closeLocked(true, false)
+		return
+	}
+	if done && r.fin {
+		r.shutWrite()
+		f.maybeFinishLocked()
+	}
+	if wrote && !f.isClosed() && r.lastWnd < r.window()/2 {
+		f.sendAckLocked() // the window reopened
+	}
+}
+
+func (r *recvSide) shutWrite() {
+	if !r.shutWr {
+		r.shutWr = true
+		unix.Shutdown(r.f.hostFD(), unix.SHUT_WR)
+	}
+}
+
+// shutDone says whether the host socket is shut for writing.
+func (r *recvSide) shutDone() bool { return r.shutWr }
+
+// sentAll says whether the container has closed its side and all it
+// sent is in the host socket.
+func (r *recvSide) sentAll() bool { return r.fin && r.shutWr && r.pend.empty() }
+
+// release drops what is pending and the delayed ACK.
+func (r *recvSide) release() {
+	r.ackTimerOn = false
+	r.pend.release()
 }
 
 // skipPieces drops the first n bytes of pieces.
@@ -165,107 +220,4 @@ func skipPieces(pieces [][]byte, n int) [][]byte {
 		pieces[0] = pieces[0][n:]
 	}
 	return pieces
-}
-
-// toHostLocked writes the n bytes of f.pieces to the host socket, and
-// keeps what the socket does not take for flushLocked while there is
-// room. It returns how many bytes it took.
-func (f *tcpFlow) toHostLocked(n int) (int, error) {
-	w := 0
-	if !f.flushing {
-		var err error
-		w, err = eventloop.Writev(f.fd, f.pieces)
-		for err == unix.EINTR {
-			w, err = eventloop.Writev(f.fd, f.pieces)
-		}
-		switch {
-		case err == unix.EAGAIN:
-			w = 0
-		case err != nil:
-			return 0, err
-		}
-		if w == n {
-			return n, nil
-		}
-		f.pieces = skipPieces(f.pieces, w)
-	}
-	room := fastPendingMax - len(f.pending)
-	want := 0
-	for _, p := range f.pieces {
-		want += len(p)
-	}
-	f.reservePendingLocked(min(want, room))
-	took := 0
-	for _, p := range f.pieces {
-		p = p[:min(len(p), room-took)]
-		f.pending = append(f.pending, p...)
-		took += len(p)
-	}
-	if took > 0 {
-		f.flushing = true // the socket's EPOLLOUT edge flushes
-	}
-	return w + took, nil
-}
-
-// pendingBufs hold the data full host sockets have not taken. A buffer
-// per episode, made anew, cost ns->host at MTU 65520 a GC every 6 ms and
-// a fifth of its throughput once the GC had a P of its own.
-var pendingBufs = sync.Pool{New: func() any { b := make([]byte, 0, fastPendingMax); return &b }}
-
-// reservePendingLocked makes room for n more pending bytes (n fits in
-// fastPendingMax with what is pending) without allocating: the pooled
-// buffer, its data moved to its start when the tail is short.
-func (f *tcpFlow) reservePendingLocked(n int) {
-	if f.pendBuf == nil {
-		f.pendBuf = pendingBufs.Get().(*[]byte)
-		f.pending = (*f.pendBuf)[:0]
-	}
-	if cap(f.pending)-len(f.pending) < n {
-		k := copy((*f.pendBuf)[:cap(*f.pendBuf)], f.pending)
-		f.pending = (*f.pendBuf)[:k]
-	}
-}
-
-// releasePendingLocked drops what is pending and returns the buffer.
-func (f *tcpFlow) releasePendingLocked() {
-	f.pending = nil
-	if f.pendBuf != nil {
-		pendingBufs.Put(f.pendBuf)
-		f.pendBuf = nil
-	}
-}
-
-// flushLocked writes the pending data to the host socket until it is all
-// written or the socket is full (its next EPOLLOUT edge calls again), and
-// then shuts the socket's write side if the container has sent FIN.
-func (f *tcpFlow) flushLocked() {
-	if f.fd < 0 {
-		return
-	}
-	wrote := false
-	defer func() {
-		if wrote && !f.closed && f.lastWnd < f.windowField()/2 {
-			f.sendAckLocked() // the window reopened
-		}
-	}()
-	for len(f.pending) > 0 {
-		n, err := eventloop.Write(f.fd, f.pending)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return
-		case err != nil:
-			f.closeLocked(true, false)
-			return
-		}
-		wrote = true
-		f.pending = f.pending[n:]
-	}
-	f.releasePendingLocked()
-	f.flushing = false
-	if f.guestFIN {
-		f.shutWriteLocked()
-		f.maybeFinishLocked()
-	}
 }

@@ -251,3 +251,30 @@ func buildTCP(b []byte, o *tcpOut) int {
 func seqLT(a, b uint32) bool  { return int32(a-b) < 0 }
 func seqLEQ(a, b uint32) bool { return int32(a-b) <= 0 }
 func seqGT(a, b uint32) bool  { return int32(a-b) > 0 }
+
+// segWriter writes a flow's segments to the link: the headers built in
+// its scratch, the payload from the caller's pieces.
+type segWriter struct {
+	hdr  [tcpHeadersMax]byte
+	iovs [][]byte
+}
+
+// write sends o, whose payload is in pieces, on c's link.
+func (w *segWriter) write(c *core, o *tcpOut, payload [][]byte) {
+	if o.src.Addr().Is4() {
+		o.ipID = uint16(c.ipID.Add(1))
+	}
+	if !o.vnet && o.payload > 0 {
+		var sum checksum.Checksumer
+		for _, p := range payload {
+			sum.Add(p)
+		}
+		o.sum = sum.Checksum()
+	}
+	hl := buildTCP(w.hdr[:], o)
+	iovs := append(w.iovs[:0], w.hdr[:hl])
+	iovs = append(iovs, payload...)
+	c.link.WritePieces(iovs)
+	clear(iovs)
+	w.iovs = iovs[:0]
+}

@@ -215,13 +215,6 @@ func (t *tcpTable) intercept(hdr, rest []byte) bool {
 	return true
 }
 
-// applyLocked applies a segment read as hdr then rest.
-func (f *tcpFlow) applyLocked(seg *tcpSeg, hdr, rest []byte) {
-	f.pieces = framePieces(f.pieces[:0], hdr, rest, seg.off, seg.n)
-	f.segmentLocked(seg)
-	clear(f.pieces)
-}
-
 func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 	if !header.IsValidUnicastEthernetAddress(guestMAC) {
 		return false
@@ -230,35 +223,7 @@ func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 	if !ok {
 		return false
 	}
-	iss := t.isn(tcpFlowKey{src: seg.src, dst: seg.dst})
-	mtu := int(t.link.MTU())
-	hdrs := header.IPv4MinimumSize + header.TCPMinimumSize
-	if seg.src.Addr().Is6() {
-		hdrs = header.IPv6MinimumSize + header.TCPMinimumSize
-	}
-	mss := int(seg.mss)
-	if mss == 0 {
-		mss = 536 // RFC 9293's default
-	}
-	f := &tcpFlow{
-		t:        t,
-		key:      tcpFlowKey{src: seg.src, dst: seg.dst},
-		guestMAC: guestMAC,
-		irs:      seg.seq,
-		rcvNxt:   seg.seq + 1,
-		iss:      iss,
-		sndUna:   iss,
-		sndNxt:   iss,
-		sndWnd:   uint32(seg.wnd),
-		mss:      max(min(mss, mtu-hdrs), 64),
-		ourMSS:   uint16(min(mtu-hdrs, 65535)),
-		rto:      fastRTOMin,
-		fd:       -1,
-	}
-	if seg.wscale >= 0 {
-		f.wsOK = true
-		f.sndShift = uint8(seg.wscale)
-	}
+	f := newOutboundFlow(t, seg, guestMAC)
 	t.mu.Lock()
 	if t.closed || t.flows[f.key] != nil {
 		t.mu.Unlock()
@@ -272,9 +237,9 @@ func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 	t.link.LearnGuestMAC(guestMAC)
 	t.stats.TCPFlows.Add(1)
 	f.done = d.Done
-	f.result = d.Result
+	f.hs.result = d.Result
 	f.mu.Lock()
-	f.connectLocked(&d)
+	f.hs.connect(&d)
 	f.mu.Unlock()
 	return true
 }

@@ -709,7 +709,7 @@ func TestTCPFastHostToGuest(t *testing.T) {
 	for {
 		flow := f.flow(g)
 		flow.mu.Lock()
-		size, chunks := flow.snd.size, len(flow.snd.chunks)
+		size, chunks := flow.snd.buf.size, len(flow.snd.buf.chunks)
 		flow.mu.Unlock()
 		if size == 0 && chunks == 0 {
 			break

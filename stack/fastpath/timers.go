@@ -6,108 +6,133 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A flow's timers: retransmission (with backoff, window probes, the
-// connect's deadline) and the delayed ACK that the event loop keeps.
+// A flow's retransmission timer: retransmission with backoff, window
+// probes, and the connect's deadline. (The delayed ACK is the receive
+// side's, on the event loop.)
 
-// Due sends a delayed ACK that no segment carried (request gen): the
-// loop's eventloop.Waiter.
-func (f *tcpFlow) Due(gen uint32) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed || !f.ackTimerOn || gen != f.ackGen {
-		return
-	}
-	f.ackTimerOn = false
-	if f.ackOwed > 0 {
-		f.sendAckLocked()
+// flowTimers is a flow's retransmission timer and its backoff. The timer
+// is lazy: on says it is wanted, for rtoAt; the runtime timer (running)
+// is not reset per segment but re-armed when it fires early, as a reset
+// can wake an idle thread out of Go's poller. Its methods run under the
+// flow's mu, but fire, the runtime timer's, which takes it.
+type flowTimers struct {
+	f       *tcpFlow
+	rto     time.Duration
+	retries int
+	timer   *time.Timer
+	on      bool
+	running bool
+	rtoAt   time.Time // when the timer is wanted
+	timerAt time.Time // when the runtime timer fires
+}
+
+// deadline bounds a connect: at its end, fire fails it.
+func (tm *flowTimers) deadline(at time.Time) {
+	tm.rtoAt = at
+	tm.restart()
+}
+
+// clearDeadline drops the connect's deadline: it has ended.
+func (tm *flowTimers) clearDeadline() {
+	tm.rtoAt = time.Time{}
+	tm.on = false
+}
+
+// alive says the container answered: its retries start afresh.
+func (tm *flowTimers) alive() { tm.retries = 0 }
+
+// acked says the container acknowledged new data: the backoff ends and
+// the timer restarts from now if something is still owed.
+func (tm *flowTimers) acked() {
+	tm.retries = 0
+	tm.rto = fastRTOMin
+	tm.restart()
+}
+
+// stop stops the runtime timer, at the flow's end.
+func (tm *flowTimers) stop() {
+	if tm.timer != nil {
+		tm.timer.Stop()
 	}
 }
 
-// Wanted says whether request gen of a delayed ACK still stands.
-func (f *tcpFlow) Wanted(gen uint32) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return !f.closed && f.ackTimerOn && gen == f.ackGen
-}
-
-// armLocked starts the timer if something waits on the container: an
+// arm starts the timer if something waits on the container: an
 // acknowledgment, or a window that closed with data to send.
-func (f *tcpFlow) armLocked() {
-	if !f.timerWantedLocked() {
-		f.timerOn = false // lazy: onTimer finds it off
+func (tm *flowTimers) arm() {
+	if !tm.wanted() {
+		tm.on = false // lazy: fire finds it off
 		return
 	}
-	if f.timerOn {
+	if tm.on {
 		return
 	}
-	f.restartTimerLocked()
+	tm.restart()
 }
 
-func (f *tcpFlow) timerWantedLocked() bool {
-	if f.state == fsConnecting {
-		return !f.rtoAt.IsZero() // the connect's deadline
+func (tm *flowTimers) wanted() bool {
+	if tm.f.connecting() {
+		return !tm.rtoAt.IsZero() // the connect's deadline
 	}
-	return f.sndNxt != f.sndUna || f.state == fsEstablished && f.sndWnd == 0
+	return tm.f.snd.waiting()
 }
 
-// restartTimerLocked (re)starts the timer from now if it is needed.
-func (f *tcpFlow) restartTimerLocked() {
-	if !f.timerWantedLocked() {
-		f.timerOn = false
+// restart (re)starts the timer from now if it is needed.
+func (tm *flowTimers) restart() {
+	if !tm.wanted() {
+		tm.on = false
 		return
 	}
-	f.timerOn = true
-	if f.state != fsConnecting {
-		f.rtoAt = time.Now().Add(f.rto)
+	tm.on = true
+	if !tm.f.connecting() {
+		tm.rtoAt = time.Now().Add(tm.rto)
 	}
-	if f.timerRunning && !f.rtoAt.Before(f.timerAt) {
+	if tm.running && !tm.rtoAt.Before(tm.timerAt) {
 		return // it fires early and re-arms for rtoAt
 	}
-	f.runTimerLocked()
+	tm.run()
 }
 
-// runTimerLocked schedules the runtime timer for rtoAt.
-func (f *tcpFlow) runTimerLocked() {
-	f.timerRunning = true
-	f.timerAt = f.rtoAt
-	d := time.Until(f.rtoAt)
-	if f.timer == nil {
-		f.timer = time.AfterFunc(d, f.onTimer)
+// run schedules the runtime timer for rtoAt.
+func (tm *flowTimers) run() {
+	tm.running = true
+	tm.timerAt = tm.rtoAt
+	d := time.Until(tm.rtoAt)
+	if tm.timer == nil {
+		tm.timer = time.AfterFunc(d, tm.fire)
 		return
 	}
-	f.timer.Reset(d)
+	tm.timer.Reset(d)
 }
 
-// onTimer retransmits or probes a closed window, with backoff, and gives
+// fire retransmits or probes a closed window, with backoff, and gives
 // up on a container that stays silent.
-func (f *tcpFlow) onTimer() {
+func (tm *flowTimers) fire() {
+	f := tm.f
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.timerRunning = false
-	if f.closed || !f.timerOn {
+	tm.running = false
+	if f.isClosed() || !tm.on {
 		return
 	}
-	if time.Until(f.rtoAt) > 0 {
-		f.runTimerLocked() // early: the deadline moved on
+	if time.Until(tm.rtoAt) > 0 {
+		tm.run() // early: the deadline moved on
 		return
 	}
-	if f.state == fsConnecting {
-		f.connectFailedLocked(unix.ETIMEDOUT)
+	if f.connecting() {
+		f.hs.connectFailed(unix.ETIMEDOUT)
 		return
 	}
-	f.timerOn = false
-	f.retries++
-	if f.retries > fastRetries {
+	tm.on = false
+	tm.retries++
+	if tm.retries > fastRetries {
 		f.closeLocked(true, true)
 		return
 	}
-	if f.sndNxt != f.sndUna {
+	if f.snd.unacked() {
 		f.retransmitLocked()
 	} else {
-		// A window probe: an old sequence number gets an ACK with
-		// the current window.
-		f.sendLocked(flagACK, f.sndUna-1, nil, 0)
+		f.snd.probe()
 	}
-	f.rto = min(2*f.rto, fastRTOMax)
-	f.restartTimerLocked()
+	tm.rto = min(2*tm.rto, fastRTOMax)
+	tm.restart()
 }

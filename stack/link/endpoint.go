@@ -29,24 +29,21 @@ import (
 const MaxFrame = VnetHdrSize + header.EthernetMinimumSize + 65535
 
 // Endpoint is a gVisor link endpoint on a TAP fd: Ethernet frames in
-// and out, one read or writev per frame.
+// and out, one read or writev per frame. It composes the TAP fd (tap.go),
+// its read loop (tapReader, rx.go), the stack's writes (tx.go), the
+// Ethernet and offload answers gVisor asks for (ethernet, offload), and
+// keeps the link's life: attach, dispatch to the stack, close.
 //
 // It replaces gVisor's fdbased, whose readv dispatcher in this snapshot
 // stops for good on the first frame addressed to another MAC.
 type Endpoint struct {
-	// fd is the TAP, out of Go's poller; fdMu is held shared by each
-	// write and taken by Close to close fd, so no write meets a reused
-	// number.
-	fd   int
-	fdMu sync.RWMutex
+	ethernet
+	offload
+	guestAddr
+
+	tap tapFD
 	// poll waits for the TAP (and the fast path's host sockets).
 	poll *eventloop.Loop
-	mac  tcpip.LinkAddress
-
-	mtu atomic.Uint32
-	// guestMAC is the source of the last unicast frame from the
-	// container: where frames that bypass the stack are sent.
-	guestMAC atomic.Pointer[tcpip.LinkAddress]
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -57,26 +54,13 @@ type Endpoint struct {
 	onReadError func(error)
 	// owns says which addresses the stack may claim in ARP replies and
 	// neighbour advertisements.
-	owns func(tcpip.Address) bool
-	// onRouterSolicit is called (on the read loop: it must not block)
-	// when the container asks for router advertisements.
-	onRouterSolicit func()
-	// vnet: every frame carries a virtio-net header (IFF_VNET_HDR), and
-	// TCP goes both ways as 64 KiB super-frames.
-	vnet   bool
+	owns   ownsFunc
 	closed atomic.Bool
-	// icpt is offered every frame read before the stack (SetInterceptor).
-	icpt Interceptor
-
-	// txq carries outbound packets to the writer goroutine, so that no
-	// stack goroutine makes the TAP syscall while it holds an endpoint
-	// lock (see WritePackets). done ends the writer.
-	txq      chan *stack.PacketBuffer
-	done     chan struct{}
-	doneOnce sync.Once
 
 	// rx is the read loop's state between the loop's calls.
-	rx tapRx
+	rx tapReader
+	// synAcks carries the stack's SYN-ACKs to the writer goroutine.
+	synAcks synAckQueue
 
 	stats Stats
 }
@@ -113,72 +97,26 @@ func New(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(erro
 		unix.Close(fd)
 		return nil, err
 	}
-	e := &Endpoint{fd: fd, poll: p, mac: mac, onReadError: onReadError, owns: owns,
-		txq: make(chan *stack.PacketBuffer, txQueueLen), done: make(chan struct{})}
+	e := &Endpoint{tap: tapFD{fd: fd}, poll: p, onReadError: onReadError, owns: owns,
+		synAcks: newSynAckQueue()}
+	e.mac = mac
 	e.mtu.Store(mtu)
+	e.rx.e = e
 	return e, nil
 }
 
 // OnRouterSolicit sets the function told of router solicitations from
 // the container: gVisor is no router and would ignore them. Call it
 // before the NIC is created.
-func (e *Endpoint) OnRouterSolicit(fn func()) { e.onRouterSolicit = fn }
+func (e *Endpoint) OnRouterSolicit(fn func()) { e.rx.onRouterSolicit = fn }
 
 // SetInterceptor sets who is offered each inbound frame before the
 // stack. Call it before the NIC is created.
-func (e *Endpoint) SetInterceptor(i Interceptor) { e.icpt = i }
+func (e *Endpoint) SetInterceptor(i Interceptor) { e.rx.icpt = i }
 
 // Loop is the event loop that reads the TAP: the fast path's host
 // sockets and deadlines join it. Attach starts it and Close stops it.
 func (e *Endpoint) Loop() *eventloop.Loop { return e.poll }
-
-// EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
-// offloads set (tap.SetOffload). Call it before the NIC is created.
-func (e *Endpoint) EnableVnetHdr() { e.vnet = true }
-
-// VnetHdr says whether every frame carries a virtio-net header.
-func (e *Endpoint) VnetHdr() bool { return e.vnet }
-
-// GSOMaxSize implements stack.GSOEndpoint.
-func (e *Endpoint) GSOMaxSize() uint32 {
-	if e.vnet {
-		return gsoMaxSize
-	}
-	return 0
-}
-
-// SupportedGSO implements stack.GSOEndpoint: with virtio-net headers the
-// kernel segments and checksums what the stack sends.
-func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
-	if e.vnet {
-		return stack.HostGSOSupported
-	}
-	return stack.GSONotSupported
-}
-
-// MTU implements stack.LinkEndpoint.
-func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
-
-// SetMTU implements stack.LinkEndpoint.
-func (e *Endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
-
-// MaxHeaderLength implements stack.LinkEndpoint.
-func (e *Endpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
-
-// LinkAddress implements stack.LinkEndpoint.
-func (e *Endpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
-
-// SetLinkAddress implements stack.LinkEndpoint; the gateway MAC is fixed.
-func (e *Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
-
-// Capabilities implements stack.LinkEndpoint. The kernel checksums what it
-// hands a TAP without virtio headers, so received checksums need no check.
-func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
-	return stack.CapabilityRXChecksumOffload | stack.CapabilityResolutionRequired
-}
-
-// ARPHardwareType implements stack.LinkEndpoint.
-func (e *Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
 
 // Attach implements stack.LinkEndpoint: the read loop starts with the
 // first dispatcher.
@@ -190,7 +128,7 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 		e.started = true
 		// The loop waits in Go's poller unless the fast path asked
 		// for its own waits (eventloop.Loop.SetViaGo).
-		if err := e.poll.Add(e.fd, eventloop.Level, (*tapHandler)(e)); err != nil {
+		if err := e.poll.Add(e.tap.fd, eventloop.Level, &e.rx); err != nil {
 			// Only a closed endpoint or a broken epoll gets here.
 			if !e.closed.Load() && e.onReadError != nil {
 				e.onReadError(err)
@@ -201,7 +139,10 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 			defer e.wg.Done()
 			e.poll.Run()
 		}()
-		go e.writeLoop()
+		go func() {
+			defer e.wg.Done()
+			e.synAcks.run(e.writePacket)
+		}()
 	}
 }
 
@@ -220,7 +161,7 @@ func (e *Endpoint) Wait() { e.wg.Wait() }
 // run on the read loop.
 func (e *Endpoint) Close() {
 	if e.closed.CompareAndSwap(false, true) {
-		e.doneOnce.Do(func() { close(e.done) })
+		e.synAcks.close()
 		e.mu.RLock()
 		started := e.started
 		e.mu.RUnlock()
@@ -228,30 +169,7 @@ func (e *Endpoint) Close() {
 			e.poll.Stop()
 		}
 		e.rx.release()
-		e.fdMu.Lock()
-		unix.Close(e.fd)
-		e.fd = -1
-		e.fdMu.Unlock()
+		e.tap.close()
 		e.poll.Close()
 	}
-}
-
-// AddHeader implements stack.LinkEndpoint.
-func (e *Endpoint) AddHeader(pkt *stack.PacketBuffer) {
-	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
-	eth.Encode(&header.EthernetFields{
-		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
-		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
-		Type:    pkt.NetworkProtocolNumber,
-	})
-}
-
-// ParseHeader implements stack.LinkEndpoint.
-func (e *Endpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
-	hdr, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
-	if !ok {
-		return false
-	}
-	pkt.NetworkProtocolNumber = header.Ethernet(hdr).Type()
-	return true
 }

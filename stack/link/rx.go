@@ -2,14 +2,13 @@ package link
 
 import (
 	"io"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 // Receive buffers. A frame is read straight into gVisor chunks: its
@@ -37,40 +36,45 @@ const (
 // convert to uint).
 const _ = uint(rxHdrSize + rxHeadSize - (MaxFrame - VnetHdrSize))
 
-// tapRx is what the read loop keeps between the loop's calls: the
-// 64 KiB chunk the next frame's payload goes to, and the buffer its
-// headers go to. A frame becomes gVisor buffers only when the stack
-// takes it: the fast paths take most, and a view per frame was a pool
-// round trip and a clear each.
-type tapRx struct {
+// tapReader is the TAP's read loop, on the event loop (its Handler):
+// one frame per call, offered to the Interceptor, then checked and
+// handed to the stack. It keeps between the loop's calls the 64 KiB
+// chunk the next frame's payload goes to, and the buffer its headers go
+// to. A frame becomes gVisor buffers only when the stack takes it: the
+// fast paths take most, and a view per frame was a pool round trip and a
+// clear each.
+type tapReader struct {
+	e      *Endpoint
 	head   *buffer.View
 	hdr    [rxHdrSize]byte
 	vhdr   [VnetHdrSize]byte
 	iovs   [][]byte
 	failed bool
+
+	// icpt is offered every frame read before the stack (SetInterceptor).
+	icpt Interceptor
+	// onRouterSolicit is called (on the read loop: it must not block)
+	// when the container asks for router advertisements.
+	onRouterSolicit func()
 }
 
-func (r *tapRx) release() {
+func (r *tapReader) release() {
 	if r.head != nil {
 		r.head.Release()
 		r.head = nil
 	}
 }
 
-// tapHandler is the endpoint as the TAP's handler on the loop, which
-// keeps OnPoll out of the endpoint's methods.
-type tapHandler Endpoint
-
 // OnPoll reads one frame per call, the TAP being level-triggered.
-func (h *tapHandler) OnPoll(uint32) {
-	e := (*Endpoint)(h)
-	if !e.rx.failed {
-		e.readFrame(&e.rx)
+func (r *tapReader) OnPoll(uint32) {
+	if !r.failed {
+		r.readFrame()
 	}
 }
 
 // readFrame reads and delivers one frame, if the TAP has one.
-func (e *Endpoint) readFrame(r *tapRx) {
+func (r *tapReader) readFrame() {
+	e := r.e
 	if r.head == nil {
 		r.head = buffer.NewViewSize(rxHeadSize)
 	}
@@ -80,10 +84,7 @@ func (e *Endpoint) readFrame(r *tapRx) {
 	}
 	iovs = append(iovs, r.hdr[:], r.head.AsSlice())
 	r.iovs = iovs
-	n, err := eventloop.Readv(e.fd, iovs)
-	for err == unix.EINTR {
-		n, err = eventloop.Readv(e.fd, iovs)
-	}
+	n, err := e.tap.readv(iovs)
 	if err == nil && n == 0 {
 		err = io.EOF
 	}
@@ -92,7 +93,7 @@ func (e *Endpoint) readFrame(r *tapRx) {
 			return
 		}
 		r.failed = true
-		e.poll.Remove(e.fd)
+		e.poll.Remove(e.tap.fd)
 		if !e.closed.Load() && e.onReadError != nil {
 			e.onReadError(err)
 			e.poll.HandOff()
@@ -115,12 +116,12 @@ func (e *Endpoint) readFrame(r *tapRx) {
 	} else {
 		hdr = hdr[:n]
 	}
-	if e.icpt != nil && e.icpt.Intercept(hdr, rest) {
+	if r.icpt != nil && r.icpt.Intercept(hdr, rest) {
 		return
 	}
 	frame := buffer.MakeWithView(buffer.NewViewWithData(hdr))
 	if n <= rxHdrSize {
-		e.deliver(frame)
+		r.deliver(frame)
 		return
 	}
 	if n < rxCopyBelow {
@@ -130,13 +131,14 @@ func (e *Endpoint) readFrame(r *tapRx) {
 		frame.Append(r.head)
 		r.head = nil
 	}
-	e.deliver(frame)
+	r.deliver(frame)
 }
 
 // deliver hands one frame to the stack, which takes it over. Frames for
 // other unicast MACs are dropped here: the container may still talk to a
 // neighbour it knew.
-func (e *Endpoint) deliver(frame buffer.Buffer) {
+func (r *tapReader) deliver(frame buffer.Buffer) {
+	e := r.e
 	// Every check below looks only at headers, which lie in the first
 	// view (small frames are one view; large ones start with 64 KiB).
 	hdr := firstView(&frame)
@@ -153,21 +155,37 @@ func (e *Endpoint) deliver(frame buffer.Buffer) {
 		return
 	}
 	e.LearnGuestMAC(eth.SourceAddress())
-	if e.onRouterSolicit != nil && isRouterSolicit(hdr) {
-		e.onRouterSolicit()
+	if r.onRouterSolicit != nil && isRouterSolicit(hdr) {
+		r.onRouterSolicit()
 		e.poll.HandOff()
 	}
 	e.dispatch(frame)
 }
 
+// guestAddr is the container's MAC: the source of the last unicast frame
+// from it, where frames that bypass the stack are sent. Endpoint embeds
+// it.
+type guestAddr struct {
+	guestMAC atomic.Pointer[tcpip.LinkAddress]
+}
+
 // LearnGuestMAC remembers src, a frame's source, as the container's MAC
 // (the fast path tells it of the frames it takes).
-func (e *Endpoint) LearnGuestMAC(src tcpip.LinkAddress) {
+func (g *guestAddr) LearnGuestMAC(src tcpip.LinkAddress) {
 	if header.IsValidUnicastEthernetAddress(src) {
-		if p := e.guestMAC.Load(); p == nil || *p != src {
-			e.guestMAC.Store(&src)
+		if p := g.guestMAC.Load(); p == nil || *p != src {
+			g.guestMAC.Store(&src)
 		}
 	}
+}
+
+// GuestMAC returns the container's MAC once a frame from it was seen.
+func (g *guestAddr) GuestMAC() (tcpip.LinkAddress, bool) {
+	p := g.guestMAC.Load()
+	if p == nil {
+		return "", false
+	}
+	return *p, true
 }
 
 // firstView is the start of b without copying.
@@ -208,9 +226,6 @@ func (e *Endpoint) dispatch(frame buffer.Buffer) {
 	}
 	d.DeliverNetworkPacket(pkt.NetworkProtocolNumber, pkt)
 }
-
-// SetOnCloseAction implements stack.LinkEndpoint; the TAP needs no action.
-func (e *Endpoint) SetOnCloseAction(func()) {}
 
 // isRouterSolicit spots an ICMPv6 router solicitation (no extension
 // headers, as hosts send them).

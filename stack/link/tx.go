@@ -3,13 +3,11 @@ package link
 import (
 	"errors"
 	"os"
+	"sync"
 
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 // txQueueLen bounds the SYN-ACKs waiting for the writer goroutine.
@@ -25,20 +23,16 @@ const txQueueLen = 256
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		if e.isForeignClaim(pkt) {
+		if e.owns.foreignClaim(pkt) {
 			n++
 			continue
 		}
 		if isSynAck(pkt) {
-			pkt.IncRef()
-			select {
-			case e.txq <- pkt:
-				n++
-				continue
-			case <-e.done:
-				pkt.DecRef()
+			if !e.synAcks.push(pkt) {
 				return n, &tcpip.ErrClosedForSend{}
 			}
+			n++
+			continue
 		}
 		if err := e.writePacket(pkt); err != nil {
 			if errors.Is(err, os.ErrClosed) {
@@ -62,18 +56,43 @@ func isSynAck(pkt *stack.PacketBuffer) bool {
 	return len(t) >= header.TCPMinimumSize && t.Flags()&synAck == synAck
 }
 
-// writeLoop writes the queued SYN-ACKs until Close.
-func (e *Endpoint) writeLoop() {
-	defer e.wg.Done()
+// synAckQueue carries the stack's SYN-ACKs to a writer goroutine of
+// their own, so that no stack goroutine makes the TAP syscall while it
+// holds an endpoint lock (see WritePackets).
+type synAckQueue struct {
+	q    chan *stack.PacketBuffer
+	done chan struct{} // closed by close: the writer ends
+	once sync.Once
+}
+
+func newSynAckQueue() synAckQueue {
+	return synAckQueue{q: make(chan *stack.PacketBuffer, txQueueLen), done: make(chan struct{})}
+}
+
+// push queues pkt, with a reference of its own; false: the queue is
+// closed and pkt was not queued.
+func (s *synAckQueue) push(pkt *stack.PacketBuffer) bool {
+	pkt.IncRef()
+	select {
+	case s.q <- pkt:
+		return true
+	case <-s.done:
+		pkt.DecRef()
+		return false
+	}
+}
+
+// run writes the queued SYN-ACKs with write until close.
+func (s *synAckQueue) run(write func(*stack.PacketBuffer) error) {
 	for {
 		select {
-		case pkt := <-e.txq:
-			e.writePacket(pkt)
+		case pkt := <-s.q:
+			write(pkt)
 			pkt.DecRef()
-		case <-e.done:
+		case <-s.done:
 			for {
 				select {
-				case pkt := <-e.txq:
+				case pkt := <-s.q:
 					pkt.DecRef()
 				default:
 					return
@@ -82,6 +101,9 @@ func (e *Endpoint) writeLoop() {
 		}
 	}
 }
+
+// close ends the writer, which drops what is still queued.
+func (s *synAckQueue) close() { s.once.Do(func() { close(s.done) }) }
 
 // writePacket writes one packet to the TAP.
 func (e *Endpoint) writePacket(pkt *stack.PacketBuffer) error {
@@ -92,7 +114,7 @@ func (e *Endpoint) writePacket(pkt *stack.PacketBuffer) error {
 		h.Encode(hdr[:])
 		iovs = append([][]byte{hdr[:]}, iovs...)
 	}
-	if err := e.writev(iovs); err != nil {
+	if err := e.tap.writev(iovs); err != nil {
 		e.stats.TxErrors.Add(1)
 		return err
 	}
@@ -100,14 +122,18 @@ func (e *Endpoint) writePacket(pkt *stack.PacketBuffer) error {
 	return nil
 }
 
-// isForeignClaim reports an ARP reply or neighbour advertisement for an
+// ownsFunc says which addresses the stack may claim in ARP replies and
+// neighbour advertisements; nil: all.
+type ownsFunc func(tcpip.Address) bool
+
+// foreignClaim reports an ARP reply or neighbour advertisement for an
 // address the stack does not own. With spoofing and promiscuous mode on,
 // gVisor may claim any address (its neighbour code checks targets with
 // temporary addresses allowed; for ARP this answered the container's own
 // conflict probes); only the gateway, DNS and link-local addresses are
 // really here.
-func (e *Endpoint) isForeignClaim(pkt *stack.PacketBuffer) bool {
-	if e.owns == nil {
+func (owns ownsFunc) foreignClaim(pkt *stack.PacketBuffer) bool {
+	if owns == nil {
 		return false
 	}
 	switch pkt.NetworkProtocolNumber {
@@ -116,7 +142,7 @@ func (e *Endpoint) isForeignClaim(pkt *stack.PacketBuffer) bool {
 		if !arp.IsValid() || arp.Op() != header.ARPReply {
 			return false
 		}
-		return !e.owns(tcpip.AddrFrom4Slice(arp.ProtocolAddressSender()))
+		return !owns(tcpip.AddrFrom4Slice(arp.ProtocolAddressSender()))
 	case header.IPv6ProtocolNumber:
 		ip := header.IPv6(pkt.NetworkHeader().Slice())
 		if len(ip) < header.IPv6MinimumSize || ip.TransportProtocol() != header.ICMPv6ProtocolNumber {
@@ -130,7 +156,7 @@ func (e *Endpoint) isForeignClaim(pkt *stack.PacketBuffer) bool {
 			return false
 		}
 		na := header.NDPNeighborAdvert(icmp.MessageBody())
-		return !e.owns(na.TargetAddress())
+		return !owns(na.TargetAddress())
 	}
 	return false
 }
@@ -140,18 +166,9 @@ func (e *Endpoint) isForeignClaim(pkt *stack.PacketBuffer) bool {
 func (e *Endpoint) WriteFrame(frame []byte) error {
 	if e.vnet {
 		var none [VnetHdrSize]byte
-		return e.writev([][]byte{none[:], frame})
+		return e.tap.writev([][]byte{none[:], frame})
 	}
-	return e.writev([][]byte{frame})
-}
-
-// GuestMAC returns the container's MAC once a frame from it was seen.
-func (e *Endpoint) GuestMAC() (tcpip.LinkAddress, bool) {
-	p := e.guestMAC.Load()
-	if p == nil {
-		return "", false
-	}
-	return *p, true
+	return e.tap.writev([][]byte{frame})
 }
 
 // Stats returns the endpoint's counters.
@@ -160,31 +177,12 @@ func (e *Endpoint) Stats() *Stats { return &e.stats }
 // WritePieces sends one frame to the container, bypassing the stack,
 // from pieces: its virtio-net header first when VnetHdr, then the
 // Ethernet frame (the fast path's segments and datagrams). It is
-// counted in Stats; a full TAP drops it (see writev).
+// counted in Stats; a full TAP drops it (see tapFD.writev).
 func (e *Endpoint) WritePieces(pieces [][]byte) error {
-	if err := e.writev(pieces); err != nil {
+	if err := e.tap.writev(pieces); err != nil {
 		e.stats.TxErrors.Add(1)
 		return err
 	}
 	e.stats.TxFrames.Add(1)
 	return nil
-}
-
-// writev writes one frame, or fails at once with EAGAIN when the TAP
-// cannot take it: the frame is then dropped, as a NIC drops on a full
-// queue. Waiting instead would stall the stack's writer, and with it every
-// flow, behind a container that does not read; TCP retransmits what is
-// lost.
-func (e *Endpoint) writev(iovs [][]byte) error {
-	e.fdMu.RLock()
-	defer e.fdMu.RUnlock()
-	if e.fd < 0 {
-		return os.ErrClosed
-	}
-	for {
-		_, err := eventloop.Writev(e.fd, iovs)
-		if err != unix.EINTR {
-			return err // EAGAIN too: never wait for writability
-		}
-	}
 }

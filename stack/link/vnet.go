@@ -73,3 +73,36 @@ func vnetHdrFor(pkt *stack.PacketBuffer) VnetHeader {
 	}
 	return h
 }
+
+// offload says whether the TAP's frames carry a virtio-net header, and
+// tells gVisor what follows for GSO. Endpoint embeds it.
+type offload struct {
+	// vnet: every frame carries a virtio-net header (IFF_VNET_HDR), and
+	// TCP goes both ways as 64 KiB super-frames. Set before the NIC is
+	// created, read only then.
+	vnet bool
+}
+
+// EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
+// offloads set (tap.SetOffload). Call it before the NIC is created.
+func (o *offload) EnableVnetHdr() { o.vnet = true }
+
+// VnetHdr says whether every frame carries a virtio-net header.
+func (o *offload) VnetHdr() bool { return o.vnet }
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (o *offload) GSOMaxSize() uint32 {
+	if o.vnet {
+		return gsoMaxSize
+	}
+	return 0
+}
+
+// SupportedGSO implements stack.GSOEndpoint: with virtio-net headers the
+// kernel segments and checksums what the stack sends.
+func (o *offload) SupportedGSO() stack.SupportedGSO {
+	if o.vnet {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
+}
