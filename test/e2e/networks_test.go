@@ -404,6 +404,7 @@ func (s *server) connectEventually(t *testing.T, target, wantIP string, d time.D
 type netStatus struct {
 	Name    string `json:"name"`
 	Subnet  string `json:"subnet"`
+	Subnet6 string `json:"subnet6"`
 	Gateway string `json:"gateway"`
 	DNS     string `json:"dns"`
 	Running bool   `json:"running"`
@@ -881,5 +882,47 @@ func TestNetworkMemberAutoPorts(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Errorf("after the member ended: %v", err)
+	}
+}
+
+// TestNetworkIPv6: with -6, members reach each other over IPv6 by
+// address and by name (AAAA), and the world through the network's NAT
+// over IPv6, the host's ::1 included through the gateway.
+func TestNetworkIPv6(t *testing.T) {
+	e := newEnv(t, world.Nobody)
+	ne := newNetEnv(t, e)
+	echo6 := e.w.TCPEcho(t, "["+world.UplinkV6+"]:0")
+	lo6 := e.w.TCPEcho(t, "[::1]:0")
+	ne.mustRN("network", "create", "n6", "-6", "--resolv-conf", e.w.ResolvConf())
+	a := ne.startServer(t, "--network", "n6", "--name", "a")
+	b := ne.startServer(t, "--network", "n6", "--name", "b")
+	st := ne.waitMember("n6", "b")
+	var a6, b6 string
+	for _, m := range st.Members {
+		switch m.Name {
+		case "a":
+			a6 = m.Address6
+		case "b":
+			b6 = m.Address6
+		}
+	}
+	if !strings.HasPrefix(a6, "fd89:") || !strings.HasPrefix(b6, "fd89:") {
+		t.Fatalf("members' IPv6 addresses: %+v", st.Members)
+	}
+	a.connect(t, b6, b6)
+	b.connect(t, a6, a6)
+	// By name, AAAA: the client resolves b to both families and dials
+	// the first; the DNS answer itself is checked here.
+	if r := ne.member([]string{"--network", "n6"}, "net-lookup", "b"); !strings.Contains(r.stdout, b6) {
+		t.Errorf("b's AAAA: %s%s", r.stdout, r.stderr)
+	}
+	gw6 := strings.TrimSuffix(st.Subnet6, "/64") + "1"
+	for _, c := range []struct{ what, addr string }{
+		{"the world", echo6.String()},
+		{"the host's ::1 through the gateway", fmt.Sprintf("[%s]:%d", gw6, lo6.Port())},
+	} {
+		if r := ne.member([]string{"--network", "n6"}, "tcp-echo", c.addr, fmt.Sprint(4<<20)); r.status != 0 || !strings.Contains(r.stdout, "OK") {
+			t.Errorf("member -> %s over IPv6: %d\n%s%s", c.what, r.status, r.stdout, r.stderr)
+		}
 	}
 }
