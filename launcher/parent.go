@@ -35,7 +35,7 @@ func Launch(req SetupRequest) (*Container, *os.File, []string, error) {
 	f, diag, warnings, err := requestTap(child, req)
 	if err != nil {
 		c.kill()
-		return nil, nil, nil, err
+		return nil, nil, nil, c.stoppedOr(err)
 	}
 	c.sockDiag = diag
 	return c, f, warnings, nil
@@ -62,11 +62,8 @@ func LaunchMember(userNS *os.File, plug func(netns *os.File) error, req SetupReq
 	}
 	c := &Container{child: child}
 	fail := func(err error) (*Container, []string, error) {
-		if s := child.Stderr(); s != "" && userns.IsClosed(err) {
-			err = errors.New(s)
-		}
 		c.kill()
-		return nil, nil, err
+		return nil, nil, c.stoppedOr(err)
 	}
 	if err := child.Conn.Send(req); err != nil {
 		return fail(fmt.Errorf("talking to the namespace helper: %w", err))
@@ -167,6 +164,33 @@ func (c *Container) kill() {
 	c.child.Conn.Close()
 	c.child.Cmd.Process.Kill()
 	c.child.Cmd.Wait()
+}
+
+// StoppedError is a start that failed because a stop signal (SIGINT,
+// SIGTERM, SIGHUP) killed the namespace helper before it could catch
+// signals: a terminal's Ctrl-C or timeout(1) signalling the process
+// group, which the caller reports as the stop it is, not as a failure.
+type StoppedError struct {
+	Signal syscall.Signal
+	Err    error
+}
+
+func (e *StoppedError) Error() string { return e.Err.Error() }
+
+// stoppedOr returns err as a StoppedError when the helper, now reaped,
+// died of a stop signal.
+func (c *Container) stoppedOr(err error) error {
+	ps := c.child.Cmd.ProcessState
+	if ps == nil {
+		return err
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		switch sig := ws.Signal(); sig {
+		case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP:
+			return &StoppedError{Signal: sig, Err: err}
+		}
+	}
+	return err
 }
 
 // Attach has a child join netns (and userns, when not nil) and open the

@@ -273,6 +273,13 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 		cfg := d.cfg
 		info := m.info
 		return Reply{Network: &cfg, Member: &info}, []*os.File{userNS}
+	case "leave":
+		if m == nil {
+			return fail("leave: not a member")
+		}
+		d.leave(m)
+		*mp = nil
+		return Reply{Left: true}, nil
 	case "plug":
 		if m == nil {
 			return fail("plug: join first")

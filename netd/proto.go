@@ -18,6 +18,8 @@ import (
 //   - "publish": (a member) publish Ports to the member's address.
 //   - "auto": (a member) publish what the member serves, as Autos (-p
 //     auto) say, listing its sockets with the attached sock_diag socket.
+//   - "leave": (a member) leave now, and say so once all is released,
+//     so that the same name can join again at once.
 //   - "peer-add", "peer-rm": add or remove an overlay's VTEP (Peer).
 //   - "stop": end the network; refused while members run, unless Force,
 //     which stops them.
@@ -40,6 +42,9 @@ type Reply struct {
 	Members []MemberInfo `json:"members,omitempty"`
 	Member  *MemberInfo  `json:"member,omitempty"`
 	Stop    bool         `json:"stop,omitempty"`
+	// Left answers "leave": the member's name, address and ports are
+	// free.
+	Left bool `json:"left,omitempty"`
 	// Pid is the network's process (inspect).
 	Pid int `json:"pid,omitempty"`
 	// Overlay is the tunnel's state (inspect, an overlay network).

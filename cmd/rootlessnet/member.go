@@ -280,13 +280,18 @@ func attachMember(o *attachOptions, log *slog.Logger) error {
 
 // watchMembership reads what the network sends a member (a stop, from
 // rm -f) until the connection ends, which closes the channel: the
-// network's process is gone. leave ends the membership and the watch.
+// network's process is gone. leave ends the membership, waiting (bounded)
+// until the network has released the member's name, address and ports,
+// so that a run right after this one may take them again; then it ends
+// the watch.
 func watchMembership(conn *userns.Conn) (msgs <-chan netd.Reply, leave func()) {
 	ch := make(chan netd.Reply, 1)
+	left, gone := make(chan struct{}), make(chan struct{})
 	var watch sync.WaitGroup
 	watch.Add(1)
 	go func() {
 		defer watch.Done()
+		defer close(gone)
 		defer close(ch)
 		for {
 			var r netd.Reply
@@ -296,11 +301,28 @@ func watchMembership(conn *userns.Conn) (msgs <-chan netd.Reply, leave func()) {
 				}
 				continue
 			}
-			ch <- r
+			if r.Left {
+				close(left)
+				continue
+			}
+			select {
+			case ch <- r:
+			default: // a stop already waits: one is enough
+			}
 		}
 	}()
 	return ch, func() {
+		if conn.Send(netd.Request{Op: "leave"}) == nil {
+			select {
+			case <-left:
+			case <-gone: // the network's process is gone: nothing to wait for
+			case <-time.After(leaveTimeout):
+			}
+		}
 		conn.Close()
 		watch.Wait()
 	}
 }
+
+// leaveTimeout bounds the wait for the network to release a member.
+const leaveTimeout = 5 * time.Second

@@ -177,8 +177,14 @@ func stopAsked(sigs <-chan os.Signal) func(err error) (int, error) {
 		case sig := <-sigs:
 			return 128 + int(sig.(syscall.Signal)), nil
 		default:
-			return 0, err
 		}
+		// The helper got the group's signal before it could catch it;
+		// ours may still be on its way to sigs.
+		var se *launcher.StoppedError
+		if errors.As(err, &se) {
+			return 128 + int(se.Signal), nil
+		}
+		return 0, err
 	}
 }
 
