@@ -32,7 +32,7 @@ type Config struct {
 	// MTU is the bridge port's: frames are at most MTU+14 bytes
 	// (65520 if 0).
 	MTU int
-	Log    *slog.Logger
+	Log *slog.Logger
 }
 
 // Stats counts what a tunnel carried and dropped.
@@ -144,9 +144,6 @@ func (t *Tunnel) Close() {
 	})
 	t.wg.Wait()
 }
-
-// maxFrame is the largest frame a bridge port gives (MTU 65520).
-const maxFrame = 65536 + 14
 
 // socketBuffer is the UDP socket's asked-for buffer size.
 const socketBuffer = 4 << 20
