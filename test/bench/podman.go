@@ -21,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/rootlessnet/rootlessnet/test/userprocs"
 )
 
 const (
@@ -337,37 +339,4 @@ func (p *podBench) close() {
 
 // procs are the user's processes whose environment names this
 // XDG_RUNTIME_DIR, and the user's others in their user namespaces.
-func (p *podBench) procs() []int {
-	marker := []byte("XDG_RUNTIME_DIR=" + p.run + "\x00")
-	userns := map[string]bool{}
-	var ours, others []int
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		fi, err := os.Stat(filepath.Join("/proc", ent.Name()))
-		if err != nil || fi.Sys().(*syscall.Stat_t).Uid != p.cred.Uid {
-			continue
-		}
-		env, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "environ"))
-		if bytes.Contains(env, marker) {
-			ours = append(ours, pid)
-			if ns, err := os.Readlink(filepath.Join("/proc", ent.Name(), "ns", "user")); err == nil {
-				userns[ns] = true
-			}
-		} else {
-			others = append(others, pid)
-		}
-	}
-	if initNS, err := os.Readlink("/proc/self/ns/user"); err == nil {
-		delete(userns, initNS)
-	}
-	for _, pid := range others {
-		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid)); err == nil && userns[ns] {
-			ours = append(ours, pid)
-		}
-	}
-	return ours
-}
+func (p *podBench) procs() []int { return userprocs.Of(p.cred.Uid, p.run) }

@@ -33,6 +33,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rootlessnet/rootlessnet/test/userprocs"
 	"github.com/rootlessnet/rootlessnet/test/world"
 )
 
@@ -220,42 +221,7 @@ func (l *launcher) must(timeout time.Duration, name string, args ...string) stri
 // environment names this run's XDG_RUNTIME_DIR (the launcher's daemons,
 // rootlessnet), and every other process of the user in one of their user
 // namespaces other than the initial one (the containers).
-func (l *launcher) procs() []int {
-	marker := []byte("XDG_RUNTIME_DIR=" + l.run + "\x00")
-	userns := map[string]bool{}
-	var ours, others []int
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		fi, err := os.Stat(filepath.Join("/proc", ent.Name()))
-		if err != nil || fi.Sys().(*syscall.Stat_t).Uid != l.cred.Uid {
-			continue
-		}
-		env, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "environ"))
-		if bytes.Contains(env, marker) {
-			ours = append(ours, pid)
-			if ns, err := os.Readlink(filepath.Join("/proc", ent.Name(), "ns", "user")); err == nil {
-				userns[ns] = true
-			}
-		} else {
-			others = append(others, pid)
-		}
-	}
-	// Processes of the user in the initial user namespace are not ours
-	// for sharing it (another run's, perhaps).
-	if initNS, err := os.Readlink("/proc/self/ns/user"); err == nil {
-		delete(userns, initNS)
-	}
-	for _, pid := range others {
-		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid)); err == nil && userns[ns] {
-			ours = append(ours, pid)
-		}
-	}
-	return ours
-}
+func (l *launcher) procs() []int { return userprocs.Of(l.cred.Uid, l.run) }
 
 // sweep kills what the run left running and waits (bounded) for it to
 // be gone.
