@@ -488,10 +488,7 @@ func runNetworks(cfg *config, bin string, runs int, addCleanup func(func())) str
 		tools += ", " + firstLine(out)
 	}
 	desc := fmt.Sprintf("Machine: %s. Tools: %s.", machine(), tools)
-	steps := []struct {
-		name string
-		f    func()
-	}{
+	steps := []benchStep{
 		{"loopback", nb.measureLoopback},
 		{"network MTU 65520", func() { nb.measureNetwork(65520) }},
 		{"network MTU 1500", func() { nb.measureNetwork(1500) }},
@@ -501,6 +498,19 @@ func runNetworks(cfg *config, bin string, runs int, addCleanup func(func())) str
 		{"podman", pod.measure},
 	}
 	start := time.Now()
+	interleave(runs, steps)
+	return renderNetworks(nb.rec, cfg, runs, desc, pod.note(), time.Since(start))
+}
+
+// benchStep is one measurement of a mode's round.
+type benchStep struct {
+	name string
+	f    func()
+}
+
+// interleave runs every step runs times, each round starting with another
+// step, until a signal stops the bench.
+func interleave(runs int, steps []benchStep) {
 	for r := 0; r < runs; r++ {
 		for i := range steps {
 			if stopping.Load() {
@@ -514,7 +524,6 @@ func runNetworks(cfg *config, bin string, runs int, addCleanup func(func())) str
 			}
 		}
 	}
-	return renderNetworks(nb.rec, cfg, runs, desc, pod.note(), time.Since(start))
 }
 
 func renderNetworks(rec *recorder, cfg *config, runs int, desc, podNote string, elapsed time.Duration) string {

@@ -492,28 +492,13 @@ func runOverlay(cfg *config, bin string, runs int, addCleanup func(func())) (str
 		load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	desc := fmt.Sprintf("Machine: %s; load average at the start %s. Tools: %s.", machine(), load, versions(bin))
-	steps := []struct {
-		name string
-		f    func()
-	}{
+	steps := []benchStep{
 		{"rootlessnet overlay", ob.measureOverlay},
 		{"kernel vxlan", ob.measureKernel},
 		{"underlay", ob.measureUnderlay},
 	}
 	start := time.Now()
-	for r := 0; r < runs; r++ {
-		for i := range steps {
-			if stopping.Load() {
-				select {} // the signal handler exits
-			}
-			s := steps[(i+r)%len(steps)]
-			t0 := time.Now()
-			s.f()
-			if verbose {
-				fmt.Fprintf(os.Stderr, "bench: run %d/%d, %s: %.1f s\n", r+1, runs, s.name, time.Since(t0).Seconds())
-			}
-		}
-	}
+	interleave(runs, steps)
 	return renderOverlay(ob.rec, cfg, runs, desc, time.Since(start)), nil
 }
 
