@@ -48,9 +48,12 @@ func runCommand(args []string) (int, error) {
 	if mo.name != "" || mo.ip != "" {
 		return 0, usageError{errors.New("run: --name and --ip need --network")}
 	}
+	trace := newStartTrace(log)
 	if err := sandboxStart(fs, &so, log); err != nil {
 		return 0, err
 	}
+	trace.forget()
+	trace.phase("program") // the runtime's start, the flags, the sandbox's re-execution
 
 	// Signals are caught before the command exists, so none is lost.
 	sigs := make(chan os.Signal, 4)
@@ -98,6 +101,7 @@ func runCommand(args []string) (int, error) {
 	if err != nil {
 		return stopped(err)
 	}
+	trace.phase("namespaces-tap")
 	if req.ResolvConf != "" {
 		// The child's bind mount holds the file; the sandbox would hide
 		// the directory from the deferred removal.
@@ -121,18 +125,26 @@ func runCommand(args []string) (int, error) {
 			return stopped(fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err))
 		}
 	}
+	trace.phase("dialer")
 	n, stop, err := startNetwork(&o, log, tapFile, true, dialer, sockDiag)
 	if err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()
 		return stopped(err)
 	}
+	trace.phase("network")
 	if stop, _, err = confine(&so, &o, log, stop, ""); err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()
 		return stopped(err)
 	}
-	defer stop()
+	defer func() {
+		// Most of it is the kernel's: closing the TAP's queue waits for
+		// an RCU grace period (synchronize_net in tun's detach).
+		t := time.Now()
+		stop()
+		log.Debug("shut down", "took", time.Since(t).Round(10*time.Microsecond))
+	}()
 	if status, _ := stopped(nil); status != 0 {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()
@@ -144,6 +156,8 @@ func runCommand(args []string) (int, error) {
 		c.Wait()
 		return 0, err
 	}
+	trace.phase("confine-exec")
+	trace.done()
 	log.Debug("command started", "pid", c.Pid(), "address", o.addressing.GuestPrefix(), "gateway", o.addressing.Gateway, "dns", o.addressing.DNS)
 
 	exited := make(chan int, 1)

@@ -116,6 +116,7 @@ func main() {
 	only := flag.String("figures", "", "measure only these figures (comma-separated ids: tcp-out-65520, pub-in, udp-out, lat-p50, connrate, rss-idle, ...)")
 	profile := flag.String("profile", "", "directory for pprof CPU and allocation profiles of every rootlessnet session (RLN_CPUPROFILE, RLN_MEMPROFILE)")
 	networks := flag.Bool("networks", false, "measure rootless networks instead (issue 17: member to member, outbound, published ports, 50 members; against loopback, rootlessnet run and podman's bridge)")
+	startup := flag.Bool("startup", false, "measure start-up instead (issue 18): the wall time of rootlessnet run -- true with and without confinement, pasta --config-net -- true, unshare -Urn plus slirp4netns until its ready fd, and the --netns form until it serves; with run's phases")
 	overlay := flag.Bool("overlay", false, "measure a network across two hosts over VXLAN instead (issue 19: two namespaces joined by a veth; rootlessnet's overlay against the kernel's vxlan and the veth; needs root)")
 	flag.BoolVar(&verbose, "v", false, "report progress and timings on stderr")
 	flag.Parse()
@@ -196,6 +197,16 @@ func main() {
 	cleanups = append(cleanups, func() { srv.stop(time.Second) })
 
 	cfg := &config{tmp: tmp, secs: *secs, hostPort: hostPort, helper: helper, rtts: *rtts, connSecs: *connSecs, holdConns: *hold, udpRate: *udpRate, figures: selected, profileDir: *profile}
+	if *startup {
+		table := runStartup(*bin, max(*runs, 5))
+		cleanup()
+		fmt.Print(table)
+		if err := appendTo(*out, table); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *overlay {
 		table, err := runOverlay(cfg, *bin, *runs, func(f func()) { cleanups = append(cleanups, f) })
 		if err != nil {
