@@ -246,7 +246,7 @@ func (d *Daemon) handle(mp **member, conn *userns.Conn, req Request, files []*os
 		if req.Op == "peer-add" {
 			d.overlay.AddPeer(ap)
 			if d.gossip != nil {
-				go d.gossip.Join(ap.Addr()) // may wait for a TCP timeout
+				d.gossip.JoinLater(ap.Addr())
 			}
 			d.log.Info("overlay peer added", "peer", ap)
 		} else if !d.overlay.RemovePeer(ap) {

@@ -34,10 +34,12 @@ type Gossip struct {
 	version uint64
 	seen    map[string]uint64 // host -> newest version applied
 
-	// kick asks the sender to send this host's table; done ends it.
-	kick chan struct{}
-	done chan struct{}
-	wg   sync.WaitGroup
+	// kick asks the sender to send this host's table, joins to join a
+	// peer's gossip; done ends it.
+	kick  chan struct{}
+	joins chan netip.Addr
+	done  chan struct{}
+	wg    sync.WaitGroup
 }
 
 // gossipState is one host's table.
@@ -52,7 +54,7 @@ type gossipState struct {
 // their addresses on the same port. Peers that do not answer yet are
 // joined later through their own join, or by Join.
 func StartGossip(bind netip.AddrPort, peers []netip.Addr, names *Names, logger *slog.Logger) (*Gossip, error) {
-	g := &Gossip{names: names, log: logger, port: bind.Port(), seen: map[string]uint64{}, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	g := &Gossip{names: names, log: logger, port: bind.Port(), seen: map[string]uint64{}, kick: make(chan struct{}, 1), joins: make(chan netip.Addr, 16), done: make(chan struct{})}
 	cfg := memberlist.DefaultLANConfig()
 	cfg.BindAddr = bind.Addr().String()
 	cfg.BindPort = int(bind.Port())
@@ -98,6 +100,8 @@ func (g *Gossip) sender() {
 			return
 		case <-g.kick:
 			g.sendAll()
+		case p := <-g.joins:
+			g.Join(p)
 		}
 	}
 }
@@ -119,6 +123,16 @@ func (g *Gossip) Join(peer netip.Addr) {
 	addr := netip.AddrPortFrom(peer, g.port).String()
 	if _, err := g.ml.Join([]string{addr}); err != nil {
 		g.log.Debug("gossip: join", "peer", addr, "err", err)
+	}
+}
+
+// JoinLater has the sender join peer's gossip, off the caller's path (a
+// join waits for memberlist's TCP timeout when no host answers).
+func (g *Gossip) JoinLater(peer netip.Addr) {
+	select {
+	case g.joins <- peer:
+	default:
+		g.log.Debug("gossip: joins queued already; this one is left to the peer's own join", "peer", peer)
 	}
 }
 
