@@ -26,8 +26,18 @@ type GuestWriter interface {
 // container (WriteUDP, false when the stack must send it); see
 // fastpath.Path.
 type UDPShortcut interface {
-	AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func())
+	AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func())
 	WriteUDP(src, dst netip.AddrPort, payload []byte) bool
+	// WriteUDPBatch sends a run of datagrams of seg bytes each (the
+	// last may be shorter) as one where the TAP takes it.
+	WriteUDPBatch(src, dst netip.AddrPort, run []byte, seg int) bool
+}
+
+// UDPSink is fastpath.UDPSink: it takes a flow's datagrams (Datagram)
+// and sends what it holds at the end of a burst (Flush).
+type UDPSink = interface {
+	Datagram(payload [][]byte, seg int)
+	Flush()
 }
 
 // Config is what the forwarder needs.

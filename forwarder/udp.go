@@ -113,21 +113,32 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 	}
 	defer stopToHost()
 	if f.cfg.UDPShortcut != nil {
-		// The flow's later datagrams skip the stack; stopToHost
-		// still drains what the stack queued before.
-		sink, err := relay.UDPSinkTo(host, seen)
+		// The flow's later datagrams skip the stack, a burst's
+		// datagrams of one size sent as one; stopToHost still drains
+		// what the stack queued before.
+		sink, err := relay.NewUDPBatcher(host, seen)
 		if err == nil {
 			defer f.cfg.UDPShortcut.AddUDPFlow(src, dst, sink)()
 		}
+		relay.EnableGRO(host)
 	}
-	rc, err := host.SyscallConn()
+	runs, err := relay.NewRunReader(host)
 	if err != nil {
 		return
 	}
-	toGuest := func(p []byte) {
+	toGuest := func(run []byte, seg int) {
 		touch()
-		if f.cfg.UDPShortcut == nil || !f.cfg.UDPShortcut.WriteUDP(dst, src, p) {
-			guest.Write(p)
+		if f.cfg.UDPShortcut != nil && f.cfg.UDPShortcut.WriteUDPBatch(dst, src, run, seg) {
+			return
+		}
+		// Through the stack, which fragments what the link's MTU
+		// does not hold.
+		if seg == 0 || len(run) <= seg {
+			guest.Write(run)
+			return
+		}
+		for off := 0; off < len(run); off += seg {
+			guest.Write(run[off:min(off+seg, len(run))])
 		}
 	}
 	for {
@@ -135,19 +146,12 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		// the other direction's datagrams too (not idle after the last
 		// host datagram: that kept flows up to twice as long).
 		host.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
-		// No buffer held while idle: most flows are, most of the time.
-		bp, n, err := relay.ReadHost(host)
-		if err == nil {
-			// The datagrams already queued behind it come with the
-			// same buffer and without waiting.
-			for err == nil {
-				toGuest((*bp)[:n])
-				n, err = relay.ReadHostNow(host, rc, *bp)
-			}
-			relay.PutDatagram(bp)
-		}
+		// No buffer held while idle: most flows are, most of the
+		// time. The datagrams queued behind the first come with it,
+		// in runs of one size.
+		err := runs.ReadRuns(toGuest)
 		switch {
-		case errors.Is(err, relay.ErrNothingQueued):
+		case err == nil:
 		case errors.Is(err, syscall.ECONNREFUSED):
 			// The host got ICMP port unreachable: tell the container
 			// the same way.

@@ -117,9 +117,11 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	owns := func(a tcpip.Address) bool { return owned[a] }
+	uso := false
 	if cfg.VnetHdr {
 		// Before link.New, which takes the fd over.
-		if err := tap.SetOffload(cfg.Tap); err != nil {
+		var err error
+		if uso, err = tap.SetOffload(cfg.Tap); err != nil {
 			cfg.Tap.Close()
 			return nil, err
 		}
@@ -141,6 +143,9 @@ func New(cfg Config) (*Network, error) {
 	}
 	if cfg.VnetHdr {
 		ep.EnableVnetHdr()
+		if uso {
+			ep.EnableUSO()
+		}
 	}
 	// Frames from the TAP meet the fast path first, then the stack.
 	fast := fastpath.New(ep, ep.Loop())

@@ -31,8 +31,24 @@ func ReadHost(host *net.UDPConn) (*[]byte, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	if err := waitDatagram(host, rc); err != nil {
+		return nil, 0, err
+	}
+	bp := datagrams.Get().(*[]byte)
+	n, err := host.Read(*bp) // a datagram is queued: returns at once
+	if err != nil {
+		datagrams.Put(bp)
+		return nil, 0, err
+	}
+	return bp, n, nil
+}
+
+// waitDatagram waits until host (rc is its SyscallConn) has a datagram
+// queued, without reading it; host's read deadline applies. Errors are
+// those of host.Read (a queued ICMP error such as ECONNREFUSED included).
+func waitDatagram(host *net.UDPConn, rc syscall.RawConn) error {
 	var perr error
-	err = rc.Read(func(fd uintptr) bool {
+	err := rc.Read(func(fd uintptr) bool {
 		for {
 			// A zero-length peek: is a datagram (or an error) queued?
 			_, _, perr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_DONTWAIT)
@@ -42,51 +58,18 @@ func ReadHost(host *net.UDPConn) (*[]byte, int, error) {
 		}
 	})
 	if err != nil {
-		return nil, 0, err // deadline or closed, as from Read
+		return err // deadline or closed, as from Read
 	}
 	if perr != nil {
 		// The peek consumed the socket's pending error; report it as
 		// Read would have.
-		return nil, 0, &net.OpError{Op: "read", Net: "udp", Source: host.LocalAddr(), Addr: host.RemoteAddr(), Err: os.NewSyscallError("recvfrom", perr)}
+		return &net.OpError{Op: "read", Net: "udp", Source: host.LocalAddr(), Addr: host.RemoteAddr(), Err: os.NewSyscallError("recvfrom", perr)}
 	}
-	bp := datagrams.Get().(*[]byte)
-	n, err := host.Read(*bp) // a datagram is queued: returns at once
-
-	if err != nil {
-		datagrams.Put(bp)
-		return nil, 0, err
-	}
-	return bp, n, nil
+	return nil
 }
 
-// ErrNothingQueued is ReadHostNow's answer when no datagram waits.
+// ErrNothingQueued is the answer of a read that would wait.
 var ErrNothingQueued = errors.New("no datagram queued")
-
-// ReadHostNow reads a datagram already queued on host (rc is its
-// SyscallConn) into buf without waiting, so that in a burst the next
-// datagram costs one syscall rather than ReadHost's peek and read. Errors
-// are ReadHost's, or ErrNothingQueued.
-func ReadHostNow(host *net.UDPConn, rc syscall.RawConn, buf []byte) (int, error) {
-	var n int
-	var rerr error
-	err := rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = unix.Read(int(fd), buf)
-			if rerr != unix.EINTR {
-				return true // never wait
-			}
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case rerr == unix.EAGAIN:
-		return 0, ErrNothingQueued
-	case rerr != nil:
-		return 0, &net.OpError{Op: "read", Net: "udp", Source: host.LocalAddr(), Addr: host.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
-	}
-	return n, nil
-}
 
 // ReadGuest reads the next datagram of a netstack UDP flow (conn over ep
 // and wq) into a pooled buffer, waiting without one until deadline

@@ -47,7 +47,9 @@ func UDPToHost(ep tcpip.Endpoint, wq *waiter.Queue, host *net.UDPConn, seen func
 			n := res.Count
 			rc.Write(func(fd uintptr) bool {
 				for {
-					_, werr := unix.Write(int(fd), buf[:n])
+					// sendmsg: a zero-length write would
+					// not send the empty datagram.
+					_, werr := unix.SendmsgN(int(fd), buf[:n], nil, nil, 0)
 					if !errors.Is(werr, syscall.EINTR) {
 						return true
 					}
@@ -83,31 +85,5 @@ func UDPToHost(ep tcpip.Endpoint, wq *waiter.Queue, host *net.UDPConn, seen func
 			mu.Lock()
 			mu.Unlock()
 		})
-	}, nil
-}
-
-// UDPSinkTo returns a sink for fastpath.Path.AddUDPFlow that writes
-// each payload to the connected host socket as one datagram, never
-// waiting (a full socket drops it, as UDP may), and calls seen with its
-// size. Writes after host is closed fail harmlessly.
-func UDPSinkTo(host *net.UDPConn, seen func(n int)) (func(payload [][]byte), error) {
-	rc, err := host.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	return func(payload [][]byte) {
-		n := 0
-		for _, b := range payload {
-			n += len(b)
-		}
-		rc.Write(func(fd uintptr) bool {
-			for {
-				_, werr := unix.Writev(int(fd), payload)
-				if !errors.Is(werr, syscall.EINTR) {
-					return true
-				}
-			}
-		})
-		seen(n)
 	}, nil
 }

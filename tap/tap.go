@@ -72,13 +72,24 @@ func setIffError(name string, err error) error {
 	return fmt.Errorf("creating TAP %s: %w", name, err)
 }
 
+// TUN_F_USO4 and TUN_F_USO6 (linux/if_tun.h), which x/sys lacks.
+const (
+	tunFUSO4 = 0x20
+	tunFUSO6 = 0x40
+)
+
 // SetOffload tells the kernel that the reader of this TAP (opened with
 // VnetHdr) takes TCP super-frames and partial checksums, so the container
-// sends 64 KiB segments instead of MTU-sized ones.
-func SetOffload(f *os.File) error {
+// sends 64 KiB segments instead of MTU-sized ones; and, where the kernel
+// has it (Linux 6.2), UDP super-frames (USO) both ways, which it reports.
+func SetOffload(f *os.File) (uso bool, err error) {
 	flags := unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
-	if err := unix.IoctlSetInt(int(f.Fd()), unix.TUNSETOFFLOAD, flags); err != nil {
-		return fmt.Errorf("enabling TAP offloads: %w", err)
+	if unix.IoctlSetInt(int(f.Fd()), unix.TUNSETOFFLOAD, flags|tunFUSO4|tunFUSO6) == nil {
+		return true, nil
 	}
-	return nil
+	// An older kernel refuses flags it does not know (EINVAL).
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.TUNSETOFFLOAD, flags); err != nil {
+		return false, fmt.Errorf("enabling TAP offloads: %w", err)
+	}
+	return false, nil
 }

@@ -29,8 +29,11 @@ type Link interface {
 	// LinkAddress is the gateway's MAC, fixed for the link's life.
 	LinkAddress() tcpip.LinkAddress
 	MTU() uint32
-	// VnetHdr says whether frames carry a virtio-net header.
+	// VnetHdr says whether frames carry a virtio-net header; USO
+	// whether the TAP also takes UDP segmentation offload (frames of
+	// GSO type VnetGSOUDPL4 both ways).
 	VnetHdr() bool
+	USO() bool
 	// GuestMAC is the container's MAC, once a frame from it was seen;
 	// LearnGuestMAC tells the link of a frame the fast path took.
 	GuestMAC() (tcpip.LinkAddress, bool)
@@ -96,14 +99,25 @@ func New(l Link, loop *eventloop.Loop) *Path {
 // flow goes to its sink, a segment of a TCP flow to the flow (a SYN the
 // policy takes starts one), and a SYN whose 4-tuple the stack still
 // holds waits; everything else goes on to the stack.
-func (p *Path) Intercept(hdr, rest []byte) bool {
-	if p.udp.n.Load() > 0 && p.udp.intercept(hdr, rest) {
+func (p *Path) Intercept(hdr, rest []byte, udpSeg int) bool {
+	if p.udp.n.Load() > 0 && p.udp.intercept(hdr, rest, udpSeg) {
 		return true
+	}
+	if udpSeg > 0 {
+		return false
 	}
 	if p.tcp.policy != nil && p.tcp.intercept(hdr, rest) {
 		return true
 	}
 	return p.syn.hold(hdr, rest)
+}
+
+// Flush implements link.Interceptor: the read loop has read what the TAP
+// had.
+func (p *Path) Flush() {
+	if len(p.udp.dirty) > 0 {
+		p.udp.flush()
+	}
 }
 
 // Close ends every TCP flow (their host sockets close) and drops the

@@ -24,27 +24,50 @@ import (
 
 type udpFlowKey struct{ src, dst netip.AddrPort }
 
+// UDPSink takes a UDP flow's datagrams from the container, on the read
+// loop: it must not block. An alias of an unnamed interface, so that the
+// forwarder can name the same type without importing the fast path.
+type UDPSink = interface {
+	// Datagram takes one datagram's payload in pieces, valid only during
+	// the call; or, with seg > 0, a run of datagrams of seg bytes each,
+	// the last possibly shorter (a USO super-frame of the container's).
+	Datagram(payload [][]byte, seg int)
+	// Flush ends a burst: the read loop calls it once it has read what
+	// the TAP had, after one Datagram or more. A sink that holds
+	// datagrams to send them as one sends them now.
+	Flush()
+}
+
+// UDPService answers datagrams to an address of the gateway's own (the
+// DNS address) from any source, on the read loop: it must not block, and
+// payload is valid only during the call.
+type UDPService func(src netip.AddrPort, payload [][]byte)
+
 // udpShortcut is the fast path's table of UDP flows.
 type udpShortcut struct {
 	*core
-	mu    sync.RWMutex
-	flows map[udpFlowKey]func(payload [][]byte)
-	// n is len(flows): the read loop skips the lookup while it is 0.
+	mu       sync.RWMutex
+	flows    map[udpFlowKey]UDPSink
+	services map[netip.AddrPort]UDPService
+	// n is len(flows)+len(services): the read loop skips the lookup
+	// while it is 0.
 	n atomic.Int32
 	// iovs is the read loop's scratch for a payload's pieces.
 	iovs [][]byte
+	// dirty are the sinks given a datagram since the last Flush (on the
+	// read loop only).
+	dirty []UDPSink
 }
 
 // AddUDPFlow hands the datagrams from the container's src to dst to sink
-// from now on, until remove (idempotent) is called. sink gets a payload in
-// pieces, valid only during the call, on the read loop: it must not
-// block. A pcap sniffer on the link would not see these datagrams.
-func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) (remove func()) {
+// from now on, until remove (idempotent) is called. A pcap sniffer on the
+// link would not see these datagrams.
+func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func()) {
 	key := udpFlowKey{src: src, dst: dst}
 	u := &p.udp
 	u.mu.Lock()
 	if u.flows == nil {
-		u.flows = map[udpFlowKey]func(payload [][]byte){}
+		u.flows = map[udpFlowKey]UDPSink{}
 	}
 	if _, dup := u.flows[key]; !dup {
 		u.n.Add(1)
@@ -64,12 +87,38 @@ func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink func(payload [][]byte)) 
 	}
 }
 
+// AddUDPService hands every datagram to dst that no flow takes to svc,
+// until remove (idempotent) is called.
+func (p *Path) AddUDPService(dst netip.AddrPort, svc UDPService) (remove func()) {
+	u := &p.udp
+	u.mu.Lock()
+	if u.services == nil {
+		u.services = map[netip.AddrPort]UDPService{}
+	}
+	if _, dup := u.services[dst]; !dup {
+		u.n.Add(1)
+	}
+	u.services[dst] = svc
+	u.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			u.mu.Lock()
+			if _, ok := u.services[dst]; ok {
+				delete(u.services, dst)
+				u.n.Add(-1)
+			}
+			u.mu.Unlock()
+		})
+	}
+}
+
 // intercept hands a frame read from the TAP, whose first bytes are hdr
 // and the rest rest, to the sink of its flow and reports whether it did.
 // It runs on the read loop (which skips it while no flow is registered)
 // before the frame becomes a gVisor buffer, so that a datagram that skips
 // the stack costs no copy.
-func (u *udpShortcut) intercept(hdr, rest []byte) bool {
+func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
@@ -83,17 +132,51 @@ func (u *udpShortcut) intercept(hdr, rest []byte) bool {
 	}
 	u.mu.RLock()
 	sink := u.flows[udpFlowKey{src: src, dst: dst}]
+	var svc UDPService
+	if sink == nil && len(u.services) > 0 && udpSeg == 0 {
+		svc = u.services[dst]
+	}
 	u.mu.RUnlock()
-	if sink == nil {
+	if sink == nil && svc == nil {
 		return false
 	}
 	u.link.LearnGuestMAC(eth.SourceAddress())
 	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
-	sink(iovs)
+	if sink != nil {
+		if udpSeg >= n {
+			udpSeg = 0
+		}
+		sink.Datagram(iovs, udpSeg)
+		u.markDirty(sink)
+	} else {
+		svc(src, iovs)
+	}
 	clear(iovs)
 	u.iovs = iovs[:0]
 	u.stats.UDPShortcutIn.Add(1)
 	return true
+}
+
+// markDirty notes that sink must be flushed at the burst's end.
+func (u *udpShortcut) markDirty(sink UDPSink) {
+	for _, d := range u.dirty {
+		if d == sink {
+			return
+		}
+	}
+	if len(u.dirty) == cap(u.dirty) && len(u.dirty) >= 64 {
+		u.flush() // a burst over many flows: no list grows without bound
+	}
+	u.dirty = append(u.dirty, sink)
+}
+
+// flush ends a burst: every sink given a datagram sends what it holds.
+func (u *udpShortcut) flush() {
+	for i, d := range u.dirty {
+		d.Flush()
+		u.dirty[i] = nil
+	}
+	u.dirty = u.dirty[:0]
 }
 
 // parseUDP finds an unfragmented UDP datagram without IP options or
@@ -154,16 +237,51 @@ func parseUDP(hdr []byte, frameLen int) (src, dst netip.AddrPort, off, n int, ok
 // headers of a datagram WriteUDP makes.
 const udpHeadersMax = link.VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.UDPMinimumSize
 
+// MaxUDPSegments bounds the datagrams of one WriteUDPBatch sent as one
+// frame (the kernel's UDP_MAX_SEGMENTS was 64 before Linux 6.x).
+const MaxUDPSegments = 64
+
 // WriteUDP sends payload to the container as one datagram from src to dst
 // (both IPv4 or both IPv6), past the stack, and reports whether it took
 // it: not before the container's MAC is known, nor for a datagram that
 // would need IP fragments; the caller then sends it through the stack. A
 // full TAP queue drops the datagram, as it drops the stack's frames.
 func (p *Path) WriteUDP(src, dst netip.AddrPort, payload []byte) bool {
-	return p.udp.write(src, dst, payload)
+	return p.udp.write(src, dst, payload, 0)
 }
 
-func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte) bool {
+// WriteUDPBatch sends payload to the container as datagrams of seg bytes
+// each (the last may be shorter), as WriteUDP sends one. Where the TAP
+// takes UDP segmentation offload (link.USO) they go as one frame that the
+// kernel splits; elsewhere one frame each. It reports false, having sent
+// nothing, where WriteUDP would for a datagram of seg bytes.
+func (p *Path) WriteUDPBatch(src, dst netip.AddrPort, payload []byte, seg int) bool {
+	if seg <= 0 || len(payload) <= seg {
+		return p.udp.write(src, dst, payload, 0)
+	}
+	if p.udp.link.USO() && len(payload) <= seg*MaxUDPSegments && len(payload) <= maxUDPGSOPayload(src.Addr().Is4()) {
+		return p.udp.write(src, dst, payload, seg)
+	}
+	for off := 0; off < len(payload); off += seg {
+		if !p.udp.write(src, dst, payload[off:min(off+seg, len(payload))], 0) {
+			return off > 0
+		}
+	}
+	return true
+}
+
+// maxUDPGSOPayload is the most payload one IP packet holds: the IPv4
+// total length, or the IPv6 payload length, counts to 65535.
+func maxUDPGSOPayload(v4 bool) int {
+	if v4 {
+		return 0xffff - header.IPv4MinimumSize - header.UDPMinimumSize
+	}
+	return 0xffff - header.UDPMinimumSize
+}
+
+// write sends payload as one datagram (seg 0), or as a GSO frame of
+// datagrams of seg bytes that the kernel splits and checksums.
+func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte, seg int) bool {
 	guest, ok := u.link.GuestMAC()
 	if !ok || src.Addr().Is4() != dst.Addr().Is4() {
 		return false
@@ -176,10 +294,14 @@ func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte) bool {
 		proto = header.IPv4ProtocolNumber
 	}
 	udpLen := header.UDPMinimumSize + len(payload)
-	if ipLen+udpLen > int(u.link.MTU()) {
+	mtuPayload := len(payload)
+	if seg > 0 {
+		mtuPayload = seg
+	}
+	if ipLen+header.UDPMinimumSize+mtuPayload > int(u.link.MTU()) {
 		return false
 	}
-	var buf [udpHeadersMax]byte // the virtio-net header stays zero: a complete packet
+	var buf [udpHeadersMax]byte
 	frame := buf[link.VnetHdrSize:]
 	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: u.mac, DstAddr: guest, Type: proto})
 	ip := frame[header.EthernetMinimumSize:]
@@ -209,12 +331,28 @@ func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte) bool {
 	uh := header.UDP(ip[ipLen:])
 	uh.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(udpLen)})
 	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, srcA, dstA, uint16(udpLen))
-	xsum = checksum.Checksum(payload, xsum)
-	c := ^uh.CalculateChecksum(xsum)
-	if c == 0 {
-		c = 0xffff // 0 would mean "no checksum"
+	if seg > 0 {
+		// The kernel splits the frame and completes each datagram's
+		// checksum from the pseudo-header's sum (a partial checksum,
+		// as a NIC's offload takes it).
+		uh.SetChecksum(xsum)
+		vh := link.VnetHeader{
+			Flags:      link.VnetNeedsCsum,
+			GSOType:    link.VnetGSOUDPL4,
+			HdrLen:     uint16(header.EthernetMinimumSize + ipLen + header.UDPMinimumSize),
+			GSOSize:    uint16(seg),
+			CsumStart:  uint16(header.EthernetMinimumSize + ipLen),
+			CsumOffset: udpChecksumOffset,
+		}
+		vh.Encode(buf[:link.VnetHdrSize])
+	} else {
+		// The virtio-net header stays zero: a complete packet.
+		c := ^uh.CalculateChecksum(checksum.Checksum(payload, xsum))
+		if c == 0 {
+			c = 0xffff // 0 would mean "no checksum"
+		}
+		uh.SetChecksum(c)
 	}
-	uh.SetChecksum(c)
 
 	hdrs := buf[:link.VnetHdrSize+header.EthernetMinimumSize+ipLen+header.UDPMinimumSize]
 	if !u.link.VnetHdr() {
@@ -226,3 +364,6 @@ func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte) bool {
 	u.stats.UDPShortcutOut.Add(1)
 	return true
 }
+
+// udpChecksumOffset is where the checksum lies in a UDP header.
+const udpChecksumOffset = 6

@@ -89,6 +89,12 @@ func TestParseUDP(t *testing.T) {
 	}
 }
 
+// sinkFunc is a UDPSink that flushes nothing.
+type sinkFunc func(payload [][]byte, seg int)
+
+func (f sinkFunc) Datagram(payload [][]byte, seg int) { f(payload, seg) }
+func (sinkFunc) Flush()                               {}
+
 // TestUDPShortcut sends frames through the link's read loop: datagrams
 // of a registered flow reach its sink whole, whatever their size (small
 // frames are one view, larger ones two), and nothing else does.
@@ -98,9 +104,9 @@ func TestUDPShortcut(t *testing.T) {
 	src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(fzGuest4)), 4000)
 	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(world4)), 7000)
 	got := make(chan []byte, 16)
-	remove := h.fast.AddUDPFlow(src, dst, func(payload [][]byte) {
+	remove := h.fast.AddUDPFlow(src, dst, sinkFunc(func(payload [][]byte, seg int) {
 		got <- bytes.Join(payload, nil) // a copy: the pieces are lent
-	})
+	}))
 	datagram := func(sport, dport uint16, payload []byte) []byte {
 		return toGateway4(ipv4Packet(fzGuest4, world4, 17, nil, udpDatagram(sport, dport, payload), 6))
 	}

@@ -1,6 +1,7 @@
 package link
 
 import (
+	"encoding/binary"
 	"io"
 	"sync/atomic"
 
@@ -65,15 +66,25 @@ func (r *tapReader) release() {
 	}
 }
 
-// OnPoll reads one frame per call, the TAP being level-triggered.
+// rxBurst bounds the frames read per wake-up of the loop, so that the
+// loop's other fds (host sockets of the fast path) get their turn.
+const rxBurst = 64
+
+// OnPoll reads the frames queued, up to rxBurst (the TAP is
+// level-triggered: the loop comes back for the rest), then flushes the
+// Interceptor. Reading until EAGAIN costs one read more per burst, and
+// lets the Interceptor send a burst's datagrams of one flow as one.
 func (r *tapReader) OnPoll(uint32) {
-	if !r.failed {
-		r.readFrame()
+	for i := 0; i < rxBurst && !r.failed && r.readFrame(); i++ {
+	}
+	if r.icpt != nil {
+		r.icpt.Flush()
 	}
 }
 
-// readFrame reads and delivers one frame, if the TAP has one.
-func (r *tapReader) readFrame() {
+// readFrame reads and delivers one frame, and reports whether the TAP
+// had one.
+func (r *tapReader) readFrame() bool {
 	e := r.e
 	if r.head == nil {
 		r.head = buffer.NewViewSize(rxHeadSize)
@@ -90,7 +101,7 @@ func (r *tapReader) readFrame() {
 	}
 	if err != nil {
 		if err == unix.EAGAIN {
-			return
+			return false
 		}
 		r.failed = true
 		e.poll.Remove(e.tap.fd)
@@ -98,7 +109,7 @@ func (r *tapReader) readFrame() {
 			e.onReadError(err)
 			e.poll.HandOff()
 		}
-		return
+		return false
 	}
 	if e.vnet {
 		// Checksums may be partial (the kernel leaves them to the
@@ -106,9 +117,13 @@ func (r *tapReader) readFrame() {
 		// come as one super-frame, which the stack takes whole.
 		if n < VnetHdrSize {
 			e.stats.RxDropped.Add(1)
-			return
+			return true
 		}
 		n -= VnetHdrSize
+	}
+	udpSeg := 0
+	if e.vnet && r.vhdr[1] == VnetGSOUDPL4 {
+		udpSeg = int(binary.LittleEndian.Uint16(r.vhdr[4:]))
 	}
 	hdr, rest := r.hdr[:], []byte(nil)
 	if n > rxHdrSize {
@@ -116,13 +131,17 @@ func (r *tapReader) readFrame() {
 	} else {
 		hdr = hdr[:n]
 	}
-	if r.icpt != nil && r.icpt.Intercept(hdr, rest) {
-		return
+	if r.icpt != nil && r.icpt.Intercept(hdr, rest, udpSeg) {
+		return true
+	}
+	if udpSeg > 0 && n > rxHdrSize {
+		r.deliverUDPRun(hdr, rest, udpSeg)
+		return true
 	}
 	frame := buffer.MakeWithView(buffer.NewViewWithData(hdr))
 	if n <= rxHdrSize {
 		r.deliver(frame)
-		return
+		return true
 	}
 	if n < rxCopyBelow {
 		frame.Append(buffer.NewViewWithData(rest))
@@ -132,6 +151,20 @@ func (r *tapReader) readFrame() {
 		r.head = nil
 	}
 	r.deliver(frame)
+	return true
+}
+
+// deliverUDPRun hands the stack the datagrams of a UDP super-frame one by
+// one (it would take the run for one datagram).
+func (r *tapReader) deliverUDPRun(hdr, rest []byte, seg int) {
+	frame := make([]byte, 0, len(hdr)+len(rest))
+	frame = append(append(frame, hdr...), rest...)
+	scratch := make([]byte, MaxFrame)
+	if !SplitUDP(frame, seg, scratch, func(f []byte) {
+		r.deliver(buffer.MakeWithData(f))
+	}) {
+		r.e.stats.RxDropped.Add(1)
+	}
 }
 
 // deliver hands one frame to the stack, which takes it over. Frames for

@@ -20,6 +20,9 @@ const (
 	vnetGSONone   = 0
 	VnetGSOTCPv4  = 1
 	VnetGSOTCPv6  = 4
+	// VnetGSOUDPL4 is UDP segmentation offload (USO): datagrams of
+	// GSOSize bytes in one frame, with TUN_F_USO4/6 (Linux 6.2).
+	VnetGSOUDPL4 = 5
 
 	// gsoMaxSize is the largest super-frame handed to the kernel: an IP
 	// packet's 64 KiB less room for the headers.
@@ -81,6 +84,8 @@ type offload struct {
 	// TCP goes both ways as 64 KiB super-frames. Set before the NIC is
 	// created, read only then.
 	vnet bool
+	// uso: the TAP takes and gives UDP super-frames (TUN_F_USO4/6).
+	uso bool
 }
 
 // EnableVnetHdr declares that the TAP was opened with IFF_VNET_HDR and
@@ -89,6 +94,14 @@ func (o *offload) EnableVnetHdr() { o.vnet = true }
 
 // VnetHdr says whether every frame carries a virtio-net header.
 func (o *offload) VnetHdr() bool { return o.vnet }
+
+// EnableUSO declares that the TAP's offloads include UDP segmentation
+// (tap.SetOffload reported it). Call it after EnableVnetHdr, before the
+// NIC is created.
+func (o *offload) EnableUSO() { o.uso = o.vnet }
+
+// USO says whether the TAP takes and gives UDP super-frames.
+func (o *offload) USO() bool { return o.uso }
 
 // GSOMaxSize implements stack.GSOEndpoint.
 func (o *offload) GSOMaxSize() uint32 {

@@ -285,6 +285,8 @@ func TestOutboundUDP(t *testing.T) {
 		echo := e.w.UDPEcho(t, "198.51.100.1:0")
 		e.mustOK(nil, "udp-echo", echo.String())
 		e.mustOK(nil, "udp-stream", echo.String())
+		e.mustOK(nil, "udp-runs", echo.String())
+		e.mustOK([]string{"--offload=false"}, "udp-runs", echo.String())
 		e.mustOK(nil, "udp-refused", "198.51.100.1:9")
 	})
 }

@@ -1,0 +1,347 @@
+package relay
+
+import (
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A UDP flood costs a userspace stack a syscall per datagram each way,
+// and on the host's loopback the sender's syscall also pays for the
+// receiver's side. The kernel takes runs of same-size datagrams as one:
+// sendmsg with UDP_SEGMENT (GSO) on the way out, UDP_GRO on the way in,
+// and the TAP's USO (fastpath.WriteUDPBatch) towards the container. The
+// functions here gather a burst's datagrams of one flow into such runs.
+
+const (
+	// MaxRun is the most payload a run holds: an IPv4 packet's.
+	MaxRun = 0xffff - 20 - 8
+	// maxRunSegments is the kernel's UDP_MAX_SEGMENTS before Linux 6.x.
+	maxRunSegments = 64
+	// runBufSize holds a run being gathered and one more datagram read
+	// after it (which may be a 64 KiB super-datagram of UDP_GRO).
+	runBufSize = MaxRun + 0xffff
+)
+
+var runBufs = sync.Pool{New: func() any { b := make([]byte, runBufSize); return &b }}
+
+// UDPBatcher sends a UDP flow's datagrams to a connected host socket: the
+// datagrams of one size given between two Flushes go as one sendmsg with
+// UDP_SEGMENT, which the kernel splits (or a NIC). Where the kernel
+// refuses (no UDP GSO, or segments larger than the route's MTU), it sends
+// them one by one from then on. A full socket drops, as UDP may. It is
+// used by one goroutine at a time (the read loop).
+type UDPBatcher struct {
+	rc   syscall.RawConn
+	seen func(n int)
+
+	buf   *[]byte // the run being held, nil between runs
+	n     int     // its bytes
+	seg   int     // its datagrams' size
+	count int     // its datagrams
+	short bool    // its last datagram is shorter than seg: it is complete
+
+	// gsoBelow: runs of datagrams under this size go as one (0: none
+	// do any more).
+	gsoBelow int
+}
+
+// NewUDPBatcher returns a batcher for host, which calls seen with each
+// datagram's size.
+func NewUDPBatcher(host *net.UDPConn, seen func(n int)) (*UDPBatcher, error) {
+	rc, err := host.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &UDPBatcher{rc: rc, seen: seen, gsoBelow: MaxRun + 1}, nil
+}
+
+// Datagram takes one datagram in pieces, or with seg > 0 a run of
+// datagrams of seg bytes (fastpath.UDPSink); pieces need not outlive the
+// call.
+func (b *UDPBatcher) Datagram(pieces [][]byte, seg int) {
+	size := 0
+	for _, p := range pieces {
+		size += len(p)
+	}
+	if seg > 0 && size > seg {
+		// The container's own run: on as it came.
+		b.Flush()
+		for off := 0; off < size; off += seg {
+			b.seen(min(seg, size-off))
+		}
+		b.sendRun(pieces, size, seg)
+		return
+	}
+	b.seen(size)
+	if b.count > 0 && (b.short || size > b.seg || b.n+size > MaxRun || b.count == maxRunSegments) {
+		b.Flush()
+	}
+	if size == 0 || size >= b.gsoBelow {
+		b.Flush()
+		b.send(pieces, 0)
+		return
+	}
+	if b.buf == nil {
+		b.buf = runBufs.Get().(*[]byte)
+	}
+	for _, p := range pieces {
+		b.n += copy((*b.buf)[b.n:], p)
+	}
+	if b.count == 0 {
+		b.seg = size
+	}
+	b.count++
+	b.short = size < b.seg
+}
+
+// sendRun sends pieces, size bytes, as datagrams of seg bytes: as one
+// where the kernel takes it, else one by one.
+func (b *UDPBatcher) sendRun(pieces [][]byte, size, seg int) {
+	if seg < b.gsoBelow && size <= seg*maxRunSegments {
+		err := b.send(pieces, seg)
+		if err == nil || !gsoRefused(err) {
+			return
+		}
+		b.gsoBelow = min(b.gsoBelow, seg)
+	}
+	run := pieces[0]
+	if len(pieces) > 1 {
+		run = make([]byte, 0, size)
+		for _, p := range pieces {
+			run = append(run, p...)
+		}
+	}
+	for off := 0; off < len(run); off += seg {
+		b.send([][]byte{run[off:min(off+seg, len(run))]}, 0)
+	}
+}
+
+// Flush sends the run held.
+func (b *UDPBatcher) Flush() {
+	if b.count == 0 {
+		return
+	}
+	run := (*b.buf)[:b.n]
+	seg := b.seg
+	if b.count == 1 {
+		seg = 0
+	}
+	if seg == 0 {
+		b.send([][]byte{run}, 0)
+	} else {
+		b.sendRun([][]byte{run}, len(run), seg)
+	}
+	runBufs.Put(b.buf)
+	b.buf, b.n, b.seg, b.count, b.short = nil, 0, 0, 0, false
+}
+
+// gsoRefused tells a refusal of UDP_SEGMENT from a send that failed for
+// other reasons (a full socket, an ICMP error queued).
+func gsoRefused(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EIO) || errors.Is(err, unix.ENOPROTOOPT) || errors.Is(err, unix.EOPNOTSUPP)
+}
+
+// send writes pieces as one datagram, or as a run of datagrams of seg
+// bytes (seg > 0) for the kernel to split.
+func (b *UDPBatcher) send(pieces [][]byte, seg int) error {
+	var serr error
+	b.rc.Write(func(fd uintptr) bool {
+		for {
+			if seg > 0 {
+				serr = sendSegments(int(fd), pieces, seg)
+			} else {
+				// sendmsg, not writev: a zero-length write sends
+				// nothing, and an empty datagram is one.
+				serr = sendmsg(int(fd), pieces, nil)
+			}
+			if serr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	return serr
+}
+
+// sendSegments sends run, in pieces, on a connected UDP socket as
+// datagrams of seg bytes (UDP_SEGMENT).
+func sendSegments(fd int, run [][]byte, seg int) error {
+	var oob [unix.SizeofCmsghdr + 8]byte // CmsgSpace(2)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level = unix.SOL_UDP
+	h.Type = unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
+	return sendmsg(fd, run, oob[:unix.CmsgSpace(2)])
+}
+
+// sendmsg sends pieces as one datagram on a connected socket with the
+// control messages oob, without the allocation of unix.SendmsgBuffers
+// for the usual few pieces.
+func sendmsg(fd int, pieces [][]byte, oob []byte) error {
+	if len(pieces) > 4 {
+		_, err := unix.SendmsgBuffers(fd, pieces, oob, nil, 0)
+		return err
+	}
+	var iov [4]unix.Iovec
+	for i, p := range pieces {
+		if len(p) > 0 {
+			iov[i].Base = &p[0]
+			iov[i].SetLen(len(p))
+		}
+	}
+	msg := unix.Msghdr{Iov: &iov[0]}
+	msg.SetIovlen(len(pieces))
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	_, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// EnableGRO asks the kernel to hand host's datagrams of one flow that
+// arrive together (GRO of a NIC, or a sender's GSO run) as one
+// super-datagram (UDP_GRO, Linux 5.0); ReadRun splits them again. It
+// reports whether the kernel took it.
+func EnableGRO(host *net.UDPConn) bool {
+	rc, err := host.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var serr error
+	rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
+	})
+	return serr == nil
+}
+
+// RunReader reads the datagrams queued on a connected host socket and
+// gathers them into runs of one size for fastpath.WriteUDPBatch. It holds
+// a pooled buffer only while datagrams come.
+type RunReader struct {
+	host *net.UDPConn
+	rc   syscall.RawConn
+	oob  [unix.SizeofCmsghdr + 8]byte
+}
+
+// NewRunReader returns a reader of host.
+func NewRunReader(host *net.UDPConn) (*RunReader, error) {
+	rc, err := host.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &RunReader{host: host, rc: rc}, nil
+}
+
+// ReadRuns waits for a datagram (host's read deadline applies), then
+// calls emit with each run of datagrams of seg bytes each (the last may be
+// shorter; a run of one has seg equal to its length, an empty datagram
+// seg 0) gathered from what
+// is queued, until nothing is, and returns nil; or returns the error
+// that ended the wait (a timeout, a closed socket, a queued ICMP error
+// such as ECONNREFUSED). run is valid only during emit.
+func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
+	if err := waitDatagram(r.host, r.rc); err != nil {
+		return err
+	}
+	buf := runBufs.Get().(*[]byte)
+	defer runBufs.Put(buf)
+	b := *buf
+	off, seg, count := 0, 0, 0
+	flush := func() {
+		if off > 0 {
+			emit(b[:off], seg)
+		}
+		off, count = 0, 0
+	}
+	for {
+		if count >= maxRunSegments || off+seg > MaxRun {
+			flush()
+		}
+		m, gso, err := r.readNow(b[off:])
+		if err != nil {
+			flush()
+			if errors.Is(err, ErrNothingQueued) {
+				return nil
+			}
+			return err
+		}
+		got := b[off : off+m]
+		switch {
+		case m == 0:
+			// An empty datagram (a keepalive): one of its own.
+			flush()
+			emit(b[:0], 0)
+		case gso > 0 && gso < m:
+			// A super-datagram: a run of its own.
+			if off > 0 {
+				emit(b[:off], seg)
+			}
+			emit(got, gso)
+			off, count = 0, 0
+		case count == 0:
+			off, seg, count = m, m, 1
+		case m == seg:
+			off += m
+			count++
+		case m < seg:
+			// A short one ends the run.
+			off += m
+			flush()
+		default:
+			// Larger: the run ends before it, and it starts the next.
+			emit(b[:off], seg)
+			copy(b, got)
+			off, seg, count = m, m, 1
+		}
+	}
+}
+
+// readNow reads a datagram already queued into buf without waiting, with
+// the segment size UDP_GRO gives a super-datagram (0 for one datagram).
+func (r *RunReader) readNow(buf []byte) (n, gso int, err error) {
+	var rerr error
+	var oobn int
+	cerr := r.rc.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, r.oob[:], unix.MSG_DONTWAIT)
+			if rerr != unix.EINTR {
+				return true // never wait
+			}
+		}
+	})
+	switch {
+	case cerr != nil:
+		return 0, 0, cerr
+	case rerr == unix.EAGAIN:
+		return 0, 0, ErrNothingQueued
+	case rerr != nil:
+		return 0, 0, &net.OpError{Op: "read", Net: "udp", Source: r.host.LocalAddr(), Addr: r.host.RemoteAddr(), Err: os.NewSyscallError("recvmsg", rerr)}
+	}
+	return n, groSize(r.oob[:oobn]), nil
+}
+
+// groSize finds the UDP_GRO segment size in a control message buffer.
+func groSize(oob []byte) int {
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(oob) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(*(*int32)(unsafe.Pointer(&oob[unix.CmsgLen(0)])))
+		}
+		oob = oob[min(len(oob), unix.CmsgSpace(l-unix.CmsgLen(0))):]
+	}
+	return 0
+}

@@ -1,0 +1,208 @@
+package relay
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpPair is two UDP sockets on 127.0.0.1 connected to each other.
+func udpPair(t *testing.T) (a, b *net.UDPConn) {
+	t.Helper()
+	a, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = net.DialUDP("udp4", nil, a.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a, err = net.DialUDP("udp4", a.LocalAddr().(*net.UDPAddr), b.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	for _, c := range []*net.UDPConn{a, b} {
+		c.SetReadBuffer(4 << 20)
+	}
+	return a, b
+}
+
+// datagram i of a test: its index, then a pattern.
+func testDatagram(i, size int) []byte {
+	d := make([]byte, size)
+	for j := range d {
+		d[j] = byte(i*13 + j)
+	}
+	if size >= 2 {
+		binary.BigEndian.PutUint16(d, uint16(i))
+	}
+	return d
+}
+
+// readDatagrams reads what b has queued, one datagram each.
+func readDatagrams(t *testing.T, b *net.UDPConn, want int) [][]byte {
+	t.Helper()
+	var got [][]byte
+	buf := make([]byte, 1<<16)
+	for len(got) < want {
+		b.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := b.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d datagrams: %v", len(got), want, err)
+		}
+		got = append(got, append([]byte(nil), buf[:n]...))
+	}
+	return got
+}
+
+// TestUDPBatcher gives a batcher datagrams of mixed sizes, some of them
+// the container's own runs, flushing now and then, and wants each to
+// arrive whole, in order, on the peer socket (which splits runs: it has
+// no UDP_GRO).
+func TestUDPBatcher(t *testing.T) {
+	a, b := udpPair(t)
+	var seen []int
+	bt, err := NewUDPBatcher(a, func(n int) { seen = append(seen, n) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{1000, 1000, 1000, 300, 1000, 2000, 2000, 2000, 0, 5, 5, 60000, 1400}
+	var want [][]byte
+	for i, size := range sizes {
+		d := testDatagram(i, size)
+		want = append(want, d)
+		bt.Datagram([][]byte{d[:size/2], d[size/2:]}, 0)
+		if i == 6 {
+			bt.Flush()
+		}
+	}
+	// A run of the container's: 7 datagrams of 700, the last of 10.
+	var run []byte
+	for i := range 8 {
+		size := 700
+		if i == 7 {
+			size = 10
+		}
+		d := testDatagram(100+i, size)
+		want = append(want, d)
+		run = append(run, d...)
+	}
+	bt.Datagram([][]byte{run[:1000], run[1000:]}, 700)
+	bt.Flush()
+	got := readDatagrams(t, b, len(want))
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("datagram %d: got %d bytes, want %d", i, len(got[i]), len(want[i]))
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("seen called %d times, want %d", len(seen), len(want))
+	}
+}
+
+// TestRunReader queues datagrams on a socket and wants ReadRuns to give
+// them back in order as runs of one size (the last may be shorter), and a
+// sender's UDP_SEGMENT run as one where UDP_GRO is on.
+func TestRunReader(t *testing.T) {
+	a, b := udpPair(t)
+	sizes := []int{1000, 1000, 1000, 1000, 300, 1000, 2000, 2000, 500, 500, 0, 7}
+	for i := range 70 {
+		_ = i
+		sizes = append(sizes, 100) // more than a run holds
+	}
+	var want [][]byte
+	for i, size := range sizes {
+		d := testDatagram(i, size)
+		want = append(want, d)
+		if _, err := a.Write(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := NewRunReader(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var got [][]byte
+	runs := 0
+	if err := r.ReadRuns(func(run []byte, seg int) {
+		runs++
+		if seg == 0 {
+			if len(run) != 0 {
+				t.Errorf("a run of %d bytes with seg 0", len(run))
+			}
+			got = append(got, []byte{})
+			return
+		}
+		if len(run) > seg*maxRunSegments {
+			t.Errorf("a run of %d bytes of %d-byte datagrams: over %d", len(run), seg, maxRunSegments)
+		}
+		for off := 0; off < len(run); off += seg {
+			got = append(got, append([]byte(nil), run[off:min(off+seg, len(run))]...))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d datagrams, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("datagram %d: got %d bytes, want %d", i, len(got[i]), len(want[i]))
+		}
+	}
+	if runs >= len(want)/2 {
+		t.Errorf("%d datagrams came in %d runs: not gathered", len(want), runs)
+	}
+
+	// A sender's run with UDP_GRO on: one super-datagram, split at its
+	// segment size.
+	if !EnableGRO(b) {
+		t.Skip("no UDP_GRO in this kernel")
+	}
+	var run []byte
+	want = nil
+	for i := range 10 {
+		size := 1200
+		if i == 9 {
+			size = 100
+		}
+		d := testDatagram(200+i, size)
+		want = append(want, d)
+		run = append(run, d...)
+	}
+	var oob [unix.SizeofCmsghdr + 8]byte
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = 1200
+	if _, _, err := a.WriteMsgUDP(run, oob[:unix.CmsgSpace(2)], nil); err != nil {
+		t.Skipf("no UDP_SEGMENT: %v", err)
+	}
+	got = nil
+	var segs []int
+	b.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if err := r.ReadRuns(func(run []byte, seg int) {
+		segs = append(segs, seg)
+		for off := 0; off < len(run); off += seg {
+			got = append(got, append([]byte(nil), run[off:min(off+seg, len(run))]...))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(segs) != 1 || segs[0] != 1200 {
+		t.Errorf("runs of %v, want one of 1200", segs)
+	}
+	for i := range want {
+		if i >= len(got) || !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("GRO run: datagram %d differs (got %d datagrams)", i, len(got))
+		}
+	}
+}
