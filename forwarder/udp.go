@@ -126,7 +126,7 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 	if err != nil {
 		return
 	}
-	toGuest := func(run []byte, seg int) {
+	toGuest := func(run []byte, seg int, _ netip.AddrPort) {
 		touch()
 		if f.cfg.UDPShortcut != nil && f.cfg.UDPShortcut.WriteUDPBatch(dst, src, run, seg) {
 			return

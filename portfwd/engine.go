@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +45,9 @@ type Engine struct {
 	// tcpGuest makes the guest side of TCP connections; the netstack
 	// unless SetGuestDialer changed it. Guarded by mu.
 	tcpGuest GuestDialer
+	// udpShortcut, when set, carries published UDP datagrams past the
+	// stack both ways (SetUDPShortcut). Guarded by mu.
+	udpShortcut UDPShortcut
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -94,9 +98,31 @@ func NewEngine(s *stack.Stack, nic tcpip.NICID, addr Addresses, log *slog.Logger
 	return e
 }
 
+// UDPShortcut is the fast path's UDP side (fastpath.Path): a flow's
+// datagrams from the guest to a sink, and runs of datagrams to the guest.
+type UDPShortcut interface {
+	AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func())
+	WriteUDPBatch(src, dst netip.AddrPort, run []byte, seg int) bool
+}
+
+// UDPSink is fastpath.UDPSink.
+type UDPSink = interface {
+	Datagram(payload [][]byte, seg int)
+	Flush()
+}
+
+// SetUDPShortcut makes the UDP forwards added from now on carry their
+// datagrams past the netstack, a burst of one client's datagrams as one
+// each way; the stack keeps each client's port (and what the shortcut
+// cannot take: IP fragments).
+func (e *Engine) SetUDPShortcut(s UDPShortcut) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.udpShortcut = s
+}
+
 // SetGuestDialer makes d the guest side of the TCP forwards added from
 // now on (static and API alike); forwards already added keep theirs.
-// UDP forwards always go through the netstack.
 func (e *Engine) SetGuestDialer(d GuestDialer) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -178,7 +204,10 @@ func (e *Engine) AddFrom(spec Spec, src Source) (int, error) {
 		c := pc.(*net.UDPConn)
 		ctx, cancel := context.WithCancel(e.ctx)
 		p.close = func() { cancel(); c.Close() }
-		e.goOwned(func() { e.udpLoop(ctx, c, spec) })
+		e.mu.Lock()
+		shortcut := e.udpShortcut
+		e.mu.Unlock()
+		e.goOwned(func() { e.udpLoop(ctx, c, spec, shortcut) })
 	default:
 		return 0, fmt.Errorf("unknown protocol %q", spec.Proto)
 	}
@@ -428,10 +457,19 @@ func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
 // udpFlow is one client of a published UDP port.
 type udpFlow struct {
 	guest *gonet.UDPConn
-	last  time.Time
+	// src is the client as the guest sees it (sourceFor, and the port
+	// of guest).
+	src netip.AddrPort
+	// last is when a datagram went either way (UnixNano): the guest's
+	// come on the fast path's read loop.
+	last atomic.Int64
+	// unshortcut ends the flow's shortcut (nil without one).
+	unshortcut func()
 }
 
-func (e *Engine) udpLoop(ctx context.Context, host *net.UDPConn, spec Spec) {
+func (f *udpFlow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+func (e *Engine) udpLoop(ctx context.Context, host *net.UDPConn, spec Spec, shortcut UDPShortcut) {
 	var mu sync.Mutex
 	flows := map[netip.AddrPort]*udpFlow{}
 	var flowWG sync.WaitGroup
@@ -444,76 +482,108 @@ func (e *Engine) udpLoop(ctx context.Context, host *net.UDPConn, spec Spec) {
 		flowWG.Wait()
 	}()
 	dst := netip.AddrPortFrom(spec.GuestAddr, spec.GuestPort)
-	buf := make([]byte, 65535)
-	for {
-		n, client, err := host.ReadFromUDPAddrPort(buf)
+	flowOf := func(client netip.AddrPort) *udpFlow {
+		mu.Lock()
+		defer mu.Unlock()
+		if f, ok := flows[client]; ok {
+			return f
+		}
+		src := e.sourceFor(client.Addr(), dst.Addr())
+		g, err := gonet.DialUDP(e.st,
+			&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(src.Addr().AsSlice())},
+			&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()},
+			protoOf(dst.Addr()))
 		if err != nil {
+			e.log.Debug("published UDP port: guest flow", "err", err)
+			return nil
+		}
+		f := &udpFlow{guest: g, src: netip.AddrPortFrom(src.Addr(), uint16(g.LocalAddr().(*net.UDPAddr).Port))}
+		f.touch()
+		if shortcut != nil {
+			// The guest's replies skip the stack, a burst's as one
+			// send to the client.
+			if sink, err := relay.NewUDPBatcherTo(host, client, func(int) { f.touch() }); err == nil {
+				f.unshortcut = shortcut.AddUDPFlow(dst, f.src, sink)
+			}
+		}
+		flows[client] = f
+		flowWG.Add(1)
+		go func() {
+			defer flowWG.Done()
+			e.udpBack(f, host, client, &mu, flows)
+		}()
+		return f
+	}
+	toGuest := func(run []byte, seg int, client netip.AddrPort) {
+		f := flowOf(client)
+		if f == nil {
+			return
+		}
+		f.touch()
+		if shortcut != nil && shortcut.WriteUDPBatch(f.src, dst, run, seg) {
+			return
+		}
+		if seg == 0 || len(run) <= seg {
+			f.guest.Write(run)
+			return
+		}
+		for off := 0; off < len(run); off += seg {
+			f.guest.Write(run[off:min(off+seg, len(run))])
+		}
+	}
+	runs, err := relay.NewRunReader(host)
+	if err != nil {
+		return
+	}
+	for {
+		// A client's datagrams queued together come as runs of one
+		// size.
+		if err := runs.ReadRuns(toGuest); err != nil {
 			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				if isTransientUDP(err) {
+					continue
+				}
 				e.log.Warn("published UDP port stopped", "port", spec.String(), "err", err)
 			}
 			return
 		}
-		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		mu.Lock()
-		f, ok := flows[client]
-		if !ok {
-			src := e.sourceFor(client.Addr(), dst.Addr())
-			g, err := gonet.DialUDP(e.st,
-				&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(src.Addr().AsSlice())},
-				&tcpip.FullAddress{NIC: e.nic, Addr: tcpip.AddrFromSlice(dst.Addr().AsSlice()), Port: dst.Port()},
-				protoOf(dst.Addr()))
-			if err != nil {
-				mu.Unlock()
-				e.log.Debug("published UDP port: guest flow", "err", err)
-				continue
-			}
-			f = &udpFlow{guest: g}
-			flows[client] = f
-			flowWG.Add(1)
-			go func() {
-				defer flowWG.Done()
-				e.udpBack(g, host, client, &mu, flows)
-			}()
-		}
-		f.last = time.Now()
-		g := f.guest
-		mu.Unlock()
-		g.Write(buf[:n])
 	}
 }
 
-// udpBack carries the guest's replies to one client until the flow is idle.
-func (e *Engine) udpBack(g *gonet.UDPConn, host *net.UDPConn, client netip.AddrPort, mu *sync.Mutex, flows map[netip.AddrPort]*udpFlow) {
+// isTransientUDP tells the errors a UDP listener reports of an earlier
+// send (an ICMP error queued on the socket) from its end.
+func isTransientUDP(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EMSGSIZE)
+}
+
+// udpBack carries the guest's replies that come through the stack to one
+// client until the flow is idle, and then ends it.
+func (e *Engine) udpBack(f *udpFlow, host *net.UDPConn, client netip.AddrPort, mu *sync.Mutex, flows map[netip.AddrPort]*udpFlow) {
+	g := f.guest
 	defer func() {
 		mu.Lock()
-		if f, ok := flows[client]; ok && f.guest == g {
+		if flows[client] == f {
 			delete(flows, client)
 		}
 		mu.Unlock()
+		if f.unshortcut != nil {
+			f.unshortcut()
+		}
 		g.Close()
 	}()
 	buf := make([]byte, 65535)
 	for {
-		g.SetReadDeadline(time.Now().Add(udpFlowIdle))
+		g.SetReadDeadline(time.Unix(0, f.last.Load()).Add(udpFlowIdle))
 		n, err := g.Read(buf)
 		if err != nil {
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				mu.Lock()
-				f, ok := flows[client]
-				idle := !ok || time.Since(f.last) >= udpFlowIdle
-				mu.Unlock()
-				if !idle {
-					continue
-				}
+			if errors.As(err, &ne) && ne.Timeout() && time.Since(time.Unix(0, f.last.Load())) < udpFlowIdle {
+				continue
 			}
 			return
 		}
-		mu.Lock()
-		if f, ok := flows[client]; ok {
-			f.last = time.Now()
-		}
-		mu.Unlock()
+		f.touch()
 		host.WriteToUDPAddrPort(buf[:n], client)
 	}
 }

@@ -1,8 +1,10 @@
 package relay
 
 import (
+	"encoding/binary"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -39,6 +41,9 @@ var runBufs = sync.Pool{New: func() any { b := make([]byte, runBufSize); return 
 type UDPBatcher struct {
 	rc   syscall.RawConn
 	seen func(n int)
+	// to is the destination of an unconnected socket's datagrams, a raw
+	// sockaddr (empty: the socket is connected).
+	to []byte
 
 	buf   *[]byte // the run being held, nil between runs
 	n     int     // its bytes
@@ -59,6 +64,18 @@ func NewUDPBatcher(host *net.UDPConn, seen func(n int)) (*UDPBatcher, error) {
 		return nil, err
 	}
 	return &UDPBatcher{rc: rc, seen: seen, gsoBelow: MaxRun + 1}, nil
+}
+
+// NewUDPBatcherTo returns a batcher that sends from the unconnected
+// socket host to to (a published UDP port's listener answering one of its
+// clients).
+func NewUDPBatcherTo(host *net.UDPConn, to netip.AddrPort, seen func(n int)) (*UDPBatcher, error) {
+	b, err := NewUDPBatcher(host, seen)
+	if err != nil {
+		return nil, err
+	}
+	b.to = rawSockaddr(to, isIPv6Socket(host))
+	return b, nil
 }
 
 // Datagram takes one datagram in pieces, or with seg > 0 a run of
@@ -154,11 +171,11 @@ func (b *UDPBatcher) send(pieces [][]byte, seg int) error {
 	b.rc.Write(func(fd uintptr) bool {
 		for {
 			if seg > 0 {
-				serr = sendSegments(int(fd), pieces, seg)
+				serr = sendSegments(int(fd), pieces, seg, b.to)
 			} else {
 				// sendmsg, not writev: a zero-length write sends
 				// nothing, and an empty datagram is one.
-				serr = sendmsg(int(fd), pieces, nil)
+				serr = sendmsg(int(fd), pieces, nil, b.to)
 			}
 			if serr != unix.EINTR {
 				return true
@@ -170,42 +187,95 @@ func (b *UDPBatcher) send(pieces [][]byte, seg int) error {
 
 // sendSegments sends run, in pieces, on a connected UDP socket as
 // datagrams of seg bytes (UDP_SEGMENT).
-func sendSegments(fd int, run [][]byte, seg int) error {
+func sendSegments(fd int, run [][]byte, seg int, to []byte) error {
 	var oob [unix.SizeofCmsghdr + 8]byte // CmsgSpace(2)
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 	h.Level = unix.SOL_UDP
 	h.Type = unix.UDP_SEGMENT
 	h.SetLen(unix.CmsgLen(2))
 	*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
-	return sendmsg(fd, run, oob[:unix.CmsgSpace(2)])
+	return sendmsg(fd, run, oob[:unix.CmsgSpace(2)], to)
 }
 
-// sendmsg sends pieces as one datagram on a connected socket with the
-// control messages oob, without the allocation of unix.SendmsgBuffers
-// for the usual few pieces.
-func sendmsg(fd int, pieces [][]byte, oob []byte) error {
-	if len(pieces) > 4 {
-		_, err := unix.SendmsgBuffers(fd, pieces, oob, nil, 0)
-		return err
+// sendmsg sends pieces as one datagram to to (a raw sockaddr; empty on a
+// connected socket) with the control messages oob, without the
+// allocations of unix.SendmsgBuffers.
+func sendmsg(fd int, pieces [][]byte, oob, to []byte) error {
+	var iovs [4]unix.Iovec
+	iov := iovs[:0]
+	if len(pieces) > len(iovs) {
+		iov = make([]unix.Iovec, 0, len(pieces))
 	}
-	var iov [4]unix.Iovec
-	for i, p := range pieces {
+	for _, p := range pieces {
+		var v unix.Iovec
 		if len(p) > 0 {
-			iov[i].Base = &p[0]
-			iov[i].SetLen(len(p))
+			v.Base = &p[0]
+			v.SetLen(len(p))
 		}
+		iov = append(iov, v)
 	}
-	msg := unix.Msghdr{Iov: &iov[0]}
-	msg.SetIovlen(len(pieces))
+	var msg unix.Msghdr
+	if len(iov) > 0 {
+		msg.Iov = &iov[0]
+		msg.SetIovlen(len(iov))
+	}
 	if len(oob) > 0 {
 		msg.Control = &oob[0]
 		msg.SetControllen(len(oob))
+	}
+	if len(to) > 0 {
+		msg.Name = &to[0]
+		msg.Namelen = uint32(len(to))
 	}
 	_, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), 0)
 	if e != 0 {
 		return e
 	}
 	return nil
+}
+
+// isIPv6Socket says whether c is an AF_INET6 socket, which takes IPv4
+// destinations only as IPv4-mapped addresses.
+func isIPv6Socket(c *net.UDPConn) bool {
+	a, _ := c.LocalAddr().(*net.UDPAddr)
+	return a != nil && a.IP.To4() == nil
+}
+
+// rawSockaddr is ap as a struct sockaddr_in or, for an AF_INET6 socket,
+// sockaddr_in6.
+func rawSockaddr(ap netip.AddrPort, v6Socket bool) []byte {
+	a := ap.Addr()
+	if v6Socket || (a.Is6() && !a.Is4In6()) {
+		var sa unix.RawSockaddrInet6
+		sa.Family = unix.AF_INET6
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+		sa.Addr = a.As16() // an IPv4 address as ::ffff:a.b.c.d
+		return append([]byte(nil), (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(&sa))[:]...)
+	}
+	var sa unix.RawSockaddrInet4
+	sa.Family = unix.AF_INET
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+	sa.Addr = a.Unmap().As4()
+	return append([]byte(nil), (*[unix.SizeofSockaddrInet4]byte)(unsafe.Pointer(&sa))[:]...)
+}
+
+// addrOf reads a raw sockaddr of n bytes (recvmsg's msg_name).
+func addrOf(sa *unix.RawSockaddrAny, n uint32) netip.AddrPort {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		if n >= unix.SizeofSockaddrInet4 {
+			in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+			port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in.Port))[:])
+			return netip.AddrPortFrom(netip.AddrFrom4(in.Addr), port)
+		}
+	case unix.AF_INET6:
+		if n >= unix.SizeofSockaddrInet6 {
+			in := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+			port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&in.Port))[:])
+			return netip.AddrPortFrom(netip.AddrFrom16(in.Addr).Unmap(), port)
+		}
+	}
+	return netip.AddrPort{}
 }
 
 // EnableGRO asks the kernel to hand host's datagrams of one flow that
@@ -231,6 +301,7 @@ type RunReader struct {
 	host *net.UDPConn
 	rc   syscall.RawConn
 	oob  [unix.SizeofCmsghdr + 8]byte
+	from unix.RawSockaddrAny
 }
 
 // NewRunReader returns a reader of host.
@@ -245,11 +316,11 @@ func NewRunReader(host *net.UDPConn) (*RunReader, error) {
 // ReadRuns waits for a datagram (host's read deadline applies), then
 // calls emit with each run of datagrams of seg bytes each (the last may be
 // shorter; a run of one has seg equal to its length, an empty datagram
-// seg 0) gathered from what
+// seg 0) from one source, from, gathered from what
 // is queued, until nothing is, and returns nil; or returns the error
 // that ended the wait (a timeout, a closed socket, a queued ICMP error
 // such as ECONNREFUSED). run is valid only during emit.
-func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
+func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)) error {
 	if err := waitDatagram(r.host, r.rc); err != nil {
 		return err
 	}
@@ -257,9 +328,10 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
 	defer runBufs.Put(buf)
 	b := *buf
 	off, seg, count := 0, 0, 0
+	var runFrom netip.AddrPort
 	flush := func() {
 		if off > 0 {
-			emit(b[:off], seg)
+			emit(b[:off], seg, runFrom)
 		}
 		off, count = 0, 0
 	}
@@ -267,7 +339,7 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
 		if count >= maxRunSegments || off+seg > MaxRun {
 			flush()
 		}
-		m, gso, err := r.readNow(b[off:])
+		m, gso, from, err := r.readNow(b[off:])
 		if err != nil {
 			flush()
 			if errors.Is(err, ErrNothingQueued) {
@@ -275,21 +347,25 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
 			}
 			return err
 		}
+		if count > 0 && from != runFrom {
+			// Another source: its own run.
+			emit(b[:off], seg, runFrom)
+			copy(b, b[off:off+m])
+			off, count = 0, 0
+		}
 		got := b[off : off+m]
 		switch {
 		case m == 0:
 			// An empty datagram (a keepalive): one of its own.
 			flush()
-			emit(b[:0], 0)
+			emit(b[:0], 0, from)
 		case gso > 0 && gso < m:
 			// A super-datagram: a run of its own.
-			if off > 0 {
-				emit(b[:off], seg)
-			}
-			emit(got, gso)
-			off, count = 0, 0
+			flush()
+			copy(b, got)
+			emit(b[:m], gso, from)
 		case count == 0:
-			off, seg, count = m, m, 1
+			off, seg, count, runFrom = m, m, 1, from
 		case m == seg:
 			off += m
 			count++
@@ -299,7 +375,7 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
 			flush()
 		default:
 			// Larger: the run ends before it, and it starts the next.
-			emit(b[:off], seg)
+			emit(b[:off], seg, runFrom)
 			copy(b, got)
 			off, seg, count = m, m, 1
 		}
@@ -307,13 +383,29 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int)) error {
 }
 
 // readNow reads a datagram already queued into buf without waiting, with
-// the segment size UDP_GRO gives a super-datagram (0 for one datagram).
-func (r *RunReader) readNow(buf []byte) (n, gso int, err error) {
-	var rerr error
+// the segment size UDP_GRO gives a super-datagram (0 for one datagram)
+// and its source.
+func (r *RunReader) readNow(buf []byte) (n, gso int, from netip.AddrPort, err error) {
+	var rerr unix.Errno
 	var oobn int
+	var namelen uint32
 	cerr := r.rc.Read(func(fd uintptr) bool {
 		for {
-			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), buf, r.oob[:], unix.MSG_DONTWAIT)
+			var iov unix.Iovec
+			if len(buf) > 0 {
+				iov.Base = &buf[0]
+				iov.SetLen(len(buf))
+			}
+			msg := unix.Msghdr{
+				Name:    (*byte)(unsafe.Pointer(&r.from)),
+				Namelen: unix.SizeofSockaddrAny,
+				Iov:     &iov,
+				Control: &r.oob[0],
+			}
+			msg.SetIovlen(1)
+			msg.SetControllen(len(r.oob))
+			got, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+			n, oobn, namelen, rerr = int(got), int(msg.Controllen), msg.Namelen, e
 			if rerr != unix.EINTR {
 				return true // never wait
 			}
@@ -321,13 +413,13 @@ func (r *RunReader) readNow(buf []byte) (n, gso int, err error) {
 	})
 	switch {
 	case cerr != nil:
-		return 0, 0, cerr
+		return 0, 0, from, cerr
 	case rerr == unix.EAGAIN:
-		return 0, 0, ErrNothingQueued
-	case rerr != nil:
-		return 0, 0, &net.OpError{Op: "read", Net: "udp", Source: r.host.LocalAddr(), Addr: r.host.RemoteAddr(), Err: os.NewSyscallError("recvmsg", rerr)}
+		return 0, 0, from, ErrNothingQueued
+	case rerr != 0:
+		return 0, 0, from, &net.OpError{Op: "read", Net: "udp", Source: r.host.LocalAddr(), Addr: r.host.RemoteAddr(), Err: os.NewSyscallError("recvmsg", rerr)}
 	}
-	return n, groSize(r.oob[:oobn]), nil
+	return n, groSize(r.oob[:oobn]), addrOf(&r.from, namelen), nil
 }
 
 // groSize finds the UDP_GRO segment size in a control message buffer.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 	"unsafe"
@@ -132,7 +133,7 @@ func TestRunReader(t *testing.T) {
 	b.SetReadDeadline(time.Now().Add(2 * time.Second))
 	var got [][]byte
 	runs := 0
-	if err := r.ReadRuns(func(run []byte, seg int) {
+	if err := r.ReadRuns(func(run []byte, seg int, _ netip.AddrPort) {
 		runs++
 		if seg == 0 {
 			if len(run) != 0 {
@@ -189,7 +190,7 @@ func TestRunReader(t *testing.T) {
 	got = nil
 	var segs []int
 	b.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if err := r.ReadRuns(func(run []byte, seg int) {
+	if err := r.ReadRuns(func(run []byte, seg int, _ netip.AddrPort) {
 		segs = append(segs, seg)
 		for off := 0; off < len(run); off += seg {
 			got = append(got, append([]byte(nil), run[off:min(off+seg, len(run))]...))

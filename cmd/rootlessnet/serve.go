@@ -114,6 +114,10 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 	case o.tcpFastPath && o.pcap == "":
 		engine.SetGuestDialer(engine.FastDialer(fastLink{n.Fast}))
 	}
+	if o.pcap == "" {
+		// The capture must see every datagram.
+		engine.SetUDPShortcut(n.Fast)
+	}
 	var api *portfwd.APIServer
 	var auto *portfwd.Auto
 	stop := func() {

@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rootlessnet/rootlessnet/test/world"
 )
 
 func init() {
@@ -148,6 +150,27 @@ func (e *env) wantReply(t *testing.T, p *slirpProc, proto, addr, want string) {
 	if err != nil {
 		t.Fatalf("%s %s: %v (last reply %q), want a reply %q...\n%s", proto, addr, err, got, want, p.output())
 	}
+}
+
+// TestPublishUDPRuns sends runs of datagrams (UDP_SEGMENT) to a published
+// UDP port from the world and from the host's loopback, on the fast path
+// and through the netstack (--offload=false keeps the shortcut; the
+// capture takes it away), and wants every datagram echoed intact by the
+// container: runs are gathered and sent as one both ways, per client.
+func TestPublishUDPRuns(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		for _, flags := range [][]string{nil, {"--offload=false"}, {"--pcap", filepath.Join(e.scratch, "runs.pcap")}} {
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			p := e.startPortServer(t, ctx, append([]string{"-p", "0.0.0.0:24000:9000/udp"}, flags...), "udpecho:0.0.0.0:9000")
+			for _, addr := range []string{"127.0.0.1:24000", world.UplinkV4 + ":24000"} {
+				if err := e.w.Do(func() error { return udpRuns(addr) }); err != nil {
+					t.Errorf("%v, to %s: %v", flags, addr, err)
+				}
+			}
+			p.finish(t)
+			cancel()
+		}
+	})
 }
 
 // TestPublishRanges: -p with ranges and lone ports maps each host port
@@ -367,6 +390,28 @@ func portServer(args []string) error {
 	}()
 	listen := func(network, addr string) error {
 		key := network + " " + addr
+		if network == "udpecho" {
+			// Echoes each datagram as it came.
+			pc, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return err
+			}
+			pc.(*net.UDPConn).SetReadBuffer(1 << 20)
+			open[key] = pc
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 64<<10)
+				for {
+					n, from, err := pc.ReadFrom(buf)
+					if err != nil {
+						return
+					}
+					pc.WriteTo(buf[:n], from)
+				}
+			}()
+			return nil
+		}
 		if strings.HasPrefix(network, "udp") {
 			pc, err := net.ListenPacket(network, addr)
 			if err != nil {
