@@ -54,6 +54,13 @@ type UDPBatcher struct {
 	// gsoBelow: runs of datagrams under this size go as one (0: none
 	// do any more).
 	gsoBelow int
+
+	// The arguments and result of sendFn, which is made once: a closure
+	// made per send was an allocation per datagram.
+	sendPieces [][]byte
+	sendSeg    int
+	sendErr    error
+	sendFn     func(fd uintptr) bool
 }
 
 // NewUDPBatcher returns a batcher for host, which calls seen with each
@@ -63,7 +70,9 @@ func NewUDPBatcher(host *net.UDPConn, seen func(n int)) (*UDPBatcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &UDPBatcher{rc: rc, seen: seen, gsoBelow: MaxRun + 1}, nil
+	b := &UDPBatcher{rc: rc, seen: seen, gsoBelow: MaxRun + 1}
+	b.sendFn = b.sendOn
+	return b, nil
 }
 
 // NewUDPBatcherTo returns a batcher that sends from the unconnected
@@ -167,22 +176,26 @@ func gsoRefused(err error) bool {
 // send writes pieces as one datagram, or as a run of datagrams of seg
 // bytes (seg > 0) for the kernel to split.
 func (b *UDPBatcher) send(pieces [][]byte, seg int) error {
-	var serr error
-	b.rc.Write(func(fd uintptr) bool {
-		for {
-			if seg > 0 {
-				serr = sendSegments(int(fd), pieces, seg, b.to)
-			} else {
-				// sendmsg, not writev: a zero-length write sends
-				// nothing, and an empty datagram is one.
-				serr = sendmsg(int(fd), pieces, nil, b.to)
-			}
-			if serr != unix.EINTR {
-				return true
-			}
+	b.sendPieces, b.sendSeg, b.sendErr = pieces, seg, nil
+	b.rc.Write(b.sendFn)
+	b.sendPieces = nil
+	return b.sendErr
+}
+
+// sendOn is send's body on the socket's fd (sendFn).
+func (b *UDPBatcher) sendOn(fd uintptr) bool {
+	for {
+		if b.sendSeg > 0 {
+			b.sendErr = sendSegments(int(fd), b.sendPieces, b.sendSeg, b.to)
+		} else {
+			// sendmsg, not writev: a zero-length write sends
+			// nothing, and an empty datagram is one.
+			b.sendErr = sendmsg(int(fd), b.sendPieces, nil, b.to)
 		}
-	})
-	return serr
+		if b.sendErr != unix.EINTR {
+			return true
+		}
+	}
 }
 
 // sendSegments sends run, in pieces, on a connected UDP socket as
@@ -302,6 +315,14 @@ type RunReader struct {
 	rc   syscall.RawConn
 	oob  [unix.SizeofCmsghdr + 8]byte
 	from unix.RawSockaddrAny
+
+	// The arguments and results of readFn and peekFn, made once (a
+	// closure per read was an allocation per datagram).
+	buf            []byte
+	n, oobn        int
+	namelen        uint32
+	rerr           unix.Errno
+	readFn, peekFn func(fd uintptr) bool
 }
 
 // NewRunReader returns a reader of host.
@@ -310,7 +331,9 @@ func NewRunReader(host *net.UDPConn) (*RunReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &RunReader{host: host, rc: rc}, nil
+	r := &RunReader{host: host, rc: rc}
+	r.readFn, r.peekFn = r.readOn, r.peekOn
+	return r, nil
 }
 
 // ReadRuns waits for a datagram (host's read deadline applies), then
@@ -321,7 +344,7 @@ func NewRunReader(host *net.UDPConn) (*RunReader, error) {
 // that ended the wait (a timeout, a closed socket, a queued ICMP error
 // such as ECONNREFUSED). run is valid only during emit.
 func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)) error {
-	if err := waitDatagram(r.host, r.rc); err != nil {
+	if err := r.wait(); err != nil {
 		return err
 	}
 	buf := runBufs.Get().(*[]byte)
@@ -386,40 +409,72 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)
 // the segment size UDP_GRO gives a super-datagram (0 for one datagram)
 // and its source.
 func (r *RunReader) readNow(buf []byte) (n, gso int, from netip.AddrPort, err error) {
-	var rerr unix.Errno
-	var oobn int
-	var namelen uint32
-	cerr := r.rc.Read(func(fd uintptr) bool {
-		for {
-			var iov unix.Iovec
-			if len(buf) > 0 {
-				iov.Base = &buf[0]
-				iov.SetLen(len(buf))
-			}
-			msg := unix.Msghdr{
-				Name:    (*byte)(unsafe.Pointer(&r.from)),
-				Namelen: unix.SizeofSockaddrAny,
-				Iov:     &iov,
-				Control: &r.oob[0],
-			}
-			msg.SetIovlen(1)
-			msg.SetControllen(len(r.oob))
-			got, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
-			n, oobn, namelen, rerr = int(got), int(msg.Controllen), msg.Namelen, e
-			if rerr != unix.EINTR {
-				return true // never wait
-			}
-		}
-	})
+	r.buf = buf
+	cerr := r.rc.Read(r.readFn)
+	r.buf = nil
 	switch {
 	case cerr != nil:
 		return 0, 0, from, cerr
-	case rerr == unix.EAGAIN:
+	case r.rerr == unix.EAGAIN:
 		return 0, 0, from, ErrNothingQueued
-	case rerr != 0:
-		return 0, 0, from, &net.OpError{Op: "read", Net: "udp", Source: r.host.LocalAddr(), Addr: r.host.RemoteAddr(), Err: os.NewSyscallError("recvmsg", rerr)}
+	case r.rerr != 0:
+		return 0, 0, from, r.opError("recvmsg", r.rerr)
 	}
-	return n, groSize(r.oob[:oobn]), addrOf(&r.from, namelen), nil
+	return r.n, groSize(r.oob[:r.oobn]), addrOf(&r.from, r.namelen), nil
+}
+
+// readOn is readNow's recvmsg on the socket's fd (readFn).
+func (r *RunReader) readOn(fd uintptr) bool {
+	for {
+		var iov unix.Iovec
+		if len(r.buf) > 0 {
+			iov.Base = &r.buf[0]
+			iov.SetLen(len(r.buf))
+		}
+		msg := unix.Msghdr{
+			Name:    (*byte)(unsafe.Pointer(&r.from)),
+			Namelen: unix.SizeofSockaddrAny,
+			Iov:     &iov,
+			Control: &r.oob[0],
+		}
+		msg.SetIovlen(1)
+		msg.SetControllen(len(r.oob))
+		got, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+		r.n, r.oobn, r.namelen, r.rerr = int(got), int(msg.Controllen), msg.Namelen, e
+		if e != unix.EINTR {
+			return true // never wait
+		}
+	}
+}
+
+// wait waits until a datagram (or an error) is queued, without reading
+// it; the socket's read deadline applies.
+func (r *RunReader) wait() error {
+	if err := r.rc.Read(r.peekFn); err != nil {
+		return err // deadline or closed
+	}
+	if r.rerr != 0 {
+		// The peek consumed the socket's pending error (an ICMP
+		// error): report it as a read would have.
+		return r.opError("recvfrom", r.rerr)
+	}
+	return nil
+}
+
+// peekOn is wait's zero-length peek on the socket's fd (peekFn): it
+// reports done once something is queued.
+func (r *RunReader) peekOn(fd uintptr) bool {
+	for {
+		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, 0, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		r.rerr = e
+		if e != unix.EINTR {
+			return e != unix.EAGAIN
+		}
+	}
+}
+
+func (r *RunReader) opError(op string, errno unix.Errno) error {
+	return &net.OpError{Op: "read", Net: "udp", Source: r.host.LocalAddr(), Addr: r.host.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }
 
 // groSize finds the UDP_GRO segment size in a control message buffer.

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"github.com/rootlessnet/rootlessnet/stack/link"
@@ -130,6 +131,16 @@ func (p *Path) Close() {
 
 // Stats returns the fast path's counters.
 func (p *Path) Stats() *Stats { return &p.stats }
+
+// learnGuest tells the link of the source of a frame the fast path took,
+// eth its Ethernet header: without a string made per frame when the MAC
+// is the one known (nearly always).
+func (c *core) learnGuest(eth []byte) {
+	if mac, ok := c.link.GuestMAC(); ok && string(mac) == string(eth[header.EthernetAddressSize:2*header.EthernetAddressSize]) {
+		return
+	}
+	c.link.LearnGuestMAC(header.Ethernet(eth).SourceAddress())
+}
 
 // framePieces appends to dst the pieces of bytes [off, off+n) of a frame
 // read as hdr then rest.

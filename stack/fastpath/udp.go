@@ -140,7 +140,7 @@ func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
 	if sink == nil && svc == nil {
 		return false
 	}
-	u.link.LearnGuestMAC(eth.SourceAddress())
+	u.learnGuest(eth)
 	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
 	if sink != nil {
 		if udpSeg >= n {

@@ -187,7 +187,9 @@ func (r *tapReader) deliver(frame buffer.Buffer) {
 		frame.Release()
 		return
 	}
-	e.LearnGuestMAC(eth.SourceAddress())
+	if mac, ok := e.GuestMAC(); !ok || string(mac) != string(hdr[header.EthernetAddressSize:2*header.EthernetAddressSize]) {
+		e.LearnGuestMAC(eth.SourceAddress())
+	}
 	if r.onRouterSolicit != nil && isRouterSolicit(hdr) {
 		r.onRouterSolicit()
 		e.poll.HandOff()
@@ -205,10 +207,12 @@ type guestAddr struct {
 // LearnGuestMAC remembers src, a frame's source, as the container's MAC
 // (the fast path tells it of the frames it takes).
 func (g *guestAddr) LearnGuestMAC(src tcpip.LinkAddress) {
+	if p := g.guestMAC.Load(); p != nil && *p == src {
+		return
+	}
 	if header.IsValidUnicastEthernetAddress(src) {
-		if p := g.guestMAC.Load(); p == nil || *p != src {
-			g.guestMAC.Store(&src)
-		}
+		mac := src // on the heap only when it changes
+		g.guestMAC.Store(&mac)
 	}
 }
 
