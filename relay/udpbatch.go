@@ -61,6 +61,8 @@ type UDPBatcher struct {
 	sendSeg    int
 	sendErr    error
 	sendFn     func(fd uintptr) bool
+	// one holds a run's single piece (a slice literal would escape).
+	one [1][]byte
 }
 
 // NewUDPBatcher returns a batcher for host, which calls seen with each
@@ -158,11 +160,13 @@ func (b *UDPBatcher) Flush() {
 	if b.count == 1 {
 		seg = 0
 	}
+	b.one[0] = run
 	if seg == 0 {
-		b.send([][]byte{run}, 0)
+		b.send(b.one[:], 0)
 	} else {
-		b.sendRun([][]byte{run}, len(run), seg)
+		b.sendRun(b.one[:], len(run), seg)
 	}
+	b.one[0] = nil
 	runBufs.Put(b.buf)
 	b.buf, b.n, b.seg, b.count, b.short = nil, 0, 0, 0, false
 }

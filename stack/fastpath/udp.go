@@ -237,6 +237,16 @@ func parseUDP(hdr []byte, frameLen int) (src, dst netip.AddrPort, off, n int, ok
 // headers of a datagram WriteUDP makes.
 const udpHeadersMax = link.VnetHdrSize + header.EthernetMinimumSize + header.IPv6MinimumSize + header.UDPMinimumSize
 
+// udpWriteScratch is what write needs for one frame's headers: pooled,
+// since WriteUDP runs on many goroutines and a frame's headers made on the
+// stack escaped to the heap through the link's interface.
+type udpWriteScratch struct {
+	hdrs   [udpHeadersMax]byte
+	pieces [2][]byte
+}
+
+var udpScratch = sync.Pool{New: func() any { return new(udpWriteScratch) }}
+
 // MaxUDPSegments bounds the datagrams of one WriteUDPBatch sent as one
 // frame (the kernel's UDP_MAX_SEGMENTS was 64 before Linux 6.x).
 const MaxUDPSegments = 64
@@ -301,7 +311,10 @@ func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte, seg int) bo
 	if ipLen+header.UDPMinimumSize+mtuPayload > int(u.link.MTU()) {
 		return false
 	}
-	var buf [udpHeadersMax]byte
+	sc := udpScratch.Get().(*udpWriteScratch)
+	defer udpScratch.Put(sc)
+	buf := &sc.hdrs
+	*buf = [udpHeadersMax]byte{}
 	frame := buf[link.VnetHdrSize:]
 	header.Ethernet(frame).Encode(&header.EthernetFields{SrcAddr: u.mac, DstAddr: guest, Type: proto})
 	ip := frame[header.EthernetMinimumSize:]
@@ -358,7 +371,10 @@ func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte, seg int) bo
 	if !u.link.VnetHdr() {
 		hdrs = hdrs[link.VnetHdrSize:]
 	}
-	if err := u.link.WritePieces([][]byte{hdrs, payload}); err != nil {
+	sc.pieces = [2][]byte{hdrs, payload}
+	err := u.link.WritePieces(sc.pieces[:])
+	sc.pieces = [2][]byte{}
+	if err != nil {
 		return true
 	}
 	u.stats.UDPShortcutOut.Add(1)
