@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -204,6 +205,79 @@ func TestRunReader(t *testing.T) {
 	for i := range want {
 		if i >= len(got) || !bytes.Equal(got[i], want[i]) {
 			t.Fatalf("GRO run: datagram %d differs (got %d datagrams)", i, len(got))
+		}
+	}
+}
+
+// TestRunReaderSources reads an unconnected socket that two clients
+// send to, interleaved: runs never mix them, each run names its source,
+// and a batcher with a destination answers each client.
+func TestRunReaderSources(t *testing.T) {
+	for _, network := range []string{"udp4", "udp6"} {
+		t.Run(network, func(t *testing.T) { testRunReaderSources(t, network) })
+	}
+}
+
+func testRunReaderSources(t *testing.T, network string) {
+	ip := net.IPv4(127, 0, 0, 1)
+	if network == "udp6" {
+		ip = net.IPv6loopback
+	}
+	srv, err := net.ListenUDP(network, &net.UDPAddr{IP: ip})
+	if err != nil {
+		t.Skipf("no %s loopback: %v", network, err)
+	}
+	defer srv.Close()
+	var clients [2]*net.UDPConn
+	for i := range clients {
+		if clients[i], err = net.DialUDP(network, nil, srv.LocalAddr().(*net.UDPAddr)); err != nil {
+			t.Fatal(err)
+		}
+		defer clients[i].Close()
+	}
+	// a a b b b a: three runs at least.
+	order := []int{0, 0, 1, 1, 1, 0}
+	for i, c := range order {
+		if _, err := clients[c].Write(testDatagram(i, 500)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := NewRunReader(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.SetReadDeadline(time.Now().Add(2 * time.Second))
+	got := map[netip.AddrPort][]int{}
+	var sources []netip.AddrPort
+	if err := r.ReadRuns(func(run []byte, seg int, from netip.AddrPort) {
+		sources = append(sources, from)
+		for off := 0; off < len(run); off += seg {
+			got[from] = append(got[from], int(binary.BigEndian.Uint16(run[off:])))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(sources) < 3 {
+		t.Errorf("runs from %v: two clients' datagrams mixed", sources)
+	}
+	for c, want := range [2][]int{{0, 1, 5}, {2, 3, 4}} {
+		from := clients[c].LocalAddr().(*net.UDPAddr).AddrPort()
+		if !slices.Equal(got[from], want) {
+			t.Errorf("client %d (%v): datagrams %v, want %v (all: %v)", c, from, got[from], want, got)
+		}
+		// And back, as a published port answers its client.
+		b, err := NewUDPBatcherTo(srv, from, func(int) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			b.Datagram([][]byte{testDatagram(10*c+i, 300)}, 0)
+		}
+		b.Flush()
+		for i, d := range readDatagrams(t, clients[c], 3) {
+			if !bytes.Equal(d, testDatagram(10*c+i, 300)) {
+				t.Errorf("client %d: answer %d differs", c, i)
+			}
 		}
 	}
 }
