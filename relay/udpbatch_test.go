@@ -48,6 +48,21 @@ func testDatagram(i, size int) []byte {
 	return d
 }
 
+// testRun is count test datagrams from first on, of seg bytes but the
+// last of last, and their concatenation.
+func testRun(first, count, seg, last int) (run []byte, ds [][]byte) {
+	for i := range count {
+		size := seg
+		if i == count-1 {
+			size = last
+		}
+		d := testDatagram(first+i, size)
+		ds = append(ds, d)
+		run = append(run, d...)
+	}
+	return run, ds
+}
+
 // readDatagrams reads what b has queued, one datagram each.
 func readDatagrams(t *testing.T, b *net.UDPConn, want int) [][]byte {
 	t.Helper()
@@ -86,16 +101,8 @@ func TestUDPBatcher(t *testing.T) {
 		}
 	}
 	// A run of the container's: 7 datagrams of 700, the last of 10.
-	var run []byte
-	for i := range 8 {
-		size := 700
-		if i == 7 {
-			size = 10
-		}
-		d := testDatagram(100+i, size)
-		want = append(want, d)
-		run = append(run, d...)
-	}
+	run, ds := testRun(100, 8, 700, 10)
+	want = append(want, ds...)
 	bt.Datagram([][]byte{run[:1000], run[1000:]}, 700)
 	bt.Flush()
 	got := readDatagrams(t, b, len(want))
@@ -169,17 +176,7 @@ func TestRunReader(t *testing.T) {
 	if !EnableGRO(b) {
 		t.Skip("no UDP_GRO in this kernel")
 	}
-	var run []byte
-	want = nil
-	for i := range 10 {
-		size := 1200
-		if i == 9 {
-			size = 100
-		}
-		d := testDatagram(200+i, size)
-		want = append(want, d)
-		run = append(run, d...)
-	}
+	run, want := testRun(200, 10, 1200, 100)
 	var oob [unix.SizeofCmsghdr + 8]byte
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT

@@ -63,49 +63,33 @@ type udpShortcut struct {
 // from now on, until remove (idempotent) is called. A pcap sniffer on the
 // link would not see these datagrams.
 func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func()) {
-	key := udpFlowKey{src: src, dst: dst}
-	u := &p.udp
-	u.mu.Lock()
-	if u.flows == nil {
-		u.flows = map[udpFlowKey]UDPSink{}
-	}
-	if _, dup := u.flows[key]; !dup {
-		u.n.Add(1)
-	}
-	u.flows[key] = sink
-	u.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			u.mu.Lock()
-			if _, ok := u.flows[key]; ok {
-				delete(u.flows, key)
-				u.n.Add(-1)
-			}
-			u.mu.Unlock()
-		})
-	}
+	return register(&p.udp, &p.udp.flows, udpFlowKey{src: src, dst: dst}, sink)
 }
 
 // AddUDPService hands every datagram to dst that no flow takes to svc,
 // until remove (idempotent) is called.
 func (p *Path) AddUDPService(dst netip.AddrPort, svc UDPService) (remove func()) {
-	u := &p.udp
+	return register(&p.udp, &p.udp.services, dst, svc)
+}
+
+// register puts v in the table *m of u under key, counted in u.n, and
+// returns what takes it out again (once).
+func register[K comparable, V any](u *udpShortcut, m *map[K]V, key K, v V) (remove func()) {
 	u.mu.Lock()
-	if u.services == nil {
-		u.services = map[netip.AddrPort]UDPService{}
+	if *m == nil {
+		*m = map[K]V{}
 	}
-	if _, dup := u.services[dst]; !dup {
+	if _, dup := (*m)[key]; !dup {
 		u.n.Add(1)
 	}
-	u.services[dst] = svc
+	(*m)[key] = v
 	u.mu.Unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			u.mu.Lock()
-			if _, ok := u.services[dst]; ok {
-				delete(u.services, dst)
+			if _, ok := (*m)[key]; ok {
+				delete(*m, key)
 				u.n.Add(-1)
 			}
 			u.mu.Unlock()
