@@ -120,7 +120,7 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		if err == nil {
 			defer f.cfg.UDPShortcut.AddUDPFlow(src, dst, sink)()
 		}
-		relay.EnableGRO(host)
+		relay.PrepareHost(host)
 	}
 	runs, err := relay.NewRunReader(host)
 	if err != nil {

@@ -202,6 +202,7 @@ func (e *Engine) AddFrom(spec Spec, src Source) (int, error) {
 			return 0, err
 		}
 		c := pc.(*net.UDPConn)
+		relay.PrepareHost(c)
 		ctx, cancel := context.WithCancel(e.ctx)
 		p.close = func() { cancel(); c.Close() }
 		e.mu.Lock()

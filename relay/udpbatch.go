@@ -295,6 +295,20 @@ func addrOf(sa *unix.RawSockaddrAny, n uint32) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
+// hostReadBuffer is what a host UDP socket asks for as its receive
+// buffer: the kernel caps it at net.core.rmem_max, then doubles it, so a
+// socket that asks gets twice the default (rmem_default, usually equal to
+// rmem_max), room for the bursts that arrive while the reader waits for a
+// CPU.
+const hostReadBuffer = 4 << 20
+
+// PrepareHost readies a host UDP socket for runs: a receive buffer as
+// large as an unprivileged process may have, and UDP_GRO (EnableGRO).
+func PrepareHost(host *net.UDPConn) {
+	host.SetReadBuffer(hostReadBuffer)
+	EnableGRO(host)
+}
+
 // EnableGRO asks the kernel to hand host's datagrams of one flow that
 // arrive together (GRO of a NIC, or a sender's GSO run) as one
 // super-datagram (UDP_GRO, Linux 5.0); ReadRun splits them again. It
