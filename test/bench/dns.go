@@ -91,11 +91,11 @@ func runDNS(cfg *config, tools []*tool, runs, lookups int, bin string) (string, 
 	renderToolTable(&b, db.rec, cfg, dnsFigures, names, colDirect, "direct (host client -> server)")
 	fmt.Fprintf(&b, `
 Notes (whole run %.0f s):
-- Server: a DNS server of the bench (github.com/miekg/dns) on the host's %s:53 (UDP; 127.0.0.53 if 127.0.0.1:53 is taken), answering every A query with one A record (TTL 0).
+- Server: a DNS server of the bench (github.com/miekg/dns) on the host's %s:53 (UDP; 127.0.0.53 if 127.0.0.1:53 is taken), answering every A query with one A record (%s, TTL 0).
 - Each tool serves a fresh user+network namespace (unshare -Urn, as uid 65534) at MTU 65520 per run, interleaved, and is told to use that server through a resolv.conf of the bench's holding "nameserver %s": rootlessnet with --resolv-conf FILE; slirp4netns and pasta read /etc/resolv.conf, so they run in a mount namespace of their own with FILE bind-mounted over /etc/resolv.conf (unshare --mount --propagation private as root, mount --bind, then setpriv --reuid 65534 --regid 65534 --clear-groups --pdeathsig KILL to exec the tool), pasta also with --dns-forward %s. The namespace's client asks %s:53 with every tool (rootlessnet's and slirp4netns' DNS address, pasta's by --dns-forward), which each tool forwards to the server. %s
-- Client: the bench's helper in the namespace (nsenter) makes 50 warm-up then %d lookups one after the other, each of a distinct name (hN.bench.test, type A) on a new UDP socket (socket, connect, send, receive, close, as a stub resolver does), timed from the socket's creation to the answer, which must carry the query's id and one A record; p50/p99 over the run. A lookup unanswered within 2 s is counted (dns-lost row, the sum over the runs), not timed; more than 20 fail the run.
+- Client: the bench's helper in the namespace (nsenter) makes 50 warm-up then %d lookups one after the other, each of a distinct name (hN.bench.test, type A) on a new UDP socket (socket, connect, send, receive, close, as a stub resolver does), timed from the socket's creation to the answer, which must carry the query's id and one A record, the server's %s; p50/p99 over the run. A lookup unanswered within 2 s is counted (dns-lost row, the sum over the runs), not timed; more than 20 fail the run.
 - direct (the reference column): the same helper on the host (as uid 65534) against %s:53, no tool in the path.
 - Ratios are rootlessnet/peer and rootlessnet/direct of the medians; below 1 favours rootlessnet. n/a: the figure failed (reason on stderr).
-`, elapsed.Seconds(), srv.ip, srv.ip, dnsAddr, dnsAddr, toolsNote(names), lookups, srv.ip)
+`, elapsed.Seconds(), srv.ip, dnsAnswer, srv.ip, dnsAddr, dnsAddr, toolsNote(names), lookups, dnsAnswer, srv.ip)
 	return b.String(), nil
 }

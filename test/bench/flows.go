@@ -50,11 +50,13 @@ func (fb *flowsBench) measureTCP(s *session) {
 			if !fb.need(n, dir) {
 				continue
 			}
-			args := []string{"-c", s.gw, "-p", fmt.Sprint(fb.cfg.hostPort), "-t", fmt.Sprint(fb.cfg.secs), "-P", fmt.Sprint(n)}
-			if dir == "in" {
-				args = append(args, "-R")
-			}
-			r, err := iperfNS(s.pid, fb.cfg.secs, args...)
+			r, err := hostIperfOnce(func(port int) (*iperfResult, error) {
+				args := []string{"-c", s.gw, "-p", fmt.Sprint(port), "-t", fmt.Sprint(fb.cfg.secs), "-P", fmt.Sprint(n)}
+				if dir == "in" {
+					args = append(args, "-R")
+				}
+				return iperfNS(s.pid, fb.cfg.secs, args...)
+			})
 			if err != nil {
 				fb.rec.fail(s.t.name, fig, err)
 				continue
@@ -114,7 +116,9 @@ func (fb *flowsBench) measureLoopback() {
 		if !fb.need(n, "out", "in") {
 			continue
 		}
-		r, err := iperfHost(fb.cfg.secs, "-c", "127.0.0.1", "-p", fmt.Sprint(fb.cfg.hostPort), "-t", fmt.Sprint(fb.cfg.secs), "-P", fmt.Sprint(n))
+		r, err := hostIperfOnce(func(port int) (*iperfResult, error) {
+			return iperfHost(fb.cfg.secs, "-c", "127.0.0.1", "-p", fmt.Sprint(port), "-t", fmt.Sprint(fb.cfg.secs), "-P", fmt.Sprint(n))
+		})
 		for _, dir := range []string{"out", "in"} {
 			if err != nil {
 				fb.rec.fail(colLoopback, flowsFig(dir, n), err)
@@ -173,7 +177,7 @@ func runFlows(cfg *config, tools []*tool, runs int, bin string) string {
 	fmt.Fprintf(&b, `
 Notes (whole run %.0f s):
 - Every tool serves a fresh user+network namespace (unshare -Urn, as uid 65534) at MTU 65520 for each group of rows (the iperf3 rows; the request/response rows) and run; groups and tools are interleaved, each run starting with the next. rootlessnet and slirp4netns are reached at 10.0.2.2, pasta at the namespace's default gateway, which it maps to the host's 127.0.0.1 (its tap path). %s
-- TCP: iperf3 -c GATEWAY -P N -t %d in the namespace (nsenter) against iperf3 -s on the host's 127.0.0.1, N = 1, 4 and 16 one after the other in the same session; the aggregate received rate (sum_received); host->ns is -R. The -P N / -P 1 rows divide the medians of the rows above, per column.
+- TCP: iperf3 -c GATEWAY -P N -t %d in the namespace (nsenter) against a one-off iperf3 -s -1 on the host's 127.0.0.1 (a fresh server per run: a persistent one was still busy with the last -P run's end when the next started), N = 1, 4 and 16 one after the other in the same session; the aggregate received rate (sum_received); host->ns is -R. The -P N / -P 1 rows divide the medians of the rows above, per column.
 - Request/response: the bench's helper in the namespace opens %d TCP connections (TCP_NODELAY) through the gateway to an echo server of the bench on the host's 127.0.0.1, each makes 10 warm-up round trips, then all make 64 B round trips, one outstanding per connection, for %d s; the rate is the round trips completed over that time, p50/p99 over all of them.
 - host loopback (the reference column): iperf3 -P N with client and server both on the host's 127.0.0.1 (the same run in both directions' rows), and the helper as uid 65534 on the host against the echo server.
 - Ratios are rootlessnet/peer of the medians (none for the -P N / -P 1 rows); for "lower is better" rows a ratio below 1 favours rootlessnet. n/a: the figure failed (reason on stderr). -figures takes flows-{out,in}-p{1,4,16}, flows-{out,in}-p{4,16}/p1, flows-rr-rate, flows-rr-p50, flows-rr-p99, or patterns ('flows-out-*').

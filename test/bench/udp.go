@@ -100,6 +100,17 @@ func iperfOnce(srv *exec.Cmd, client func() (*iperfResult, error)) (*iperfResult
 	return client()
 }
 
+// hostIperfOnce runs client against a one-off iperf3 server on the host's
+// 127.0.0.1, on a free port.
+func hostIperfOnce(client func(port int) (*iperfResult, error)) (*iperfResult, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	srv := exec.Command("iperf3", "-s", "-1", "--forceflush", "-B", "127.0.0.1", "-p", fmt.Sprint(port))
+	return iperfOnce(srv, func() (*iperfResult, error) { return client(port) })
+}
+
 // udpTimeout bounds an iperf3 -u run of secs: a UDP test whose
 // datagrams do not get through (iperf3 waits for its UDP connect reply
 // without a timeout of its own) ends sooner than the TCP figures' secs+20.
@@ -120,12 +131,7 @@ func (ub *udpBench) udpRun(s *session, p udpPath, size int, rate float64, secs i
 			return iperfHostWithin(udpTimeout(secs), append([]string{"-c", "127.0.0.1", "-p", fmt.Sprint(s.hostPort)}, args...)...)
 		})
 	} else {
-		port, perr := freePort()
-		if perr != nil {
-			return nil, perr
-		}
-		srv := exec.Command("iperf3", "-s", "-1", "--forceflush", "-B", "127.0.0.1", "-p", fmt.Sprint(port))
-		r, err = iperfOnce(srv, func() (*iperfResult, error) {
+		r, err = hostIperfOnce(func(port int) (*iperfResult, error) {
 			return iperfNSWithin(s.pid, udpTimeout(secs), append([]string{"-c", s.gw, "-p", fmt.Sprint(port)}, args...)...)
 		})
 	}
@@ -138,12 +144,7 @@ func (ub *udpBench) udpRun(s *session, p udpPath, size int, rate float64, secs i
 // loopbackRun is the same run with client and server on the host's
 // 127.0.0.1 (the reference column).
 func (ub *udpBench) loopbackRun(size int, rate float64, secs int) (*iperfResult, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	srv := exec.Command("iperf3", "-s", "-1", "--forceflush", "-B", "127.0.0.1", "-p", fmt.Sprint(port))
-	return iperfOnce(srv, func() (*iperfResult, error) {
+	return hostIperfOnce(func(port int) (*iperfResult, error) {
 		return iperfHostWithin(udpTimeout(secs), append([]string{"-c", "127.0.0.1", "-p", fmt.Sprint(port)}, ub.udpArgs(size, rate, secs)...)...)
 	})
 }
