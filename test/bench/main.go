@@ -367,6 +367,9 @@ func pickTools(all []*tool, list string, ab bool) ([]*tool, error) {
 		}
 	}
 	for n := range want {
+		if n == "pasta-2025" {
+			return nil, fmt.Errorf("-tools: pasta-2025: no %s (-install-pasta builds it)", pasta2025Bin)
+		}
 		return nil, fmt.Errorf("-tools: unknown tool %q", n)
 	}
 	if len(out) == 0 || out[0].name != "rootlessnet" {
