@@ -46,6 +46,8 @@ type holdResult struct {
 //	hold ADDR N            open N connections, print, hold them until stdin closes
 //	echo PORT              an echo server on PORT (all addresses); prints
 //	                       "listening", serves until killed
+//
+// and those of helperClient (udplatency, dnsq, rrpar).
 func helperMain(args []string) int {
 	raiseNofile()
 	if len(args) == 2 && args[0] == "echo" {
@@ -55,8 +57,15 @@ func helperMain(args []string) int {
 		}
 		return 0
 	}
+	if ok, err := helperClient(args); ok {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			return 1
+		}
+		return 0
+	}
 	if len(args) < 3 {
-		fmt.Fprintln(os.Stderr, "helper: usage: latency|connrate|hold ADDR ARG... or echo PORT")
+		fmt.Fprintln(os.Stderr, "helper: usage: latency|connrate|hold|udplatency|dnsq|rrpar ADDR ARG... or echo PORT")
 		return 2
 	}
 	var err error

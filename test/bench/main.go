@@ -17,7 +17,12 @@
 //   - plain host loopback TCP throughput as the ceiling.
 //
 // With -networks it measures rootless networks instead (networks.go), with
-// -overlay a network across two hosts over VXLAN (overlay.go, as root).
+// -overlay a network across two hosts over VXLAN (overlay.go, as root),
+// with -startup the start-up (startup.go), with -udp UDP at three
+// datagram sizes on four paths (udp.go), with -dns DNS lookups through
+// each tool (dns.go, as root), with -flows several flows at once
+// (flows.go). -install-pasta builds pasta 2025 into /usr/local/bin
+// (pasta-2025.sh), measured as the tool pasta-2025 wherever pasta is.
 //
 // Usage:
 //
@@ -109,7 +114,7 @@ func main() {
 	connSecs := flag.Float64("conn-t", 2, "seconds of the connections-per-second loop")
 	hold := flag.Int("conns", 1500, "open connections for the RSS figure")
 	udpRate := flag.String("udp-b", "0", "iperf3 -b for UDP (0: as fast as the sender can)")
-	toolList := flag.String("tools", "rootlessnet,slirp4netns,pasta", "tools to measure, comma-separated")
+	toolList := flag.String("tools", defaultTools(), "tools to measure, comma-separated (pasta is Debian 12's "+pastaBin+"; pasta-2025, "+pasta2025Bin+", is in the default list where it exists)")
 	binB := flag.String("b", "", "A/B: a second rootlessnet binary, measured interleaved as rootlessnet-b")
 	extra := flag.String("args", "", "extra flags for rootlessnet, space-separated (e.g. --tcp-fastpath)")
 	extraB := flag.String("b-args", "", "extra flags for rootlessnet-b, space-separated (-b defaults to -rootlessnet's binary when only this is given)")
@@ -118,6 +123,14 @@ func main() {
 	networks := flag.Bool("networks", false, "measure rootless networks instead (issue 17: member to member, outbound, published ports, 50 members; against loopback, rootlessnet run and podman's bridge)")
 	startup := flag.Bool("startup", false, "measure start-up instead (issue 18): the wall time of rootlessnet run -- true with and without confinement, pasta --config-net -- true, unshare -Urn plus slirp4netns until its ready fd, and the --netns form until it serves; with run's phases")
 	overlay := flag.Bool("overlay", false, "measure a network across two hosts over VXLAN instead (issue 19: two namespaces joined by a veth; rootlessnet's overlay against the kernel's vxlan and the veth; needs root)")
+	udp := flag.Bool("udp", false, "measure UDP instead (issue 18): datagrams of 64, 1400 and 8000 B ns->host, host->ns and through a published UDP port both ways; the unlimited sender's received rate and loss, the highest rate with at most 1% loss, and 64 B request/response latency")
+	udpSteps := flag.Int("udp-steps", 4, "-udp: at most this many iperf3 runs in each search for the highest rate with at most 1% loss")
+	udpSearchT := flag.Int("udp-search-t", 2, "-udp: seconds per search run (at most -t)")
+	udpWindow := flag.String("udp-w", "4M", "-udp: iperf3 -w of every UDP run, the socket buffers of both iperf3 ends ('': iperf3's default)")
+	dnsMode := flag.Bool("dns", false, "measure DNS lookups instead (issue 18): a DNS server of the bench on the host's 127.0.0.1:53, each tool forwarding its namespace's queries to it, against the same client on the host; needs root")
+	lookups := flag.Int("lookups", 3000, "-dns: lookups per run")
+	flowsMode := flag.Bool("flows", false, "measure several flows instead (issue 18): iperf3 -P 1, 4 and 16 both ways, and 100 concurrent TCP request/response connections")
+	installPasta := flag.Bool("install-pasta", false, "build pasta 2025 (passt 2025-05-03, Debian 13's) into /usr/local/bin with the bench's pasta-2025.sh (root, gcc, make, network) and exit; afterwards the tool pasta-2025 is measured by default")
 	flag.BoolVar(&verbose, "v", false, "report progress and timings on stderr")
 	flag.Parse()
 	if *runs < 1 || *secs < 1 {
@@ -129,6 +142,27 @@ func main() {
 		if f = strings.TrimSpace(f); f != "" {
 			selected[f] = true
 		}
+	}
+	if *installPasta {
+		if err := installPasta2025(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -install-pasta:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	modes := 0
+	for _, m := range []bool{*networks, *startup, *overlay, *udp, *dnsMode, *flowsMode} {
+		if m {
+			modes++
+		}
+	}
+	if modes > 1 {
+		fmt.Fprintln(os.Stderr, "bench: -networks, -startup, -overlay, -udp, -dns and -flows are separate modes: pick one")
+		os.Exit(2)
+	}
+	if *udpSteps < 1 || *udpSearchT < 1 || *lookups < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -udp-steps, -udp-search-t and -lookups must be at least 1")
+		os.Exit(2)
 	}
 	raiseNofile()
 	ensureTools()
@@ -234,6 +268,26 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
+	if *udp || *dnsMode || *flowsMode {
+		var table string
+		switch {
+		case *udp:
+			table = runUDP(cfg, tools, *runs, *udpSteps, min(*udpSearchT, *secs), *udpWindow, *bin)
+		case *dnsMode:
+			if table, err = runDNS(cfg, tools, *runs, *lookups, *bin); err != nil {
+				fatal(err)
+			}
+		case *flowsMode:
+			table = runFlows(cfg, tools, *runs, *bin)
+		}
+		cleanup()
+		fmt.Print(table)
+		if err := appendTo(*out, table); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	rec := &recorder{vals: map[[2]string][]float64{}}
 	desc := fmt.Sprintf("Machine: %s. Tools: %s.", machine(), versions(*bin))
 	start := time.Now()
@@ -313,6 +367,9 @@ func pickTools(all []*tool, list string, ab bool) ([]*tool, error) {
 		}
 	}
 	for n := range want {
+		if n == "pasta-2025" {
+			return nil, fmt.Errorf("-tools: pasta-2025: no %s (-install-pasta builds it)", pasta2025Bin)
+		}
 		return nil, fmt.Errorf("-tools: unknown tool %q", n)
 	}
 	if len(out) == 0 || out[0].name != "rootlessnet" {
@@ -375,9 +432,17 @@ Notes (whole run %.0f s):
 - Connections per second: the same client connects, writes 1 byte, reads it back and closes, one at a time, for a fixed time.
 - RSS: VmRSS of the stack process (and any children), 0.5 s after it is ready, and with %d connections to the echo server open (opened by 8 parallel dialers, each one echoed once), in a session of its own with no other traffic.
 - CPU per GB: utime+stime of the stack process across the iperf3 run (/proc/PID/stat, 10 ms ticks), divided by the GB (1e9 bytes) received.
-- Ratios are rootlessnet/peer of the medians; for the "lower is better" rows a ratio below 1 favours rootlessnet. n/a: the figure failed (reason on stderr).
-`, elapsed.Seconds(), secs, guestPort, udp, cfg.rtts, guestPort, hold)
+- Ratios are rootlessnet/peer of the medians; for the "lower is better" rows a ratio below 1 favours rootlessnet. n/a: the figure failed (reason on stderr).%s
+`, elapsed.Seconds(), secs, guestPort, udp, cfg.rtts, guestPort, hold, pastaNote(names))
 	return b.String()
+}
+
+// pastaNote is the notes' line on the pasta columns ("" without any).
+func pastaNote(names []string) string {
+	if n := toolsNote(names); n != "" {
+		return "\n- " + n
+	}
+	return ""
 }
 
 func fmtVal(format string, v float64) string {
@@ -470,6 +535,9 @@ func versions(bin string) string {
 		} else if p, err := exec.LookPath(strings.Fields(pkg[1])[0]); err == nil {
 			parts = append(parts, p)
 		}
+	}
+	if _, err := os.Stat(pasta2025Bin); err == nil {
+		parts = append(parts, "pasta-2025 (passt 2025-05-03, "+pasta2025Bin+")")
 	}
 	return strings.Join(parts, ", ")
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -28,7 +30,21 @@ type config struct {
 	sessions   int // sessions started, for profile names
 }
 
-func (c *config) want(fig string) bool { return len(c.figures) == 0 || c.figures[fig] }
+// want: fig is selected by -figures (an id, or a pattern with * such as
+// udp-out-*).
+func (c *config) want(fig string) bool {
+	if len(c.figures) == 0 || c.figures[fig] {
+		return true
+	}
+	for f := range c.figures {
+		if strings.ContainsAny(f, "*?[") {
+			if ok, _ := path.Match(f, fig); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 func (c *config) wantAny(figs ...string) bool {
 	for _, f := range figs {
@@ -52,6 +68,21 @@ type session struct {
 	bypass   bool   // publish with --port-bypass (kindBypass)
 	dir      string // scratch directory readable by uid 65534
 	stderr   *tailBuffer
+	// pubUDP: publish hostPort for UDP too (-udp).
+	pubUDP bool
+	// resolvConf: the tool's nameservers come from this file (-dns).
+	resolvConf string
+}
+
+// sessionOpts are what a session asks of its tool beyond the namespace.
+type sessionOpts struct {
+	mtu     int  // 0: 65520
+	publish bool // publish a free host port to guest port 5201
+	pubUDP  bool // for UDP too
+	bypass  bool
+	// resolvConf: the content of a resolv.conf for the tool ("": the
+	// host's).
+	resolvConf string
 }
 
 // Session kinds: each serves a fresh namespace, so that one figure's
@@ -84,53 +115,14 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 	if kind == kind1500 {
 		mtu = 1500
 	}
-	failAll := func(err error) {
+	opts := sessionOpts{mtu: mtu, bypass: kind == kindBypass}
+	opts.publish = kind == kindMain && cfg.wantAny("pub-in", "pub-out", "pub-lat-p50", "pub-lat-p99") || kind == kindBypass
+	s, done, err := openSession(cfg, t, kind, opts)
+	if err != nil {
 		rec.fail(t.name, strings.Join(kindFigures[kind], ", "), err)
-	}
-	if t.bin != "" {
-		if _, err := exec.LookPath(t.bin); err != nil {
-			failAll(err)
-			return
-		}
-	}
-	dir, err := os.MkdirTemp(cfg.tmp, t.name+"-")
-	if err != nil {
-		failAll(err)
 		return
 	}
-	defer os.RemoveAll(dir)
-	if os.Geteuid() == 0 {
-		os.Chown(dir, 65534, 65534)
-	}
-	ns, err := startNamespace()
-	if err != nil {
-		failAll(fmt.Errorf("namespace: %w", err))
-		return
-	}
-	defer ns.stop(time.Second)
-
-	cfg.sessions++
-	s := &session{t: t, kind: kind, seq: cfg.sessions, mtu: mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}, bypass: kind == kindBypass}
-	if kind == kindMain && cfg.wantAny("pub-in", "pub-out", "pub-lat-p50", "pub-lat-p99") || kind == kindBypass {
-		if s.hostPort, err = freePort(); err != nil {
-			failAll(err)
-			return
-		}
-	}
-	s.stack, err = t.start(s)
-	if err != nil {
-		failAll(fmt.Errorf("start: %w", err))
-		return
-	}
-	defer s.stack.stop(3 * time.Second)
-	s.gw = t.gateway
-	if s.gw == "" {
-		if s.gw, err = defaultGateway(s.pid); err != nil {
-			failAll(err)
-			return
-		}
-	}
-
+	defer done()
 	switch kind {
 	case kindRSS:
 		time.Sleep(500 * time.Millisecond)
@@ -173,6 +165,69 @@ func runSession(cfg *config, t *tool, kind string, rec *recorder) {
 	case kindBypass:
 		measurePublished(cfg, s, rec, "-bypass")
 	}
+}
+
+// openSession serves a fresh namespace with t; done stops the tool and
+// the namespace and removes the session's directory.
+func openSession(cfg *config, t *tool, kind string, opts sessionOpts) (s *session, done func(), err error) {
+	var undo []func()
+	done = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			done()
+		}
+	}()
+	if t.bin != "" {
+		if _, err := exec.LookPath(t.bin); err != nil {
+			return nil, nil, err
+		}
+	}
+	if opts.mtu == 0 {
+		opts.mtu = 65520
+	}
+	dir, err := os.MkdirTemp(cfg.tmp, t.name+"-")
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	if os.Geteuid() == 0 {
+		os.Chown(dir, 65534, 65534)
+	}
+	ns, err := startNamespace()
+	if err != nil {
+		return nil, nil, fmt.Errorf("namespace: %w", err)
+	}
+	undo = append(undo, func() { ns.stop(time.Second) })
+
+	cfg.sessions++
+	s = &session{t: t, kind: kind, seq: cfg.sessions, mtu: opts.mtu, pid: ns.pid(), dir: dir, stderr: &tailBuffer{}, bypass: opts.bypass, pubUDP: opts.pubUDP}
+	if opts.resolvConf != "" {
+		s.resolvConf = filepath.Join(dir, "resolv.conf")
+		if err := os.WriteFile(s.resolvConf, []byte(opts.resolvConf), 0o644); err != nil {
+			return nil, nil, err
+		}
+	}
+	if opts.publish {
+		if s.hostPort, err = freePort(); err != nil {
+			return nil, nil, err
+		}
+	}
+	s.stack, err = t.start(s)
+	if err != nil {
+		return nil, nil, fmt.Errorf("start: %w", err)
+	}
+	undo = append(undo, func() { s.stack.stop(3 * time.Second) })
+	s.gw = t.gateway
+	if s.gw == "" {
+		if s.gw, err = defaultGateway(s.pid); err != nil {
+			return nil, nil, err
+		}
+	}
+	return s, done, nil
 }
 
 // withEcho runs f with the address (through the gateway) of a fresh echo
@@ -275,6 +330,11 @@ type iperfResult struct {
 			BitsPerSecond float64 `json:"bits_per_second"`
 			LostPercent   float64 `json:"lost_percent"`
 		} `json:"sum_received"`
+		// SumSent: the sender's side (UDP: its rate is what was
+		// offered).
+		SumSent struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_sent"`
 	} `json:"end"`
 	Error string `json:"error"`
 }
@@ -299,14 +359,24 @@ func parseIperf(out []byte, runErr error) (*iperfResult, error) {
 
 // iperfNS runs an iperf3 client inside the namespace of pid.
 func iperfNS(pid, secs int, args ...string) (*iperfResult, error) {
+	return iperfNSWithin(pid, time.Duration(secs+20)*time.Second, args...)
+}
+
+// iperfNSWithin is iperfNS killed after timeout.
+func iperfNSWithin(pid int, timeout time.Duration, args ...string) (*iperfResult, error) {
 	args = append([]string{"iperf3"}, append(args, "-J", "--connect-timeout", "5000")...)
-	out, err := output(time.Duration(secs+20)*time.Second, "nsenter", nsenterArgs(pid, args...)...)
+	out, err := output(timeout, "nsenter", nsenterArgs(pid, args...)...)
 	return parseIperf(out, err)
 }
 
 // iperfHost runs an iperf3 client in the host's namespace.
 func iperfHost(secs int, args ...string) (*iperfResult, error) {
-	out, err := output(time.Duration(secs+20)*time.Second, "iperf3", append(args, "-J", "--connect-timeout", "5000")...)
+	return iperfHostWithin(time.Duration(secs+20)*time.Second, args...)
+}
+
+// iperfHostWithin is iperfHost killed after timeout.
+func iperfHostWithin(timeout time.Duration, args ...string) (*iperfResult, error) {
+	out, err := output(timeout, "iperf3", append(args, "-J", "--connect-timeout", "5000")...)
 	return parseIperf(out, err)
 }
 

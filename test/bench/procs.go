@@ -359,3 +359,34 @@ func waitHostListening(port int, timeout time.Duration) error {
 	}
 	return nil
 }
+
+// hostUDPBound reports whether a UDP socket in the host's network
+// namespace is bound to port on 127.0.0.1 or the wildcard address (and
+// not connected).
+func hostUDPBound(port int) bool {
+	for _, file := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		want := fmt.Sprintf(":%04X", port)
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(l)
+			if len(f) > 3 && strings.HasSuffix(f[1], want) && strings.HasSuffix(f[2], ":0000") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func waitHostUDP(port int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for !hostUDPBound(port) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no UDP socket on 127.0.0.1:%d after %v", port, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}

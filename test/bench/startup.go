@@ -20,7 +20,7 @@ type startupCase struct {
 	run  func(bin string) (time.Duration, error)
 }
 
-var startupCases = []startupCase{
+var allStartupCases = []startupCase{
 	{"rootlessnet run -- true", func(bin string) (time.Duration, error) {
 		return timeCmd(unprivileged(exec.Command(bin, "run", "--", "true")))
 	}},
@@ -31,7 +31,10 @@ var startupCases = []startupCase{
 		return timeCmd(unprivileged(exec.Command(bin, "run", "--enable-sandbox=false", "--", "true")))
 	}},
 	{"pasta --config-net -- true", func(string) (time.Duration, error) {
-		return timeCmd(unprivileged(exec.Command("pasta", "--config-net", "-q", "--", "true")))
+		return timeCmd(unprivileged(exec.Command(pastaBin, "--config-net", "-q", "--", "true")))
+	}},
+	{"pasta-2025 --config-net -- true", func(string) (time.Duration, error) {
+		return timeCmd(unprivileged(exec.Command(pasta2025Bin, "--config-net", "-q", "--", "true")))
 	}},
 	{"unshare -Urn, then slirp4netns -c until its ready fd", func(string) (time.Duration, error) {
 		t0 := time.Now()
@@ -82,6 +85,14 @@ func timeCmd(c *exec.Cmd) (time.Duration, error) {
 // medians and 90th percentiles with the phases rootlessnet logs at debug
 // level (the median of each).
 func runStartup(bin string, runs int) string {
+	var startupCases []startupCase
+	for _, c := range allStartupCases {
+		// pasta-2025's row only where it is installed.
+		if _, err := os.Stat(pasta2025Bin); err != nil && strings.HasPrefix(c.name, "pasta-2025") {
+			continue
+		}
+		startupCases = append(startupCases, c)
+	}
 	times := map[string][]float64{}
 	for r := 0; r < runs; r++ {
 		for i := range startupCases {
@@ -105,6 +116,13 @@ func runStartup(bin string, runs int) string {
 	for _, c := range startupCases {
 		v := times[c.name]
 		fmt.Fprintf(&b, "| %s | %s | %s |\n", c.name, fmtVal("%.1f", median(v)), fmtVal("%.1f", percentile(v, 0.9)))
+	}
+	pastas := []string{"pasta"}
+	if _, err := os.Stat(pasta2025Bin); err == nil {
+		pastas = append(pastas, "pasta-2025")
+	}
+	if n := toolsNote(pastas); n != "" {
+		fmt.Fprintf(&b, "\n%s\n", n)
 	}
 	if phases != "" {
 		fmt.Fprintf(&b, "\nWhere rootlessnet run's time goes (--log-level debug's start-up line, medians): %s. The program phase starts once the Go runtime and main run, and the total ends when CMD runs: the wall time adds the runtime's start, CMD itself, and the shut-down (mostly the kernel's RCU grace period in closing the TAP's queue).\n", phases)

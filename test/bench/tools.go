@@ -52,6 +52,12 @@ func rootlessnetTool(name, bin string, extra []string, cfg *config) *tool {
 		}
 		if s.hostPort != 0 {
 			args = append(args, "-p", fmt.Sprintf("127.0.0.1:%d:%d/tcp", s.hostPort, guestPort))
+			if s.pubUDP {
+				args = append(args, "-p", fmt.Sprintf("127.0.0.1:%d:%d/udp", s.hostPort, guestPort))
+			}
+		}
+		if s.resolvConf != "" {
+			args = append(args, "--resolv-conf", s.resolvConf)
 		}
 		args = append(args, extra...)
 		c := unprivileged(exec.Command(bin, args...))
@@ -67,77 +73,162 @@ func rootlessnetTool(name, bin string, extra []string, cfg *config) *tool {
 		if err != nil {
 			return nil, fmt.Errorf("%v: %s", err, s.stderr.tail())
 		}
-		if s.hostPort != 0 {
-			if err := waitHostListening(s.hostPort, 5*time.Second); err != nil {
-				p.stop(time.Second)
-				return nil, err
-			}
+		if err := waitPublished(s, 5*time.Second); err != nil {
+			p.stop(time.Second)
+			return nil, err
 		}
 		return p, nil
 	}}
 }
 
+// waitPublished waits until the session's published port listens on the
+// host (TCP, and UDP with s.pubUDP); nothing to wait for without one.
+func waitPublished(s *session, timeout time.Duration) error {
+	if s.hostPort == 0 {
+		return nil
+	}
+	if err := waitHostListening(s.hostPort, timeout); err != nil {
+		return err
+	}
+	if s.pubUDP {
+		return waitHostUDP(s.hostPort, timeout)
+	}
+	return nil
+}
+
+// Binaries of the two pastas: Debian 12's package (passt 2023-03-09), and
+// passt 2025-05-03 (Debian 13's) built into /usr/local/bin by
+// pasta-2025.sh (-install-pasta). Both are named by full path: PATH finds
+// /usr/local/bin's first.
+const (
+	pastaBin     = "/usr/bin/pasta"
+	pasta2025Bin = "/usr/local/bin/pasta"
+)
+
+// dnsAddr is where the -dns figures send a namespace's queries: the DNS
+// address of rootlessnet and slirp4netns, and pasta's with --dns-forward.
+const dnsAddr = "10.0.2.3"
+
 // peerTools are the stacks rootlessnet is compared with.
 func peerTools() []*tool {
-	return []*tool{
+	tools := []*tool{
 		{name: "slirp4netns", bin: "slirp4netns", gateway: "10.0.2.2", start: func(s *session) (*proc, error) {
 			api := filepath.Join(s.dir, "api.sock")
-			c := unprivileged(exec.Command("slirp4netns", "--configure", fmt.Sprintf("--mtu=%d", s.mtu), "--ready-fd=3", "--api-socket", api, fmt.Sprint(s.pid), "tap0"))
+			c, err := toolCmd(s, "slirp4netns", "--configure", fmt.Sprintf("--mtu=%d", s.mtu), "--ready-fd=3", "--api-socket", api, fmt.Sprint(s.pid), "tap0")
+			if err != nil {
+				return nil, err
+			}
 			c.Stdout, c.Stderr = s.stderr, s.stderr
 			p, err := startReadyFD(c, 15*time.Second)
 			if err != nil {
 				return nil, fmt.Errorf("%v: %s", err, s.stderr.tail())
 			}
 			if s.hostPort != 0 {
-				if err := slirpAddHostfwd(api, s.hostPort); err != nil {
-					p.stop(time.Second)
-					return nil, fmt.Errorf("add_hostfwd: %w", err)
+				protos := []string{"tcp"}
+				if s.pubUDP {
+					protos = append(protos, "udp")
 				}
-				if err := waitHostListening(s.hostPort, 5*time.Second); err != nil {
+				for _, proto := range protos {
+					if err := slirpAddHostfwd(api, proto, s.hostPort); err != nil {
+						p.stop(time.Second)
+						return nil, fmt.Errorf("add_hostfwd %s: %w", proto, err)
+					}
+				}
+				if err := waitPublished(s, 5*time.Second); err != nil {
 					p.stop(time.Second)
 					return nil, err
 				}
 			}
 			return p, nil
 		}},
-		{name: "pasta", bin: "pasta", start: func(s *session) (*proc, error) {
-			fwd := "none"
-			if s.hostPort != 0 {
-				fwd = fmt.Sprintf("127.0.0.1/%d:%d", s.hostPort, guestPort)
-			}
-			c := unprivileged(exec.Command("pasta", "--config-net", "--mtu", fmt.Sprint(s.mtu), "-f", "-q", "-t", fwd, "-u", "none", "-T", "none", "-U", "none", fmt.Sprint(s.pid)))
-			c.Stdout, c.Stderr = s.stderr, s.stderr
-			p, err := startProc(c)
-			if err != nil {
-				return nil, err
-			}
-			// pasta has no readiness signal: wait for the routes it
-			// copies into the namespace, and for the published port.
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				if p.exited() {
-					return nil, fmt.Errorf("pasta exited: %v: %s", p.err, s.stderr.tail())
-				}
-				if _, err := defaultGateway(s.pid); err == nil && (s.hostPort == 0 || hostListening(s.hostPort)) {
-					return p, nil
-				}
-				if time.Now().After(deadline) {
-					p.stop(time.Second)
-					return nil, fmt.Errorf("pasta not ready after 10s: %s", s.stderr.tail())
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		}},
+		pastaTool("pasta", pastaBin),
 	}
+	if _, err := os.Stat(pasta2025Bin); err == nil {
+		tools = append(tools, pastaTool("pasta-2025", pasta2025Bin))
+	}
+	return tools
+}
+
+// defaultTools is -tools' default: every tool, pasta-2025 where
+// /usr/local/bin/pasta exists.
+func defaultTools() string {
+	names := []string{"rootlessnet"}
+	for _, t := range peerTools() {
+		names = append(names, t.name)
+	}
+	return strings.Join(names, ",")
+}
+
+// pastaTool runs the pasta binary bin (Debian 12's or 2025's, the same
+// options).
+func pastaTool(name, bin string) *tool {
+	return &tool{name: name, bin: bin, start: func(s *session) (*proc, error) {
+		tfwd, ufwd := "none", "none"
+		if s.hostPort != 0 {
+			tfwd = fmt.Sprintf("127.0.0.1/%d:%d", s.hostPort, guestPort)
+			if s.pubUDP {
+				ufwd = tfwd
+			}
+		}
+		args := []string{"--config-net", "--mtu", fmt.Sprint(s.mtu), "-f", "-q", "-t", tfwd, "-u", ufwd, "-T", "none", "-U", "none"}
+		if s.resolvConf != "" {
+			args = append(args, "--dns-forward", dnsAddr)
+		}
+		c, err := toolCmd(s, bin, append(args, fmt.Sprint(s.pid))...)
+		if err != nil {
+			return nil, err
+		}
+		c.Stdout, c.Stderr = s.stderr, s.stderr
+		p, err := startProc(c)
+		if err != nil {
+			return nil, err
+		}
+		// pasta has no readiness signal: wait for the routes it
+		// copies into the namespace, and for the published port.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if p.exited() {
+				return nil, fmt.Errorf("pasta exited: %v: %s", p.err, s.stderr.tail())
+			}
+			if _, err := defaultGateway(s.pid); err == nil && (s.hostPort == 0 || hostListening(s.hostPort) && (!s.pubUDP || hostUDPBound(s.hostPort))) {
+				return p, nil
+			}
+			if time.Now().After(deadline) {
+				p.stop(time.Second)
+				return nil, fmt.Errorf("pasta not ready after 10s: %s", s.stderr.tail())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}}
+}
+
+// toolCmd is a peer's command as uid 65534; with s.resolvConf, in a mount
+// namespace of its own where that file is bind-mounted over
+// /etc/resolv.conf (slirp4netns and pasta take their nameserver from
+// there): unshare -m as root, then setpriv down to 65534 (no capability
+// is left: all uids become non-zero; the uid change clears the parent
+// death signal startProc set, so setpriv sets it again).
+func toolCmd(s *session, bin string, args ...string) (*exec.Cmd, error) {
+	if s.resolvConf == "" {
+		return unprivileged(exec.Command(bin, args...)), nil
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("a resolv.conf of the bench's own needs root (a mount namespace with it bound over /etc/resolv.conf)")
+	}
+	script := `mount --bind "$0" /etc/resolv.conf && exec setpriv --reuid 65534 --regid 65534 --clear-groups --pdeathsig KILL -- "$@"`
+	c := exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--", "sh", "-c", script, s.resolvConf, bin}, args...)...)
+	c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp"}
+	return c, nil
 }
 
 // slirpAddHostfwd publishes 127.0.0.1:hostPort to the guest's port 5201
-// through slirp4netns' JSON API (one request per connection).
-func slirpAddHostfwd(sock string, hostPort int) error {
+// (proto tcp or udp) through slirp4netns' JSON API (one request per
+// connection).
+func slirpAddHostfwd(sock, proto string, hostPort int) error {
 	req := map[string]any{
 		"execute": "add_hostfwd",
 		"arguments": map[string]any{
-			"proto": "tcp", "host_addr": "127.0.0.1", "host_port": hostPort,
+			"proto": proto, "host_addr": "127.0.0.1", "host_port": hostPort,
 			"guest_addr": "10.0.2.100", "guest_port": guestPort,
 		},
 	}
