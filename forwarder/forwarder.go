@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -31,6 +32,9 @@ type UDPShortcut interface {
 	// WriteUDPBatch sends a run of datagrams of seg bytes each (the
 	// last may be shorter) as one where the TAP takes it.
 	WriteUDPBatch(src, dst netip.AddrPort, run []byte, seg int) bool
+	// WatchHost calls onReadable on the read loop while conn has
+	// something queued, until stop, which comes before conn's close.
+	WatchHost(conn syscall.Conn, onReadable func()) (stop func(), err error)
 }
 
 // UDPSink is fastpath.UDPSink: it takes a flow's datagrams (Datagram)

@@ -86,8 +86,6 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 			host.Close()
 		})
 	}
-	stop := context.AfterFunc(f.ctx, closeBoth)
-	defer stop()
 	defer closeBoth()
 
 	idle := f.cfg.UDPIdleTimeout
@@ -141,6 +139,33 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 			guest.Write(run[off:min(off+seg, len(run))])
 		}
 	}
+	if f.cfg.UDPShortcut != nil {
+		// The host socket on the read loop: its datagrams are taken as
+		// soon as the loop sees them, with no goroutine to wake.
+		failed := make(chan error, 1)
+		onReadable := func() {
+			_, err := runs.ReadQueued(toGuest, hostBurst)
+			switch {
+			case err == nil:
+			case errors.Is(err, syscall.ECONNREFUSED):
+				// The host got ICMP port unreachable: tell the
+				// container the same way.
+				f.portUnreachable(src, dst, int(lastLen.Load()))
+			default:
+				select {
+				case failed <- err:
+				default:
+				}
+			}
+		}
+		if unwatch, err := f.cfg.UDPShortcut.WatchHost(host, onReadable); err == nil {
+			f.waitIdle(failed, &last, idle)
+			unwatch() // before closeBoth closes the socket
+			return
+		}
+	}
+	stop := context.AfterFunc(f.ctx, closeBoth)
+	defer stop()
 	for {
 		// Due when the flow will have been idle for idle, counting
 		// the other direction's datagrams too (not idle after the last
@@ -158,6 +183,33 @@ func (f *Forwarder) relayUDP(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 			f.portUnreachable(src, dst, int(lastLen.Load()))
 		case isTimeout(err) && !expired():
 		default:
+			return
+		}
+	}
+}
+
+// hostBurst bounds the datagrams one flow's host socket gives the read
+// loop per wake-up: a flood waits its turn behind the TAP and the other
+// flows.
+const hostBurst = 256
+
+// waitIdle returns once a flow served on the read loop has carried
+// nothing for idle (last is when it last did, UnixNano), the forwarder
+// closes, or failed says its host socket broke.
+func (f *Forwarder) waitIdle(failed <-chan error, last *atomic.Int64, idle time.Duration) {
+	t := time.NewTimer(idle)
+	defer t.Stop()
+	for {
+		left := time.Until(time.Unix(0, last.Load()).Add(idle))
+		if left <= 0 {
+			return
+		}
+		t.Reset(left)
+		select {
+		case <-t.C:
+		case <-failed:
+			return
+		case <-f.ctx.Done():
 			return
 		}
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,6 +88,65 @@ func (st *udpTestStack) receive() header.IPv4 {
 // one flow, and ends after the idle timeout; with the cap at one, a second
 // flow is refused with ICMP port unreachable.
 func TestUDPFlowLifetime(t *testing.T) {
+	t.Run("goroutine", func(t *testing.T) { testUDPFlowLifetime(t, nil) })
+	t.Run("loop", func(t *testing.T) {
+		sc := &pollingShortcut{t: t}
+		testUDPFlowLifetime(t, sc)
+		// Two flows watched; the first idled out, its watch stopped
+		// before its socket closed.
+		if sc.watched.Load() != 2 || sc.stopped.Load() != 1 {
+			t.Errorf("host sockets watched %d times, stopped %d; want 2 and 1", sc.watched.Load(), sc.stopped.Load())
+		}
+	})
+}
+
+// pollingShortcut plays the fast path's UDP side for the forwarder: it
+// takes no datagram either way (the stack carries them), and serves
+// WatchHost with a goroutine that polls, checking that the socket is
+// still open when its watch stops.
+type pollingShortcut struct {
+	t                *testing.T
+	watched, stopped atomic.Int32
+}
+
+func (p *pollingShortcut) AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) func() { return func() {} }
+func (p *pollingShortcut) WriteUDPBatch(src, dst netip.AddrPort, run []byte, seg int) bool {
+	return false
+}
+func (p *pollingShortcut) WriteUDP(src, dst netip.AddrPort, payload []byte) bool { return false }
+func (p *pollingShortcut) WatchHost(conn syscall.Conn, onReadable func()) (func(), error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	p.watched.Add(1)
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+				onReadable()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			<-ended
+			if err := rc.Control(func(uintptr) {}); err != nil {
+				p.t.Errorf("the host socket was closed before its watch stopped: %v", err)
+			}
+			p.stopped.Add(1)
+		})
+	}, nil
+}
+
+func testUDPFlowLifetime(t *testing.T, shortcut UDPShortcut) {
 	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +167,7 @@ func TestUDPFlowLifetime(t *testing.T) {
 	const idle = 500 * time.Millisecond
 	f, _ := testForwarder(t)
 	f.cfg.UDPIdleTimeout = idle
+	f.cfg.UDPShortcut = shortcut
 	st := newUDPTestStack(t, f)
 	a, receive := st.a, st.receive
 	send := func(srcPort uint16, msg string) {

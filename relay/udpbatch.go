@@ -365,6 +365,16 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)
 	if err := r.wait(); err != nil {
 		return err
 	}
+	_, err := r.ReadQueued(emit, 0)
+	return err
+}
+
+// ReadQueued is ReadRuns without the wait: it gathers at most limit
+// datagrams (0: no limit) of what is queued, and reports whether it read
+// all (more is false once a read found nothing). A reader on an event
+// loop calls it when the socket is readable, and a limit keeps one flow's
+// flood from holding the loop.
+func (r *RunReader) ReadQueued(emit func(run []byte, seg int, from netip.AddrPort), limit int) (more bool, err error) {
 	buf := runBufs.Get().(*[]byte)
 	defer runBufs.Put(buf)
 	b := *buf
@@ -376,7 +386,7 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)
 		}
 		off, count = 0, 0
 	}
-	for {
+	for read := 0; limit == 0 || read < limit; read++ {
 		if count >= maxRunSegments || off+seg > MaxRun {
 			flush()
 		}
@@ -384,9 +394,9 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)
 		if err != nil {
 			flush()
 			if errors.Is(err, ErrNothingQueued) {
-				return nil
+				return false, nil
 			}
-			return err
+			return false, err
 		}
 		if count > 0 && from != runFrom {
 			// Another source: its own run.
@@ -421,6 +431,8 @@ func (r *RunReader) ReadRuns(emit func(run []byte, seg int, from netip.AddrPort)
 			off, seg, count = m, m, 1
 		}
 	}
+	flush()
+	return true, nil
 }
 
 // readNow reads a datagram already queued into buf without waiting, with
