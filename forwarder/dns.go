@@ -61,7 +61,8 @@ func (f *Forwarder) localAnswer(query []byte) []byte {
 }
 
 // serveDNS answers the queries of one container UDP flow to the DNS
-// address until it is idle.
+// address until it is idle. With the UDP shortcut on, the queries come
+// here only when the shortcut did not take them (dnsudp.go).
 func (f *Forwarder) serveDNS(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter.Queue) {
 	defer guest.Close()
 	stop := context.AfterFunc(f.ctx, func() { guest.Close() })
@@ -74,7 +75,7 @@ func (f *Forwarder) serveDNS(guest *gonet.UDPConn, ep tcpip.Endpoint, wq *waiter
 		}
 		query := append([]byte(nil), (*bp)[:n]...)
 		relay.PutDatagram(bp)
-		if n < 12 { // shorter than a DNS header: nothing to answer
+		if n < dnsHeaderSize { // nothing to answer
 			continue
 		}
 		select {

@@ -14,6 +14,9 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"github.com/rootlessnet/rootlessnet/stack/fastpath"
 )
 
 // GuestWriter sends a whole IP packet to the container, bypassing the
@@ -24,10 +27,12 @@ type GuestWriter interface {
 
 // UDPShortcut carries a UDP flow's datagrams past the netstack once the
 // flow is set up: from the container to a sink (AddUDPFlow), and to the
-// container (WriteUDP, false when the stack must send it); see
-// fastpath.Path.
+// container (WriteUDP, false when the stack must send it); and the
+// datagrams to an address of the gateway's own to a service
+// (AddUDPService: the DNS address); see fastpath.Path.
 type UDPShortcut interface {
 	AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func())
+	AddUDPService(dst netip.AddrPort, svc UDPService) (remove func())
 	WriteUDP(src, dst netip.AddrPort, payload []byte) bool
 	// WriteUDPBatch sends a run of datagrams of seg bytes each (the
 	// last may be shorter) as one where the TAP takes it.
@@ -42,6 +47,22 @@ type UDPShortcut interface {
 type UDPSink = interface {
 	Datagram(payload [][]byte, seg int)
 	Flush()
+}
+
+// UDPService is fastpath.UDPService: it takes a datagram to the
+// service's address from src, on the link's read loop (it must not
+// block), its payload in pieces valid only during the call.
+type UDPService = fastpath.UDPService
+
+// Poller is the link's event loop (eventloop.Loop), where the UDP
+// shortcut's datagrams arrive: the DNS service serves its sockets to the
+// upstreams there too.
+type Poller interface {
+	// Add registers fd; h.OnPoll runs on the loop.
+	Add(fd int, events uint32, h eventloop.Handler) error
+	// Forget unregisters fd, which its close then takes out of the
+	// epoll.
+	Forget(fd int)
 }
 
 // Config is what the forwarder needs.
@@ -64,8 +85,10 @@ type Config struct {
 	// asked.
 	Names Names
 	// UDPShortcut, when set, carries a UDP flow's datagrams both ways
-	// once its host socket is connected.
+	// once its host socket is connected; with Poller, it takes the UDP
+	// queries to the DNS address past the netstack too (dnsudp.go).
 	UDPShortcut UDPShortcut
+	Poller      Poller
 	Log         *slog.Logger
 }
 
@@ -87,6 +110,9 @@ type Forwarder struct {
 	pingWarnOnce sync.Once
 	pingSlots    chan struct{}
 	dnsSlots     chan struct{}
+	// dns answers the UDP queries to the DNS address past the stack
+	// (dnsudp.go); nil without a UDP shortcut.
+	dns *dnsMux
 }
 
 // New makes a forwarder; Attach gives it the stack once that exists.
@@ -104,7 +130,7 @@ func New(cfg Config) *Forwarder {
 		cfg.DNSIdleTimeout = dnsUDPFlowIdle
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Forwarder{
+	f := &Forwarder{
 		cfg:       cfg,
 		tcpDialer: connectAtOnce(cfg.Dialer),
 		log:       cfg.Log,
@@ -113,6 +139,8 @@ func New(cfg Config) *Forwarder {
 		pingSlots: make(chan struct{}, 128),
 		dnsSlots:  make(chan struct{}, 256),
 	}
+	f.dns = newDNSMux(f)
+	return f
 }
 
 // Attach tells the forwarder which stack its requests come from.
@@ -120,6 +148,9 @@ func (f *Forwarder) Attach(s *stack.Stack) { f.st = s }
 
 // Close ends every flow and waits for their goroutines.
 func (f *Forwarder) Close() {
+	if f.dns != nil {
+		f.dns.close()
+	}
 	f.cancel()
 	f.wg.Wait()
 }

@@ -182,6 +182,7 @@ func New(cfg Config) (*Network, error) {
 		Guest:       guest,
 		Dialer:      cfg.Dialer,
 		UDPShortcut: shortcut,
+		Poller:      ep.Loop(),
 		Names:       cfg.Names,
 		Log:         cfg.Log,
 	})

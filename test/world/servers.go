@@ -17,6 +17,13 @@ import (
 	"github.com/miekg/dns"
 )
 
+// DNSBigName has a TXT record of DNSBigTXTStrings strings of 250 bytes
+// each: an answer larger than a 1500-byte MTU.
+const (
+	DNSBigName       = "big.example.test."
+	DNSBigTXTStrings = 12
+)
+
 // Fake DNS data served by World.DNS.
 const (
 	DNSName   = "example.test."
@@ -276,7 +283,18 @@ func (h *dnsHandler) ServeDNS(rw dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	q := r.Question[0]
-	if strings.EqualFold(q.Name, DNSName) {
+	if strings.EqualFold(q.Name, DNSBigName) {
+		if q.Qtype == dns.TypeTXT {
+			txt := make([]string, DNSBigTXTStrings)
+			for i := range txt {
+				txt[i] = strings.Repeat(string(rune('a'+i)), 250)
+			}
+			m.Answer = append(m.Answer, &dns.TXT{
+				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: dnsTTL},
+				Txt: txt,
+			})
+		}
+	} else if strings.EqualFold(q.Name, DNSName) {
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: dnsTTL}
 		switch q.Qtype {
 		case dns.TypeA:
@@ -299,10 +317,11 @@ func (h *dnsHandler) ServeDNS(rw dns.ResponseWriter, r *dns.Msg) {
 
 // DNS starts a fake DNS server on UDP and TCP of the same port inside the
 // world. It answers A example.test. with 198.51.100.7 and AAAA with
-// 2001:db8::7, NXDOMAIN for any other name, and always adds a TXT record
-// "rootlessnet-fake" (owner: the question name) in the additional section so
-// callers can tell the upstream answer arrived unchanged. Port 0 picks a free
-// port.
+// 2001:db8::7, TXT big.example.test. with 3000 bytes of strings (over
+// UDP too: no truncation), NXDOMAIN for any other name, and always adds a
+// TXT record "rootlessnet-fake" (owner: the question name) in the
+// additional section so callers can tell the upstream answer arrived
+// unchanged. Port 0 picks a free port.
 func (w *World) DNS(t testing.TB, addr string) (netip.AddrPort, *DNSLog) {
 	t.Helper()
 	host, port, err := net.SplitHostPort(addr)
