@@ -227,7 +227,10 @@ func (f *Forwarder) serveDNSTCPMessages(r *tcp.ForwarderRequest, answer func(que
 		return
 	}
 	r.Complete(false)
-	f.wg.Add(1)
+	if !f.addFlow() {
+		ep.Close()
+		return
+	}
 	defer f.wg.Done()
 	c := gonet.NewTCPConn(&wq, ep)
 	defer c.Close()

@@ -2,11 +2,13 @@ package forwarder
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,6 +42,11 @@ func newFakeShortcut(mtu int) *fakeShortcut {
 }
 
 func (s *fakeShortcut) AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) func() { return func() {} }
+
+// WatchHost refuses: UDP flows then keep their goroutine.
+func (s *fakeShortcut) WatchHost(syscall.Conn, func()) (func(), error) {
+	return nil, errors.New("no loop")
+}
 
 func (s *fakeShortcut) AddUDPService(dst netip.AddrPort, svc UDPService) func() {
 	s.mu.Lock()

@@ -104,6 +104,10 @@ type Forwarder struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// wgMu orders wg.Add against Close's Wait: a flow the stack starts
+	// while Close runs either counts before Wait or is refused.
+	wgMu    sync.Mutex
+	closing bool
 
 	lim limits // flow cap and fd exhaustion (limits.go)
 
@@ -151,16 +155,30 @@ func (f *Forwarder) Close() {
 	if f.dns != nil {
 		f.dns.close()
 	}
+	f.wgMu.Lock()
+	f.closing = true
+	f.wgMu.Unlock()
 	f.cancel()
 	f.wg.Wait()
 }
 
-// goFlow runs fn in a goroutine the forwarder owns; false when closing.
-func (f *Forwarder) goFlow(fn func()) bool {
-	if f.ctx.Err() != nil {
+// addFlow counts a goroutine of a flow in wg, unless the forwarder is
+// closing.
+func (f *Forwarder) addFlow() bool {
+	f.wgMu.Lock()
+	defer f.wgMu.Unlock()
+	if f.closing {
 		return false
 	}
 	f.wg.Add(1)
+	return true
+}
+
+// goFlow runs fn in a goroutine the forwarder owns; false when closing.
+func (f *Forwarder) goFlow(fn func()) bool {
+	if !f.addFlow() {
+		return false
+	}
 	go func() {
 		defer f.wg.Done()
 		fn()

@@ -89,7 +89,11 @@ func (f *Forwarder) acceptTCP(r *tcp.ForwarderRequest, host *net.TCPConn) {
 
 	// The stack's forwarder gave this goroutine to the flow; register it
 	// so Close can end it.
-	f.wg.Add(1)
+	if !f.addFlow() {
+		ep.Abort()
+		host.Close()
+		return
+	}
 	defer f.wg.Done()
 	if err := relay.Stream(f.ctx, ep, &wq, host); err != nil {
 		f.log.Debug("tcp flow reset", "dst", addrPortOf(id.LocalAddress, id.LocalPort), "err", err)

@@ -114,6 +114,9 @@ func (p *pollingShortcut) WriteUDPBatch(src, dst netip.AddrPort, run []byte, seg
 	return false
 }
 func (p *pollingShortcut) WriteUDP(src, dst netip.AddrPort, payload []byte) bool { return false }
+func (p *pollingShortcut) AddUDPService(dst netip.AddrPort, svc UDPService) func() {
+	return func() {}
+}
 func (p *pollingShortcut) WatchHost(conn syscall.Conn, onReadable func()) (func(), error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
