@@ -113,6 +113,9 @@ func (p *Path) Intercept(hdr, rest []byte, udpSeg int) bool {
 	return p.syn.hold(hdr, rest)
 }
 
+// Holding implements link.Interceptor: datagrams wait to be sent as one.
+func (p *Path) Holding() bool { return len(p.udp.dirty) > 0 }
+
 // Flush implements link.Interceptor: the read loop has read what the TAP
 // had.
 func (p *Path) Flush() {

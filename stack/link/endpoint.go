@@ -75,14 +75,15 @@ type Stats struct {
 // (up to its Ethernet, IP and TCP headers with options), rest what
 // follows; both are the loop's buffers, valid only during the call. It
 // reports whether it took the frame, which then never reaches the stack.
-// Frames come in bursts (up to rxBurst per wake-up of the loop): Flush
-// is called after each burst, so that what the Interceptor batched (a
-// flow's datagrams, sent as one) leaves before the loop waits again.
+// While it holds frames to send as one (Holding: a flow's datagrams) the
+// loop reads on, up to rxBurst frames per wake-up; Flush is called after
+// each burst, so that what it holds leaves before the loop waits again.
 //
 // udpSeg is not 0 for a UDP super-frame (USO): its payload is datagrams of
 // udpSeg bytes each, the last possibly shorter (see SplitUDP).
 type Interceptor interface {
 	Intercept(hdr, rest []byte, udpSeg int) bool
+	Holding() bool
 	Flush()
 }
 

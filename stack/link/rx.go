@@ -70,12 +70,17 @@ func (r *tapReader) release() {
 // loop's other fds (host sockets of the fast path) get their turn.
 const rxBurst = 64
 
-// OnPoll reads the frames queued, up to rxBurst (the TAP is
-// level-triggered: the loop comes back for the rest), then flushes the
-// Interceptor. Reading until EAGAIN costs one read more per burst, and
-// lets the Interceptor send a burst's datagrams of one flow as one.
+// OnPoll reads a frame and, while the Interceptor holds frames to send as
+// one (Holding), the frames queued behind it, up to rxBurst (the TAP is
+// level-triggered: the loop comes back for the rest); then it flushes the
+// Interceptor. Reading until EAGAIN costs one read more per burst: worth
+// it for a burst of datagrams sent on as one, not for a request/response
+// exchange's single frame (a round trip's p50 took 10% longer).
 func (r *tapReader) OnPoll(uint32) {
 	for i := 0; i < rxBurst && !r.failed && r.readFrame(); i++ {
+		if r.icpt == nil || !r.icpt.Holding() {
+			break
+		}
 	}
 	if r.icpt != nil {
 		r.icpt.Flush()
