@@ -131,3 +131,25 @@ func TestSplitUDP(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSplitUDP feeds SplitUDP any frame and segment size, as a container
+// may: it must not panic, and every datagram it makes must fit in a frame
+// and be no larger than seg.
+func FuzzSplitUDP(f *testing.F) {
+	payload := bytes.Repeat([]byte{7}, 300)
+	f.Add(superFrame(true, payload), 100)
+	f.Add(superFrame(false, payload), 128)
+	f.Add(superFrame(true, payload)[:50], 8)
+	f.Add([]byte{}, 1)
+	scratch := make([]byte, MaxFrame)
+	f.Fuzz(func(t *testing.T, frame []byte, seg int) {
+		SplitUDP(frame, seg, scratch, func(out []byte) {
+			if len(out) > MaxFrame {
+				t.Fatalf("a datagram of %d bytes", len(out))
+			}
+			if hdrs := header.EthernetMinimumSize + header.IPv4MinimumSize + header.UDPMinimumSize; len(out) > hdrs+header.IPv6MinimumSize+seg {
+				t.Fatalf("a datagram of %d bytes for segments of %d", len(out), seg)
+			}
+		})
+	})
+}
