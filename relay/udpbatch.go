@@ -334,13 +334,13 @@ type RunReader struct {
 	oob  [unix.SizeofCmsghdr + 8]byte
 	from unix.RawSockaddrAny
 
-	// The arguments and results of readFn and peekFn, made once (a
-	// closure per read was an allocation per datagram).
-	buf            []byte
-	n, oobn        int
-	namelen        uint32
-	rerr           unix.Errno
-	readFn, peekFn func(fd uintptr) bool
+	// The arguments and results of readFn, made once (a closure per
+	// read was an allocation per datagram).
+	buf     []byte
+	n, oobn int
+	namelen uint32
+	rerr    unix.Errno
+	readFn  func(fd uintptr) bool
 }
 
 // NewRunReader returns a reader of host.
@@ -350,7 +350,7 @@ func NewRunReader(host *net.UDPConn) (*RunReader, error) {
 		return nil, err
 	}
 	r := &RunReader{host: host, rc: rc}
-	r.readFn, r.peekFn = r.readOn, r.peekOn
+	r.readFn = r.readOn
 	return r, nil
 }
 
@@ -479,29 +479,7 @@ func (r *RunReader) readOn(fd uintptr) bool {
 
 // wait waits until a datagram (or an error) is queued, without reading
 // it; the socket's read deadline applies.
-func (r *RunReader) wait() error {
-	if err := r.rc.Read(r.peekFn); err != nil {
-		return err // deadline or closed
-	}
-	if r.rerr != 0 {
-		// The peek consumed the socket's pending error (an ICMP
-		// error): report it as a read would have.
-		return r.opError("recvfrom", r.rerr)
-	}
-	return nil
-}
-
-// peekOn is wait's zero-length peek on the socket's fd (peekFn): it
-// reports done once something is queued.
-func (r *RunReader) peekOn(fd uintptr) bool {
-	for {
-		_, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, 0, 0, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-		r.rerr = e
-		if e != unix.EINTR {
-			return e != unix.EAGAIN
-		}
-	}
-}
+func (r *RunReader) wait() error { return waitDatagram(r.host, r.rc) }
 
 func (r *RunReader) opError(op string, errno unix.Errno) error {
 	return &net.OpError{Op: "read", Net: "udp", Source: r.host.LocalAddr(), Addr: r.host.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
