@@ -37,35 +37,36 @@ func init() {
 // the link's MTU (--mtu 1500): over UDP the resolver gets its header and
 // question with TC set, and over TCP the whole of it.
 func TestDNSManyLookups(t *testing.T) {
-	e := newEnv(t, nil)
-	_, log := e.w.DNS(t, "198.51.100.1:53")
-	const sequential, parallel = 1000, 200
-	// The link's loop waits in its own epoll_wait with the TCP fast path,
-	// in Go's poller without it.
-	for _, flags := range [][]string{nil, {"--tcp-fastpath=false"}} {
-		before := log.Len()
-		out := e.mustOK(flags, "dns-many", "10.0.2.3:53", world.DNSName, fmt.Sprint(sequential), fmt.Sprint(parallel))
-		if !strings.Contains(out, fmt.Sprintf("answered %d", sequential+parallel)) {
-			t.Errorf("%v: not every lookup answered:\n%s", flags, out)
-		}
-		if n := log.Len() - before; n < sequential+parallel {
-			t.Errorf("%v: the upstream saw %d queries, want %d", flags, n, sequential+parallel)
-		}
-
-		for _, mtu := range []string{"1500", "65520"} {
-			out = e.mustOK(append([]string{"--mtu", mtu}, flags...), "dns-big", "10.0.2.3:53", world.DNSBigName)
-			udp := "udp tc=true txt=0"
-			if mtu == "65520" {
-				// The whole answer fits one datagram.
-				udp = fmt.Sprintf("udp tc=false txt=%d", world.DNSBigTXTStrings*250)
+	forEachVariant(t, func(t *testing.T, e *env) {
+		_, log := e.w.DNS(t, "198.51.100.1:53")
+		const sequential, parallel = 1000, 200
+		// The link's loop waits in its own epoll_wait with the TCP fast path,
+		// in Go's poller without it.
+		for _, flags := range [][]string{nil, {"--tcp-fastpath=false"}} {
+			before := log.Len()
+			out := e.mustOK(flags, "dns-many", "10.0.2.3:53", world.DNSName, fmt.Sprint(sequential), fmt.Sprint(parallel))
+			if !strings.Contains(out, fmt.Sprintf("answered %d", sequential+parallel)) {
+				t.Errorf("%v: not every lookup answered:\n%s", flags, out)
 			}
-			for _, want := range []string{udp, fmt.Sprintf("tcp tc=false txt=%d", world.DNSBigTXTStrings*250)} {
-				if !strings.Contains(out, want) {
-					t.Errorf("%v --mtu %s: want %q:\n%s", flags, mtu, want, out)
+			if n := log.Len() - before; n < sequential+parallel {
+				t.Errorf("%v: the upstream saw %d queries, want %d", flags, n, sequential+parallel)
+			}
+
+			for _, mtu := range []string{"1500", "65520"} {
+				out = e.mustOK(append([]string{"--mtu", mtu}, flags...), "dns-big", "10.0.2.3:53", world.DNSBigName)
+				udp := "udp tc=true txt=0"
+				if mtu == "65520" {
+					// The whole answer fits one datagram.
+					udp = fmt.Sprintf("udp tc=false txt=%d", world.DNSBigTXTStrings*250)
+				}
+				for _, want := range []string{udp, fmt.Sprintf("tcp tc=false txt=%d", world.DNSBigTXTStrings*250)} {
+					if !strings.Contains(out, want) {
+						t.Errorf("%v --mtu %s: want %q:\n%s", flags, mtu, want, out)
+					}
 				}
 			}
 		}
-	}
+	})
 }
 
 // dnsMany makes sequential lookups of name at server, each from a socket
