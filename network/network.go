@@ -61,8 +61,9 @@ type Config struct {
 	// Bridged: the TAP is a port of a bridge with several guests behind
 	// it (a rootless network), not one container. What the data path
 	// writes to "the guest" outside gVisor must then find each guest's
-	// MAC: ICMP replies look it up in the stack's neighbor table, and the
-	// UDP shortcut, which writes to the last guest seen, stays off.
+	// MAC: the link learns it by source address from the guests' frames
+	// (link.GuestMACFor), and ICMP replies fall back to the stack's
+	// neighbor table.
 	Bridged bool
 	Log     *slog.Logger
 }
@@ -141,6 +142,9 @@ func New(cfg Config) (*Network, error) {
 			}
 		})
 	}
+	if cfg.Bridged {
+		ep.EnableBridge()
+	}
 	if cfg.VnetHdr {
 		ep.EnableVnetHdr()
 		if uso {
@@ -162,7 +166,7 @@ func New(cfg Config) (*Network, error) {
 	}
 	a := cfg.Addressing
 	var shortcut forwarder.UDPShortcut
-	if cfg.Pcap == nil && !cfg.Bridged {
+	if cfg.Pcap == nil {
 		// The capture must see every datagram.
 		shortcut = fast
 	}
@@ -300,7 +304,7 @@ func (g *guestWriter) WriteToGuest(ip []byte) error {
 	if ip[0]>>4 == 6 {
 		proto = header.IPv6ProtocolNumber
 	}
-	dst, ok := g.neighbor(ip, proto)
+	dst, ok := g.bridgeGuest(ip, proto)
 	if !ok {
 		dst, ok = g.link.GuestMAC()
 	}
@@ -313,11 +317,12 @@ func (g *guestWriter) WriteToGuest(ip []byte) error {
 	return g.link.WriteFrame(frame)
 }
 
-// neighbor returns the MAC of ip's destination from the stack's neighbor
-// table, which holds every guest that asked for the gateway's (ARP, NDP).
-func (g *guestWriter) neighbor(ip []byte, proto tcpip.NetworkProtocolNumber) (tcpip.LinkAddress, bool) {
-	st := g.stack.Load()
-	if !g.bridged || st == nil {
+// bridgeGuest returns, on a bridge, the MAC of ip's destination: the one
+// the link learned from the guest's frames, else the stack's neighbor
+// table's, which holds every guest that asked for the gateway's (ARP,
+// NDP).
+func (g *guestWriter) bridgeGuest(ip []byte, proto tcpip.NetworkProtocolNumber) (tcpip.LinkAddress, bool) {
+	if !g.bridged {
 		return "", false
 	}
 	var dst tcpip.Address
@@ -327,6 +332,15 @@ func (g *guestWriter) neighbor(ip []byte, proto tcpip.NetworkProtocolNumber) (tc
 	case proto == header.IPv6ProtocolNumber && header.IPv6(ip).IsValid(len(ip)):
 		dst = header.IPv6(ip).DestinationAddress()
 	default:
+		return "", false
+	}
+	if a, ok := netip.AddrFromSlice(dst.AsSlice()); ok {
+		if mac, ok := g.link.GuestMACFor(a); ok {
+			return mac, true
+		}
+	}
+	st := g.stack.Load()
+	if st == nil {
 		return "", false
 	}
 	entries, err := st.Neighbors(stack.NICID, proto)

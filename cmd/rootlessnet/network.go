@@ -358,11 +358,14 @@ func networkServe(args []string) error {
 		return fail(err)
 	}
 	defer n.Close()
-	// Published ports reach members through the netstack, which finds
-	// each member's MAC; the fast path's dialer knows one guest only.
+	// Published ports reach members past the netstack, as run's do: the
+	// link knows each member's MAC by its address (the fast path's
+	// dialer asks the stack to resolve a member not heard from yet).
 	engine := portfwd.NewEngine(n.Stack, stack.NICID, portfwd.Addresses{
 		Gateway: cfg.Gateway, Gateway6: cfg.Gateway6,
 	}, log)
+	engine.SetGuestDialer(engine.FastDialer(fastLink{n.Fast}))
+	engine.SetUDPShortcut(n.Fast)
 	defer engine.Close()
 	d, err := netd.NewDaemon(cfg, paths, hubPlugger{hub}, networkPorts{engine, log}, names, log)
 	if err != nil {

@@ -50,7 +50,7 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	if t.policy == nil {
 		return nil, errDisabled
 	}
-	guestMAC, ok := t.link.GuestMAC()
+	guestMAC, ok := t.link.GuestMACFor(dst.Addr())
 	if !ok {
 		return nil, errNoGuest
 	}

@@ -16,10 +16,10 @@
 package fastpath
 
 import (
+	"net/netip"
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 	"github.com/rootlessnet/rootlessnet/stack/link"
@@ -36,9 +36,12 @@ type Link interface {
 	VnetHdr() bool
 	USO() bool
 	// GuestMAC is the container's MAC, once a frame from it was seen;
-	// LearnGuestMAC tells the link of a frame the fast path took.
+	// GuestMACFor the MAC of the guest at an address (on a bridge, each
+	// guest's own). LearnGuest tells the link of a frame the fast path
+	// took, by its first bytes.
 	GuestMAC() (tcpip.LinkAddress, bool)
-	LearnGuestMAC(tcpip.LinkAddress)
+	GuestMACFor(netip.Addr) (tcpip.LinkAddress, bool)
+	LearnGuest(hdr []byte)
 	// WritePieces writes one frame, its virtio-net header first when
 	// VnetHdr; a full TAP drops it.
 	WritePieces(pieces [][]byte) error
@@ -136,14 +139,8 @@ func (p *Path) Close() {
 func (p *Path) Stats() *Stats { return &p.stats }
 
 // learnGuest tells the link of the source of a frame the fast path took,
-// eth its Ethernet header: without a string made per frame when the MAC
-// is the one known (nearly always).
-func (c *core) learnGuest(eth []byte) {
-	if mac, ok := c.link.GuestMAC(); ok && string(mac) == string(eth[header.EthernetAddressSize:2*header.EthernetAddressSize]) {
-		return
-	}
-	c.link.LearnGuestMAC(header.Ethernet(eth).SourceAddress())
-}
+// hdr its first bytes.
+func (c *core) learnGuest(hdr []byte) { c.link.LearnGuest(hdr) }
 
 // framePieces appends to dst the pieces of bytes [off, off+n) of a frame
 // read as hdr then rest.

@@ -8,7 +8,6 @@ import (
 	"syscall"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -181,7 +180,6 @@ func (t *tcpTable) intercept(hdr, rest []byte) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
-	eth := header.Ethernet(hdr)
 	if string(hdr[:header.EthernetAddressSize]) != string(t.mac) { // no string made per frame
 		return false
 	}
@@ -206,7 +204,7 @@ func (t *tcpTable) intercept(hdr, rest []byte) bool {
 		if seg.flags&(flagSYN|flagACK|flagRST|flagFIN) != flagSYN {
 			return false // the stack answers strays with RST
 		}
-		return t.start(&seg, eth.SourceAddress())
+		return t.start(&seg, hdr)
 	}
 	t.last = f
 	f.mu.Lock()
@@ -215,7 +213,10 @@ func (t *tcpTable) intercept(hdr, rest []byte) bool {
 	return true
 }
 
-func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
+// start takes a SYN from the container, hdr its frame's first bytes,
+// as a new flow if the policy does.
+func (t *tcpTable) start(seg *tcpSeg, hdr []byte) bool {
+	guestMAC := header.Ethernet(hdr).SourceAddress()
 	if !header.IsValidUnicastEthernetAddress(guestMAC) {
 		return false
 	}
@@ -234,7 +235,7 @@ func (t *tcpTable) start(seg *tcpSeg, guestMAC tcpip.LinkAddress) bool {
 	}
 	t.flows[f.key] = f
 	t.mu.Unlock()
-	t.link.LearnGuestMAC(guestMAC)
+	t.link.LearnGuest(hdr)
 	t.stats.TCPFlows.Add(1)
 	f.done = d.Done
 	f.hs.result = d.Result

@@ -49,7 +49,7 @@ type UDPService func(src netip.AddrPort, payload [][]byte)
 type udpShortcut struct {
 	*core
 	mu       sync.RWMutex
-	flows    map[udpFlowKey]UDPSink
+	flows    map[udpFlowKey]*flowSink
 	services map[netip.AddrPort]UDPService
 	// n is len(flows)+len(services): the read loop skips the lookup
 	// while it is 0.
@@ -58,14 +58,19 @@ type udpShortcut struct {
 	iovs [][]byte
 	// dirty are the sinks given a datagram since the last Flush (on the
 	// read loop only).
-	dirty []UDPSink
+	dirty []*flowSink
 }
+
+// flowSink is a registered UDPSink: the read loop tells sinks apart by
+// this pointer, as a sink's own dynamic type need not be comparable (a
+// func type would panic an interface comparison).
+type flowSink struct{ UDPSink }
 
 // AddUDPFlow hands the datagrams from the container's src to dst to sink
 // from now on, until remove (idempotent) is called. A pcap sniffer on the
 // link would not see these datagrams.
 func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func()) {
-	return register(&p.udp, &p.udp.flows, udpFlowKey{src: src, dst: dst}, sink)
+	return register(&p.udp, &p.udp.flows, udpFlowKey{src: src, dst: dst}, &flowSink{sink})
 }
 
 // AddUDPService hands every datagram to dst that no flow takes to svc,
@@ -108,7 +113,6 @@ func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
-	eth := header.Ethernet(hdr)
 	if string(hdr[:header.EthernetAddressSize]) != string(u.mac) { // no string made per frame
 		return false
 	}
@@ -126,7 +130,7 @@ func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
 	if sink == nil && svc == nil {
 		return false
 	}
-	u.learnGuest(eth)
+	u.learnGuest(hdr)
 	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
 	if sink != nil {
 		if udpSeg >= n {
@@ -144,7 +148,7 @@ func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
 }
 
 // markDirty notes that sink must be flushed at the burst's end.
-func (u *udpShortcut) markDirty(sink UDPSink) {
+func (u *udpShortcut) markDirty(sink *flowSink) {
 	for _, d := range u.dirty {
 		if d == sink {
 			return
@@ -278,7 +282,7 @@ func maxUDPGSOPayload(v4 bool) int {
 // write sends payload as one datagram (seg 0), or as a GSO frame of
 // datagrams of seg bytes that the kernel splits and checksums.
 func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte, seg int) bool {
-	guest, ok := u.link.GuestMAC()
+	guest, ok := u.link.GuestMACFor(dst.Addr())
 	if !ok || src.Addr().Is4() != dst.Addr().Is4() {
 		return false
 	}

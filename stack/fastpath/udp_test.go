@@ -276,3 +276,69 @@ func FuzzParseUDP(f *testing.F) {
 		}
 	})
 }
+
+// TestWriteUDPBridge: on a bridge's port (several guests behind the
+// TAP) the link learns each guest's MAC by its address, and WriteUDP
+// sends each guest's datagrams to that guest's MAC, not to the last
+// guest heard from; a guest not heard from yet is refused (the caller
+// then sends through the stack, which resolves it), and a guest whose
+// address moves to another MAC is followed.
+func TestWriteUDPBridge(t *testing.T) {
+	h := newFrameHarness(t)
+	h.link.EnableBridge()
+	gw4 := netip.AddrPortFrom(netip.AddrFrom4([4]byte(fzGateway4)), 53)
+	type guest struct{ mac, ip []byte }
+	a := guest{[]byte{0x02, 0, 0, 0, 0, 0x0a}, []byte{10, 0, 2, 10}}
+	b := guest{[]byte{0x02, 0, 0, 0, 0, 0x0b}, []byte{10, 0, 2, 11}}
+	addrOf := func(g guest, port uint16) netip.AddrPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(g.ip)), port)
+	}
+	hello := func(g guest) {
+		t.Helper()
+		h.send(t, ethFrame(fzGatewayMAC, g.mac, 0x0800, ipv4Packet(g.ip, fzGateway4, 17, nil, udpDatagram(5000, 7, []byte("hi")), 6)))
+		deadline := time.Now().Add(fzAliveTimeout)
+		for mac, ok := h.link.GuestMACFor(addrOf(g, 0).Addr()); !ok || string(mac) != string(g.mac); mac, ok = h.link.GuestMACFor(addrOf(g, 0).Addr()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the link never learned %v's MAC", addrOf(g, 0).Addr())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// sendTo writes a datagram to g's port and returns the destination
+	// MAC of the frame that carried it.
+	sendTo := func(g guest, port uint16) []byte {
+		t.Helper()
+		if !h.fast.WriteUDP(gw4, addrOf(g, port), []byte("for you")) {
+			t.Fatalf("WriteUDP to %v was refused", addrOf(g, port))
+		}
+		for {
+			select {
+			case f := <-h.udpFrames:
+				if udpDstPort(f) == port {
+					return []byte(header.Ethernet(f).DestinationAddress())
+				}
+			case <-time.After(fzAliveTimeout):
+				t.Fatalf("no frame for %v", addrOf(g, port))
+			}
+		}
+	}
+
+	hello(a)
+	hello(b)
+	if h.fast.WriteUDP(gw4, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 2, 12}), 5000), []byte("x")) {
+		t.Error("WriteUDP took a datagram for a guest never heard from")
+	}
+	for i, g := range []guest{a, b, a} {
+		if got := sendTo(g, uint16(6000+i)); !bytes.Equal(got, g.mac) {
+			t.Errorf("datagram for %v went to MAC % x, want % x", addrOf(g, 0).Addr(), got, g.mac)
+		}
+	}
+	moved := guest{[]byte{0x02, 0, 0, 0, 0, 0x0c}, a.ip}
+	hello(moved)
+	if got := sendTo(moved, 6010); !bytes.Equal(got, moved.mac) {
+		t.Errorf("after the address moved, the datagram went to MAC % x, want % x", got, moved.mac)
+	}
+	if got := sendTo(b, 6011); !bytes.Equal(got, b.mac) {
+		t.Errorf("datagram for %v went to MAC % x, want % x", addrOf(b, 0).Addr(), got, b.mac)
+	}
+}

@@ -3,6 +3,8 @@ package link
 import (
 	"encoding/binary"
 	"io"
+	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -192,9 +194,7 @@ func (r *tapReader) deliver(frame buffer.Buffer) {
 		frame.Release()
 		return
 	}
-	if mac, ok := e.GuestMAC(); !ok || string(mac) != string(hdr[header.EthernetAddressSize:2*header.EthernetAddressSize]) {
-		e.LearnGuestMAC(eth.SourceAddress())
-	}
+	e.LearnGuest(hdr)
 	if r.onRouterSolicit != nil && isRouterSolicit(hdr) {
 		r.onRouterSolicit()
 		e.poll.HandOff()
@@ -203,14 +203,62 @@ func (r *tapReader) deliver(frame buffer.Buffer) {
 }
 
 // guestAddr is the container's MAC: the source of the last unicast frame
-// from it, where frames that bypass the stack are sent. Endpoint embeds
-// it.
+// from it, where frames that bypass the stack are sent. On a bridge
+// (EnableBridge: several guests behind the TAP) it also keeps each
+// guest's MAC by IP address, learned the same way, so that what bypasses
+// the stack reaches the guest it is for. Endpoint embeds it.
 type guestAddr struct {
 	guestMAC atomic.Pointer[tcpip.LinkAddress]
+
+	bridged atomic.Bool
+	mu      sync.RWMutex
+	byIP    map[netip.Addr]tcpip.LinkAddress
 }
 
-// LearnGuestMAC remembers src, a frame's source, as the container's MAC
-// (the fast path tells it of the frames it takes).
+// maxBridgeGuests bounds the guests a bridge's table keeps: a guest that
+// sends from ever new source addresses must not grow it without end. A
+// full table starts again; a guest not yet seen again is written to
+// through the stack, which asks with ARP or NDP.
+const maxBridgeGuests = 4096
+
+// EnableBridge says the TAP is a bridge's port with several guests
+// behind it: GuestMACFor then answers for each guest's own address.
+func (g *guestAddr) EnableBridge() { g.bridged.Store(true) }
+
+// LearnGuest notes the sender of a frame from the TAP, hdr its first
+// bytes (the Ethernet header and, on a bridge, the IP or ARP header
+// after it): its source MAC as the container's, and on a bridge as the
+// MAC of its source address. It runs on the read loop.
+func (g *guestAddr) LearnGuest(hdr []byte) {
+	if len(hdr) < header.EthernetMinimumSize {
+		return
+	}
+	src := hdr[header.EthernetAddressSize : 2*header.EthernetAddressSize]
+	if p := g.guestMAC.Load(); p == nil || string(*p) != string(src) { // no string made per frame
+		g.LearnGuestMAC(tcpip.LinkAddress(src))
+	}
+	if !g.bridged.Load() {
+		return
+	}
+	ip, ok := FrameSource(hdr)
+	if !ok || !header.IsValidUnicastEthernetAddress(tcpip.LinkAddress(src)) {
+		return
+	}
+	g.mu.RLock()
+	known, had := g.byIP[ip]
+	g.mu.RUnlock()
+	if had && string(known) == string(src) {
+		return
+	}
+	g.mu.Lock()
+	if g.byIP == nil || len(g.byIP) >= maxBridgeGuests && !had {
+		g.byIP = map[netip.Addr]tcpip.LinkAddress{}
+	}
+	g.byIP[ip] = tcpip.LinkAddress(src)
+	g.mu.Unlock()
+}
+
+// LearnGuestMAC remembers src, a frame's source, as the container's MAC.
 func (g *guestAddr) LearnGuestMAC(src tcpip.LinkAddress) {
 	if p := g.guestMAC.Load(); p != nil && *p == src {
 		return
@@ -228,6 +276,55 @@ func (g *guestAddr) GuestMAC() (tcpip.LinkAddress, bool) {
 		return "", false
 	}
 	return *p, true
+}
+
+// GuestMACFor returns the MAC that frames to the guest at ip go to: on a
+// bridge, the source of the last frame from ip (none before one was
+// seen); otherwise the container's.
+func (g *guestAddr) GuestMACFor(ip netip.Addr) (tcpip.LinkAddress, bool) {
+	if !g.bridged.Load() {
+		return g.GuestMAC()
+	}
+	g.mu.RLock()
+	mac, ok := g.byIP[ip.Unmap()]
+	g.mu.RUnlock()
+	return mac, ok
+}
+
+// FrameSource is the sender's address in an Ethernet frame's headers
+// hdr: an IPv4 or IPv6 packet's source, or an ARP packet's sender, when
+// it is a unicast address a guest may have (not unspecified, multicast,
+// broadcast or loopback).
+func FrameSource(hdr []byte) (netip.Addr, bool) {
+	if len(hdr) < header.EthernetMinimumSize {
+		return netip.Addr{}, false
+	}
+	l3 := hdr[header.EthernetMinimumSize:]
+	var a netip.Addr
+	switch header.Ethernet(hdr).Type() {
+	case header.IPv4ProtocolNumber:
+		if len(l3) < header.IPv4MinimumSize || l3[0]>>4 != 4 {
+			return netip.Addr{}, false
+		}
+		a = netip.AddrFrom4([4]byte(l3[12:16]))
+	case header.IPv6ProtocolNumber:
+		if len(l3) < header.IPv6MinimumSize || l3[0]>>4 != 6 {
+			return netip.Addr{}, false
+		}
+		a = netip.AddrFrom16([16]byte(l3[8:24]))
+	case header.ARPProtocolNumber:
+		arp := header.ARP(l3)
+		if !arp.IsValid() {
+			return netip.Addr{}, false
+		}
+		a = netip.AddrFrom4([4]byte(arp.ProtocolAddressSender()))
+	default:
+		return netip.Addr{}, false
+	}
+	if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return netip.Addr{}, false
+	}
+	return a, true
 }
 
 // firstView is the start of b without copying.

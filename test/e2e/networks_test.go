@@ -605,6 +605,78 @@ func TestNetworkMembers(t *testing.T) {
 	})
 }
 
+// TestNetworkUDPPastStack: a network's UDP flows, its DNS queries and its
+// published UDP ports skip the netstack as run's do, the link knowing
+// each member's MAC by its address: three members at once exchange runs
+// of datagrams and streams with the world and make lookups, each getting
+// its own answers (one sent to another member's MAC would be lost), and
+// a published UDP port reaches its member and back with the client's
+// address kept.
+func TestNetworkUDPPastStack(t *testing.T) {
+	forEachVariant(t, func(t *testing.T, e *env) {
+		ne := newNetEnv(t, e)
+		echo := e.w.UDPEcho(t, "198.51.100.1:0")
+		e.w.DNS(t, "198.51.100.1:53")
+		ne.mustRN("network", "create", "n1", "--resolv-conf", e.w.ResolvConf())
+		ne.startServer(t, "--network", "n1", "--name", "udpsrv", "-p", fmt.Sprintf("%d:%d/udp", 18081, netPort))
+		ne.waitMember("n1", "udpsrv")
+		jobs := [][]string{
+			{"udp-runs", echo.String()},
+			{"udp-stream", echo.String()},
+			{"dns-many", "10.89.0.2:53", world.DNSName, "100", "20"},
+		}
+		const members = 3
+		var wg sync.WaitGroup
+		errs := make(chan string, members*len(jobs))
+		for i := range members {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for _, j := range jobs {
+					r := ne.member([]string{"--network", "n1", "--name", fmt.Sprintf("u%d", i)}, j[0], j[1:]...)
+					if r.status != 0 || !strings.Contains(r.stdout, "OK") {
+						errs <- fmt.Sprintf("member u%d, %s: %d\n%s%s", i, j[0], r.status, r.stdout, r.stderr)
+					}
+				}
+			}()
+		}
+		// The published port while they run: each datagram answered.
+		for i := range 20 {
+			var got string
+			err := e.w.Do(func() error {
+				c, err := net.Dial("udp", "198.51.100.1:18081")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				msg := fmt.Sprintf("hello %d", i)
+				for try := 0; try < 5; try++ {
+					if _, err := c.Write([]byte(msg)); err != nil {
+						return err
+					}
+					c.SetReadDeadline(time.Now().Add(2 * time.Second))
+					b := make([]byte, 2048)
+					n, err := c.Read(b)
+					if err == nil {
+						got = string(b[:n])
+						return nil
+					}
+				}
+				return errors.New("no answer to 5 datagrams")
+			})
+			if err != nil || !strings.HasPrefix(got, "FROM 198.51.100.1:") || !strings.HasSuffix(got, fmt.Sprintf(" hello %d", i)) {
+				t.Errorf("published UDP port, datagram %d: %q, %v (want the world's address kept and the datagram back)", i, got, err)
+				break
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Error(e)
+		}
+	})
+}
+
 // TestNetworkCrash: the network's process killed with SIGKILL takes its
 // hub with it (no namespace or process left); its member lives on without
 // the network; ls says the network is dead, a run --network names the
