@@ -43,23 +43,31 @@ const (
 
 type netFigure struct {
 	id, label, format string
-	// tput: compared with host loopback's throughput; lat: with its
-	// round trips.
-	tput, lat bool
+	// loop: a throughput, compared with host loopback's figure of this
+	// id ("tcp", "udp"); lat: compared with its round trips.
+	loop string
+	lat  bool
 }
 
 var netFigures = []netFigure{
-	{"m2m-65520", "member->member TCP, MTU 65520, Gbit/s", "%.2f", true, false},
-	{"m2m-1500", "member->member TCP, MTU 1500, Gbit/s", "%.2f", true, false},
-	{"lat-p50", "member->member TCP 64 B round trip p50, µs (lower is better)", "%.0f", false, true},
-	{"lat-p99", "member->member TCP 64 B round trip p99, µs (lower is better)", "%.0f", false, true},
-	{"out", "member outbound TCP to the host's 127.0.0.1 through the gateway, Gbit/s", "%.2f", true, false},
-	{"pub", "published port, host client -> member, Gbit/s", "%.2f", true, false},
-	{"rss0", "network process RSS, no members, MiB", "%.1f", false, false},
-	{"rss50", "network process RSS, 50 members, MiB", "%.1f", false, false},
-	{"join50", "50 members joining in parallel, s", "%.2f", false, false},
-	{"leave50", "50 members leaving in parallel, s", "%.2f", false, false},
+	{"m2m-65520", "member->member TCP, MTU 65520, Gbit/s", "%.2f", "tcp", false},
+	{"m2m-1500", "member->member TCP, MTU 1500, Gbit/s", "%.2f", "tcp", false},
+	{"lat-p50", "member->member TCP 64 B round trip p50, µs (lower is better)", "%.0f", "", true},
+	{"lat-p99", "member->member TCP 64 B round trip p99, µs (lower is better)", "%.0f", "", true},
+	{"out", "member outbound TCP to the host's 127.0.0.1 through the gateway, Gbit/s", "%.2f", "tcp", false},
+	{"out-udp", "member outbound UDP 1400 B to the host's 127.0.0.1 through the gateway, unlimited sender, received Gbit/s", "%.2f", "udp", false},
+	{"in-udp", "the same from the host to the member (iperf3 -R), received Gbit/s", "%.2f", "udp", false},
+	{"pub", "published port, host client -> member, Gbit/s", "%.2f", "tcp", false},
+	{"rss0", "network process RSS, no members, MiB", "%.1f", "", false},
+	{"rss50", "network process RSS, 50 members, MiB", "%.1f", "", false},
+	{"join50", "50 members joining in parallel, s", "%.2f", "", false},
+	{"leave50", "50 members leaving in parallel, s", "%.2f", "", false},
 }
+
+// udpArgs are the iperf3 client's arguments of the UDP rows: 1400 B
+// datagrams as fast as the sender can, both ends' buffers 4 MiB (as the
+// -udp mode's default).
+var udpArgs = []string{"-u", "-b", "0", "-l", "1400", "-w", "4M"}
 
 // latPort is where the echo servers of the latency figures listen.
 const latPort = 7000
@@ -284,6 +292,16 @@ func (nb *netBench) measureNetwork(mtu int) {
 		r, err := nb.iperf(member(name, "c"), "-c", st.Gateway, "-p", fmt.Sprint(nb.cfg.hostPort))
 		nb.addTput(colNet, "out", r, err)
 	})
+	withNetwork("out-udp, in-udp", func(name string, st netStatus) {
+		for _, dir := range []struct{ fig, r string }{{"out-udp", ""}, {"in-udp", "-R"}} {
+			args := append([]string{"-c", st.Gateway, "-p", fmt.Sprint(nb.cfg.hostPort)}, udpArgs...)
+			if dir.r != "" {
+				args = append(args, dir.r)
+			}
+			r, err := nb.iperf(member(name, "u"+dir.r), args...)
+			nb.addTput(colNet, dir.fig, r, err)
+		}
+	})
 	withNetwork("pub", func(name string, _ netStatus) {
 		hp, err := freePort()
 		if err != nil {
@@ -340,6 +358,14 @@ func (nb *netBench) measureRuns(mtu int) {
 	}
 	r, err := nb.iperf(m, "-c", "10.0.2.2", "-p", fmt.Sprint(nb.cfg.hostPort))
 	nb.addTput(colRun, "out", r, err)
+	for _, dir := range []struct{ fig, r string }{{"out-udp", ""}, {"in-udp", "-R"}} {
+		args := append([]string{"-c", "10.0.2.2", "-p", fmt.Sprint(nb.cfg.hostPort)}, udpArgs...)
+		if dir.r != "" {
+			args = append(args, dir.r)
+		}
+		r, err := nb.iperf(m, args...)
+		nb.addTput(colRun, dir.fig, r, err)
+	}
 
 	if hp, err = freePort(); err != nil {
 		nb.rec.fail(colRun, "lat-p50, lat-p99", err)
@@ -363,6 +389,8 @@ func (nb *netBench) measureRuns(mtu int) {
 func (nb *netBench) measureLoopback() {
 	r, err := iperfHost(nb.cfg.secs, "-c", "127.0.0.1", "-p", fmt.Sprint(nb.cfg.hostPort), "-t", fmt.Sprint(nb.cfg.secs))
 	nb.addTput(colLoopback, "tcp", r, err)
+	r, err = iperfHost(nb.cfg.secs, append([]string{"-c", "127.0.0.1", "-p", fmt.Sprint(nb.cfg.hostPort), "-t", fmt.Sprint(nb.cfg.secs)}, udpArgs...)...)
+	nb.addTput(colLoopback, "udp", r, err)
 	echo, err := newEchoServer("127.0.0.1:0")
 	if err != nil {
 		nb.rec.fail(colLoopback, "lat-p50, lat-p99", err)
@@ -537,13 +565,13 @@ func renderNetworks(rec *recorder, cfg *config, runs int, desc, podNote string, 
 			v[c] = rec.median(c, f.id)
 		}
 		switch {
-		case f.tput:
-			v[colLoopback] = rec.median(colLoopback, "tcp")
+		case f.loop != "":
+			v[colLoopback] = rec.median(colLoopback, f.loop)
 		case !f.lat:
 			v[colLoopback], v[colRun], v[colPodman] = math.NaN(), math.NaN(), math.NaN()
 		}
 		cell := func(c string) string {
-			if math.IsNaN(v[c]) && (!f.tput && !f.lat || c == colPodman && len(rec.vals[[2]string{c, f.id}]) == 0) {
+			if math.IsNaN(v[c]) && (f.loop == "" && !f.lat || c == colPodman && len(rec.vals[[2]string{c, f.id}]) == 0) {
 				return ""
 			}
 			return fmtVal(f.format, v[c])
@@ -562,7 +590,7 @@ Notes (whole run %.0f s):
 - host loopback: iperf3 client and server both on the host's 127.0.0.1 (the ceiling; the same figure in every throughput row); round trips from this binary as a separate process to an echo server on 127.0.0.1.
 - rootlessnet run, no network: member to member rows are two rootlessnet run namespaces (--mtu as the row), the server's port published on 127.0.0.1 (-p) and the client connecting to 10.0.2.2:PORT, through the host and both userspace stacks; the outbound and published-port rows are one plain rootlessnet run (client to 10.0.2.2, run -p).
 - Latency: one TCP connection (TCP_NODELAY), 100 warm-up then %d round trips of 64 bytes, the bench's helper (echo PORT in member a, latency ADDR in member b).
-- Outbound: iperf3 -c GATEWAY -p PORT from a member (10.0.2.2 from a plain run) to the bench's iperf3 server on the host's 127.0.0.1. Published port: iperf3 -s in the member (-p 127.0.0.1:PORT:5201), host client to 127.0.0.1:PORT.
+- Outbound: iperf3 -c GATEWAY -p PORT from a member (10.0.2.2 from a plain run) to the bench's iperf3 server on the host's 127.0.0.1. UDP rows: the same with -u -b 0 -l 1400 -w 4M (and -R), the received rate; host loopback's is iperf3 -u to 127.0.0.1 with the same options. Published port: iperf3 -s in the member (-p 127.0.0.1:PORT:5201), host client to 127.0.0.1:PORT.
 - 50 members: VmRSS of the network's process and its descendants (the hub child), 0.5 s after create and 0.5 s after the 50th member is listed; members run sleep. Join: from starting the 50 runs at once until network inspect lists 50 (polled every 20 ms plus an inspect's time); leave: from SIGTERM to the 50 runs until inspect lists none.
 - %s
 - Ratios are network/column of the medians; for "lower is better" rows a ratio above 1 favours the column. n/a: the figure failed (reason on stderr).

@@ -43,13 +43,13 @@ const (
 )
 
 var ovFigures = []netFigure{
-	{"tcp", "TCP member on B -> member on A, Gbit/s", "%.2f", true, false},
-	{"retr", "TCP retransmits of the sender (per run of the row above)", "%.0f", false, false},
-	{"lat-p50", "TCP 64 B round trip p50, µs (lower is better)", "%.0f", false, true},
-	{"lat-p99", "TCP 64 B round trip p99, µs (lower is better)", "%.0f", false, true},
-	{"drops", "drops at host A's VXLAN UDP socket during the TCP run (/proc/net/udp)", "%.0f", false, false},
-	{"cpu-a", "CPU of host A's network process (receiver) during the TCP run, % of a core", "%.0f", false, false},
-	{"cpu-b", "CPU of host B's network process (sender) during the TCP run, % of a core", "%.0f", false, false},
+	{"tcp", "TCP member on B -> member on A, Gbit/s", "%.2f", "tcp", false},
+	{"retr", "TCP retransmits of the sender (per run of the row above)", "%.0f", "", false},
+	{"lat-p50", "TCP 64 B round trip p50, µs (lower is better)", "%.0f", "", true},
+	{"lat-p99", "TCP 64 B round trip p99, µs (lower is better)", "%.0f", "", true},
+	{"drops", "drops at host A's VXLAN UDP socket during the TCP run (/proc/net/udp)", "%.0f", "", false},
+	{"cpu-a", "CPU of host A's network process (receiver) during the TCP run, % of a core", "%.0f", "", false},
+	{"cpu-b", "CPU of host B's network process (sender) during the TCP run, % of a core", "%.0f", "", false},
 }
 
 const (
@@ -512,12 +512,12 @@ func renderOverlay(rec *recorder, cfg *config, runs int, desc string, elapsed ti
 		for _, c := range []string{colOverlay, colKernel, colUnderlay} {
 			v[c] = rec.median(c, f.id)
 			cell[c] = fmtVal(f.format, v[c])
-			if math.IsNaN(v[c]) && len(rec.vals[[2]string{c, f.id}]) == 0 && c != colOverlay && !f.tput && !f.lat && f.id != "retr" {
+			if math.IsNaN(v[c]) && len(rec.vals[[2]string{c, f.id}]) == 0 && c != colOverlay && f.loop == "" && !f.lat && f.id != "retr" {
 				cell[c] = ""
 			}
 		}
 		rk, ru := "", ""
-		if f.tput || f.lat {
+		if f.loop != "" || f.lat {
 			rk, ru = ratio(v[colOverlay], v[colKernel]), ratio(v[colOverlay], v[colUnderlay])
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", f.label, cell[colOverlay], cell[colKernel], cell[colUnderlay], rk, ru)
