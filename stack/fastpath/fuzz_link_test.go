@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -71,6 +73,8 @@ type frameHarness struct {
 
 	// abandoned: close returns at once, leaving the goroutines behind.
 	abandoned atomic.Bool
+	// closeStage is the step close is at, for a close that hangs.
+	closeStage atomic.Value
 
 	mu        sync.Mutex
 	closing   bool
@@ -169,14 +173,24 @@ func (h *frameHarness) close() {
 		// As network.Close: the TAP first, which ends the read loop,
 		// and its end before Stack.Wait, which holds a lock the loop
 		// may still need.
+		stage := func(s string) { h.closeStage.Store(s) }
+		stage("link.Close")
 		h.link.Close()
+		stage("fast.Close")
 		h.fast.Close()
+		stage("link.Wait")
 		h.link.Wait()
+		stage("stack.Close")
 		h.s.Close()
+		stage("stack.Wait")
 		h.s.Wait()
+		stage("peer.Close")
 		h.peer.Close()
+		stage("the test's reader")
 		<-h.readerDone
+		stage("handlers")
 		h.flows.Wait()
+		stage("done")
 	})
 }
 
@@ -696,7 +710,10 @@ func TestFrameHarnessStopsCleanly(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
-		t.Fatal("the stack did not stop within 30 s")
+		// Seen once in CI and never reproduced: say where it hung.
+		var stacks strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+		t.Fatalf("the stack did not stop within 30 s, at %q; goroutines:\n%s", h.closeStage.Load(), stacks.String())
 	}
 	if p := h.readErr.Load(); p != nil && !errors.Is(*p, os.ErrClosed) {
 		t.Errorf("read loop ended with %v", *p)
