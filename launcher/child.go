@@ -39,22 +39,19 @@ func ChildMain(conn *userns.Conn, role string) int {
 		fmt.Fprintln(os.Stderr, "rootlessnet child:", err)
 		return 1
 	}
-	var f *os.File
+	var files []*os.File // the TAP's queues
 	var warnings []string
 	var err error
 	if req.Member {
 		warnings, err = setupMember(conn, req)
 	} else {
-		f, warnings, err = setup(req)
+		files, warnings, err = setup(req)
 	}
 	if err != nil {
 		conn.Send(SetupReply{Error: err.Error()})
 		return 1
 	}
-	var files []*os.File
-	if f != nil {
-		files = append(files, f)
-	}
+	queues := len(files)
 	if req.SockDiag {
 		// Made here, it lists this namespace's sockets wherever it goes.
 		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
@@ -65,7 +62,7 @@ func ChildMain(conn *userns.Conn, role string) int {
 		}
 		files = append(files, os.NewFile(uintptr(fd), "sock_diag"))
 	}
-	err = conn.Send(SetupReply{Warnings: warnings}, files...)
+	err = conn.Send(SetupReply{Warnings: warnings, Queues: queues}, files...)
 	for _, f := range files {
 		f.Close()
 	}
@@ -151,24 +148,27 @@ func setupMember(conn *userns.Conn, req SetupRequest) ([]string, error) {
 	return warnings, nil
 }
 
-func setup(req SetupRequest) (*os.File, []string, error) {
-	f, err := tap.Open(tap.Options{Name: req.Tap, VnetHdr: req.VnetHdr})
+func setup(req SetupRequest) ([]*os.File, []string, error) {
+	files, fallback, err := tap.OpenQueues(tap.Options{Name: req.Tap, VnetHdr: req.VnetHdr, Queues: req.Queues})
 	if err != nil {
 		return nil, nil, err
 	}
+	var warnings []string
+	if fallback != nil {
+		warnings = append(warnings, fallback.Error())
+	}
 	if req.Configure {
 		if err := configure(req); err != nil {
-			f.Close()
+			closeFiles(files)
 			return nil, nil, err
 		}
 	}
-	var warnings []string
 	if req.ResolvConf != "" {
 		if err := bindResolvConf(req.ResolvConf); err != nil {
 			warnings = append(warnings, err.Error())
 		}
 	}
-	return f, warnings, nil
+	return files, warnings, nil
 }
 
 // configure sets the link's MTU, MAC, addresses and default routes.

@@ -19,7 +19,10 @@ const (
 type SetupRequest struct {
 	Tap string
 	// VnetHdr opens the TAP with virtio-net headers (for offloads).
-	VnetHdr   bool
+	VnetHdr bool
+	// Queues, above 1, opens a multi-queue TAP with that many queues
+	// (tap.OpenQueues), an fd each.
+	Queues    int
 	Configure bool
 	MTU       int
 	MAC       string
@@ -56,11 +59,15 @@ type MemberAttached struct {
 	Error string
 }
 
-// SetupReply answers SetupRequest (child -> parent), with the TAP fd
-// attached when Error is empty, and then the sock_diag socket when asked.
+// SetupReply answers SetupRequest (child -> parent), with the TAP's fds
+// attached when Error is empty (Queues of them, one when 0), and then the
+// sock_diag socket when asked.
 type SetupReply struct {
 	Error    string
 	Warnings []string
+	// Queues is the number of TAP fds attached: fewer than asked for
+	// where the TAP refused more (a warning says why).
+	Queues int `json:",omitempty"`
 }
 
 // StartRequest tells a run-mode child that the network is up: execute

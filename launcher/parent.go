@@ -18,9 +18,10 @@ type Container struct {
 }
 
 // Launch creates new user, network and mount namespaces with a child in
-// them, has it open and configure the TAP, and returns the TAP's fd. The
-// command does not run until Start.
-func Launch(req SetupRequest) (*Container, *os.File, []string, error) {
+// them, has it open and configure the TAP, and returns the TAP's fds, one
+// per queue (see SetupRequest.Queues). The command does not run until
+// Start.
+func Launch(req SetupRequest) (*Container, []*os.File, []string, error) {
 	child, err := userns.Spawn(userns.SpawnOptions{
 		Role:          RoleRun,
 		NewNamespaces: true,
@@ -32,13 +33,13 @@ func Launch(req SetupRequest) (*Container, *os.File, []string, error) {
 		return nil, nil, nil, err
 	}
 	c := &Container{child: child}
-	f, diag, warnings, err := requestTap(child, req)
+	taps, diag, warnings, err := requestTap(child, req)
 	if err != nil {
 		c.kill()
 		return nil, nil, nil, c.stoppedOr(err)
 	}
 	c.sockDiag = diag
-	return c, f, warnings, nil
+	return c, taps, warnings, nil
 }
 
 // LaunchMember starts a member of a rootless network: a child that joins
@@ -194,14 +195,15 @@ func (c *Container) stoppedOr(err error) error {
 }
 
 // Attach has a child join netns (and userns, when not nil) and open the
-// TAP there; it returns the TAP's fd, and the sock_diag socket when
-// req.SockDiag asked for it, once the child is done.
-func Attach(netns, user *os.File, req SetupRequest) (tap, sockDiag *os.File, warnings []string, err error) {
+// TAP there; it returns the TAP's fds, one per queue (see
+// SetupRequest.Queues), and the sock_diag socket when req.SockDiag asked
+// for it, once the child is done.
+func Attach(netns, user *os.File, req SetupRequest) (taps []*os.File, sockDiag *os.File, warnings []string, err error) {
 	child, err := userns.Spawn(userns.SpawnOptions{Role: RoleAttach, JoinUser: user, JoinNet: netns})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	f, diag, warnings, err := requestTap(child, req)
+	taps, diag, warnings, err := requestTap(child, req)
 	child.Conn.Close()
 	werr := child.Wait()
 	if err != nil {
@@ -210,10 +212,10 @@ func Attach(netns, user *os.File, req SetupRequest) (tap, sockDiag *os.File, war
 		}
 		return nil, nil, nil, err
 	}
-	return f, diag, warnings, nil
+	return taps, diag, warnings, nil
 }
 
-func requestTap(child *userns.Child, req SetupRequest) (_, _ *os.File, _ []string, err error) {
+func requestTap(child *userns.Child, req SetupRequest) (_ []*os.File, _ *os.File, _ []string, err error) {
 	if err := child.Conn.Send(req); err != nil {
 		return nil, nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
 	}
@@ -225,31 +227,33 @@ func requestTap(child *userns.Child, req SetupRequest) (_, _ *os.File, _ []strin
 		}
 		return nil, nil, nil, fmt.Errorf("talking to the namespace helper: %w", err)
 	}
-	want := 1
-	if req.SockDiag {
-		want = 2
-	}
-	if reply.Error != "" || len(files) != want {
-		for _, f := range files {
-			f.Close()
-		}
+	queues := max(reply.Queues, 1)
+	want := queues + btoi(req.SockDiag)
+	if reply.Error != "" || len(files) != want || queues > max(req.Queues, 1) {
+		closeFiles(files)
 		if reply.Error != "" {
 			return nil, nil, nil, errors.New(reply.Error)
 		}
-		return nil, nil, nil, fmt.Errorf("the namespace helper sent %d descriptors, want %d", len(files), want)
+		return nil, nil, nil, fmt.Errorf("the namespace helper sent %d descriptors for %d TAP queues, want %d for at most %d", len(files), queues, want, max(req.Queues, 1))
 	}
 	var diag *os.File
 	if req.SockDiag {
-		diag = files[1]
+		diag = files[queues]
 	}
-	f, err := nonBlocking(files[0])
-	if err != nil {
-		if diag != nil {
-			diag.Close()
+	taps := make([]*os.File, 0, queues)
+	for i, f := range files[:queues] {
+		t, err := nonBlocking(f)
+		if err != nil {
+			closeFiles(taps)
+			closeFiles(files[i+1 : queues])
+			if diag != nil {
+				diag.Close()
+			}
+			return nil, nil, nil, err
 		}
-		return nil, nil, nil, err
+		taps = append(taps, t)
 	}
-	return f, diag, reply.Warnings, nil
+	return taps, diag, reply.Warnings, nil
 }
 
 func btoi(b bool) int {

@@ -31,7 +31,12 @@ import (
 // Config describes one container's network.
 type Config struct {
 	// Tap is the TAP fd, non-blocking; the network owns it from New on.
-	Tap        *os.File
+	Tap *os.File
+	// MoreQueues are the other queues' fds of a multi-queue TAP
+	// (IFF_MULTI_QUEUE), as Tap: each is read by an event loop of its
+	// own, which serves the fast path's flows the kernel puts on that
+	// queue.
+	MoreQueues []*os.File
 	MTU        int
 	Addressing stack.Addressing
 	// IPv6 is the container's IPv6 network, off unless Enabled.
@@ -118,19 +123,38 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	owns := func(a tcpip.Address) bool { return owned[a] }
+	taps := append([]*os.File{cfg.Tap}, cfg.MoreQueues...)
+	closeTaps := func(files []*os.File) {
+		for _, f := range files {
+			f.Close()
+		}
+	}
 	uso := false
 	if cfg.VnetHdr {
-		// Before link.New, which takes the fd over.
-		var err error
-		if uso, err = tap.SetOffload(cfg.Tap); err != nil {
-			cfg.Tap.Close()
-			return nil, err
+		// Before link.New, which takes the fds over; on every queue
+		// (the offloads are the device's, but each fd asks).
+		for i, f := range taps {
+			u, err := tap.SetOffload(f)
+			if err != nil {
+				closeTaps(taps)
+				return nil, err
+			}
+			if i == 0 {
+				uso = u
+			}
 		}
 	}
 	ep, err := link.New(cfg.Tap, uint32(cfg.MTU), stack.GatewayMAC(cfg.Addressing), onReadError, owns)
 	if err != nil {
-		cfg.Tap.Close()
+		closeTaps(taps)
 		return nil, err
+	}
+	for i, f := range cfg.MoreQueues {
+		if err := ep.AddQueue(f); err != nil {
+			closeTaps(cfg.MoreQueues[i+1:])
+			ep.Close()
+			return nil, fmt.Errorf("TAP queue %d: %w", i+1, err)
+		}
 	}
 	n.Link = ep
 	if cfg.IPv6.Enabled() && cfg.RouterAdverts {
@@ -152,7 +176,7 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	// Frames from the TAP meet the fast path first, then the stack.
-	fast := fastpath.New(ep, ep.Loop())
+	fast := fastpath.New(ep, ep.Loops()...)
 	ep.SetInterceptor(fast)
 	n.Fast = fast
 	var nic gstack.LinkEndpoint = ep
@@ -192,7 +216,9 @@ func New(cfg Config) (*Network, error) {
 	})
 	if cfg.TCPFastPath && cfg.Pcap == nil {
 		fast.EnableTCP(n.Forwarder)
-		ep.Loop().SetBusyPoll(cfg.BusyPoll)
+		for _, l := range ep.Loops() {
+			l.SetBusyPoll(cfg.BusyPoll)
+		}
 	}
 	s, err := stack.New(stack.Config{
 		Link:       nic,

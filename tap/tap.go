@@ -21,11 +21,67 @@ type Options struct {
 	Name string
 	// VnetHdr asks for virtio-net headers on every frame (IFF_VNET_HDR).
 	VnetHdr bool
+	// Queues, above 1, asks OpenQueues for a multi-queue TAP
+	// (IFF_MULTI_QUEUE) with that many queues, an fd each.
+	Queues int
+}
+
+// MaxQueues bounds Options.Queues: a queue is a loop and a thread of the
+// stack's, and more than the CPUs gain nothing (the kernel allows 256).
+const MaxQueues = 16
+
+// OpenQueues opens the TAP with opts.Queues queues (IFF_MULTI_QUEUE): one
+// fd per queue of the same device, as Open returns them. The kernel
+// spreads the container's flows over the queues, and writes steer them:
+// a flow's frames from the container go to the queue that last wrote
+// one of its frames (tun_automq_select_queue).
+//
+// Where a multi-queue TAP cannot be had it falls back, and says why in
+// fallback (not an error: the TAP works): to one queue when the device
+// exists without IFF_MULTI_QUEUE (such as rootlesskit's persistent tap0)
+// or the kernel refuses the flag, and to the queues it got when attaching
+// more fails. With Queues at most 1 it is Open.
+func OpenQueues(opts Options) (files []*os.File, fallback error, err error) {
+	if opts.Queues <= 1 {
+		f, err := Open(opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		return []*os.File{f}, nil, nil
+	}
+	if opts.Queues > MaxQueues {
+		return nil, nil, fmt.Errorf("%d TAP queues asked for: at most %d", opts.Queues, MaxQueues)
+	}
+	first, err := open(opts, unix.IFF_MULTI_QUEUE)
+	if errors.Is(err, unix.EINVAL) {
+		// The device exists without the flag (or the kernel lacks
+		// it): one queue, as asked for without it.
+		f, err1 := Open(opts)
+		if err1 != nil {
+			return nil, nil, err1
+		}
+		return []*os.File{f}, fmt.Errorf("TAP %s: one queue instead of %d: the device refuses IFF_MULTI_QUEUE (it exists without it, or the kernel lacks it): %w", opts.Name, opts.Queues, err), nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	files = []*os.File{first}
+	for len(files) < opts.Queues {
+		f, err := open(opts, unix.IFF_MULTI_QUEUE)
+		if err != nil {
+			return files, fmt.Errorf("TAP %s: %d queues instead of %d: attaching another queue: %w", opts.Name, len(files), opts.Queues, err), nil
+		}
+		files = append(files, f)
+	}
+	return files, nil, nil
 }
 
 // Open creates (or attaches to) the TAP and returns its fd, non-blocking
 // and close-on-exec.
-func Open(opts Options) (*os.File, error) {
+func Open(opts Options) (*os.File, error) { return open(opts, 0) }
+
+// open is Open with more TUNSETIFF flags.
+func open(opts Options, more uint16) (*os.File, error) {
 	if opts.Name == "" || len(opts.Name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("invalid TAP name %q: want 1 to %d characters", opts.Name, unix.IFNAMSIZ-1)
 	}
@@ -38,7 +94,7 @@ func Open(opts Options) (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("invalid TAP name %q: %w", opts.Name, err)
 	}
-	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	flags := uint16(unix.IFF_TAP|unix.IFF_NO_PI) | more
 	if opts.VnetHdr {
 		flags |= unix.IFF_VNET_HDR
 	}

@@ -17,6 +17,11 @@ import (
 // maxMessage bounds one control message; they are small JSON objects.
 const maxMessage = 64 << 10
 
+// maxFDs bounds the descriptors one message carries: a multi-queue TAP's
+// fds (up to tap.MaxQueues) and a socket or two. More would be cut off
+// (MSG_CTRUNC) and lost.
+const maxFDs = 32
+
 // Conn is the control channel between the parent and a child it started in
 // other namespaces: a SOCK_SEQPACKET pair, so that each message arrives
 // whole, carrying JSON and optionally file descriptors (SCM_RIGHTS).
@@ -79,7 +84,7 @@ func (c *Conn) Send(msg any, files ...*os.File) error {
 // io.EOF means the other side closed the channel.
 func (c *Conn) Recv(msg any) ([]*os.File, error) {
 	buf := make([]byte, maxMessage)
-	oob := make([]byte, unix.CmsgSpace(4*8))
+	oob := make([]byte, unix.CmsgSpace(4*maxFDs))
 	n, oobn, _, _, err := c.uc.ReadMsgUnix(buf, oob)
 	if errors.Is(err, io.EOF) {
 		return nil, errEOF

@@ -86,6 +86,9 @@ func attachCommand(args []string) error {
 		if err := o.member.validate(fs, "tap"); err != nil {
 			return err
 		}
+		if o.queues > 1 {
+			return usageError{fmt.Errorf("--queues is for a TAP of rootlessnet's own: not with --network")}
+		}
 		return attachMember(&o, log)
 	}
 	if o.member.name != "" || o.member.ip != "" {
@@ -151,24 +154,24 @@ func attachCommand(args []string) error {
 		exitFD = watchExitFD(o.exitFD)
 	}
 
-	tapFile, dialer, err := inheritedTap(o.portBypass, log)
+	taps, dialer, err := inheritedTap(o.portBypass, log)
 	var sockDiag *os.File
-	if err == nil && tapFile != nil {
+	if err == nil && taps != nil {
 		sockDiag, err = inheritedSockDiag(len(o.autos) > 0)
 		if err != nil {
-			tapFile.Close()
+			closeAll(taps)
 			if dialer != nil {
 				dialer.Close()
 			}
 		}
 	}
-	if err == nil && tapFile == nil {
-		tapFile, dialer, sockDiag, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
+	if err == nil && taps == nil {
+		taps, dialer, sockDiag, err = attachNamespace(&o, log, netnsPath, userPath, joinOwner, configure)
 	}
 	if err != nil {
 		return err
 	}
-	n, stop, err := startNetwork(&o.options, log, tapFile, configure, dialer, sockDiag)
+	n, stop, err := startNetwork(&o.options, log, taps, configure, dialer, sockDiag)
 	if err != nil {
 		return err
 	}
@@ -214,11 +217,11 @@ func attachCommand(args []string) error {
 }
 
 // attachNamespace opens the TAP in the namespace at netnsPath through a
-// helper that joins it, and with --port-bypass starts the dialer in the
-// same namespaces. With the sandbox it then re-executes rootlessnet with
-// the TAP's fd and the dialer (sandbox.go), and returns only if that
-// fails.
-func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (_ *os.File, _ *launcher.Dialer, sockDiag *os.File, err error) {
+// helper that joins it (its fds, one per queue), and with --port-bypass
+// starts the dialer in the same namespaces. With the sandbox it then
+// re-executes rootlessnet with the TAP's fds and the dialer (sandbox.go),
+// and returns only if that fails.
+func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath string, joinOwner, configure bool) (_ []*os.File, _ *launcher.Dialer, sockDiag *os.File, err error) {
 	netns, err := userns.OpenNetNS(netnsPath)
 	if err != nil {
 		return nil, nil, nil, err
@@ -231,7 +234,7 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 	if user != nil {
 		defer user.Close()
 	}
-	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0}
+	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0, Queues: o.queues}
 	if configure {
 		req.Address = o.addressing.GuestPrefix().String()
 		req.Gateway = o.addressing.Gateway.String()
@@ -240,7 +243,7 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 			req.Gateway6 = o.addressing6.Gateway.String()
 		}
 	}
-	tapFile, sockDiag, warnings, err := launcher.Attach(netns, user, req)
+	taps, sockDiag, warnings, err := launcher.Attach(netns, user, req)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -262,14 +265,21 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 		}
 		dialer, err = launcher.StartDialer(launcher.DialerOptions{JoinUser: user, JoinNet: netns, LogLevel: o.logLevel, Log: log})
 		if err != nil {
-			tapFile.Close()
+			closeAll(taps)
 			return nil, nil, nil, fmt.Errorf("--port-bypass: starting the dialer in the container's namespaces: %w", err)
 		}
 	}
 	if o.sandbox.sandbox {
-		return nil, nil, nil, reexecWithTap(tapFile, dialer, sockDiag)
+		return nil, nil, nil, reexecWithTap(taps, dialer, sockDiag)
 	}
-	return tapFile, dialer, sockDiag, nil
+	return taps, dialer, sockDiag, nil
+}
+
+// closeAll closes files.
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // watchExitFD returns a channel closed when the other end of fd closes.

@@ -14,6 +14,7 @@ import (
 	"github.com/rootlessnet/rootlessnet/portfwd"
 	"github.com/rootlessnet/rootlessnet/stack"
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"github.com/rootlessnet/rootlessnet/tap"
 )
 
 var errHelp = errors.New("help shown")
@@ -40,6 +41,7 @@ type options struct {
 	portBypass          bool
 	tcpFastPath         bool
 	busyPoll            time.Duration
+	queues              int
 
 	addressing  stack.Addressing
 	addressing6 stack.Addressing6 // invalid unless --enable-ipv6
@@ -67,6 +69,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.portBypass, "port-bypass", false, "published TCP ports skip the netstack: a helper inside the container's namespaces connects to the guest port and rootlessnet splices between the two kernel sockets (under half the CPU per byte; faster where CPU is the limit), but the guest sees connections come from its own address instead of the client's; UDP ports are unchanged")
 	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", true, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (--tcp-fastpath=false: the netstack carries it, as before)")
 	fs.DurationVar(&o.busyPoll, "busy-poll", eventloop.DefaultBusyPoll, "with the TCP fast path, how long a busy link's loop may poll for the next event before it sleeps, as the kernel's SO_BUSY_POLL (shorter request/response latency for some CPU; the window adapts and an idle link never polls); 0: never")
+	fs.IntVar(&o.queues, "queues", 1, fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning)", tap.MaxQueues))
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 
@@ -122,6 +125,9 @@ func (o *options) validate() error {
 	}
 	if o.busyPoll < 0 || o.busyPoll > eventloop.MaxBusyPoll {
 		return usageError{fmt.Errorf("invalid --busy-poll %v: want 0 to %v", o.busyPoll, eventloop.MaxBusyPoll)}
+	}
+	if o.queues < 1 || o.queues > tap.MaxQueues {
+		return usageError{fmt.Errorf("invalid --queues %d: want 1 to %d", o.queues, tap.MaxQueues)}
 	}
 	if o.tapName == "" || len(o.tapName) > 15 {
 		return usageError{fmt.Errorf("invalid --tap %q: want 1 to 15 characters", o.tapName)}

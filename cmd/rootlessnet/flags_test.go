@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -46,6 +47,12 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"--busy-poll", "2ms"}, "invalid --busy-poll 2ms"},
 		{[]string{"--busy-poll", "-1us"}, "invalid --busy-poll"},
 		{[]string{"--busy-poll", "50"}, "invalid argument"},
+		{[]string{"--queues", "2"}, ""},
+		{[]string{"--queues", "16"}, ""},
+		{[]string{"--queues", "0"}, "invalid --queues 0: want 1 to 16"},
+		{[]string{"--queues", "17"}, "invalid --queues 17"},
+		{[]string{"--queues", "-1"}, "invalid --queues -1"},
+		{[]string{"--queues", "two"}, "invalid argument"},
 	} {
 		var o options
 		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
@@ -83,5 +90,36 @@ func TestValidateTwice(t *testing.T) {
 	}
 	if len(o.ports) != 2 || !o.portBypass {
 		t.Errorf("ports %v, bypass %v; want 2 ports and bypass on", o.ports, o.portBypass)
+	}
+}
+
+// TestFDList: the TAP's fds pass to the sandboxed process as a list.
+func TestFDList(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []int
+	}{
+		{"3", []int{3}},
+		{"7,8,9", []int{7, 8, 9}},
+		{"", nil},
+		{"2", nil},
+		{"3,3", nil},
+		{"3,x", nil},
+		{"3,", nil},
+		{"3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19", nil}, // 17: above tap.MaxQueues
+	} {
+		got, err := parseFDList(tc.in)
+		if tc.want == nil {
+			if err == nil {
+				t.Errorf("parseFDList(%q) = %v, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("parseFDList(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+		if s := formatFDList(got); s != tc.in {
+			t.Errorf("formatFDList(%v) = %q, want %q", got, s, tc.in)
+		}
 	}
 }

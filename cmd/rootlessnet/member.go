@@ -228,10 +228,11 @@ func attachMember(o *attachOptions, log *slog.Logger) error {
 		req.Address6 = fmt.Sprintf("%s/%d", me.Address6, net.Subnet6.Bits())
 		req.Gateway6 = net.Gateway6.String()
 	}
-	tapFile, _, warnings, err := launcher.Attach(netns, user, req)
+	taps, _, warnings, err := launcher.Attach(netns, user, req)
 	if err != nil {
 		return err
 	}
+	tapFile := taps[0] // one queue: req asks for no more
 	for _, w := range warnings {
 		log.Warn(w)
 	}

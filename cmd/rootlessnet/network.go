@@ -352,7 +352,7 @@ func networkServe(args []string) error {
 		log.Warn("DNS queries for other names than members' will get SERVFAIL", "err", err)
 	}
 	ncfg.Nameservers = ns
-	setStackProcs(true)
+	setStackProcs(true, 1)
 	n, err := network.New(ncfg)
 	if err != nil {
 		return fail(err)

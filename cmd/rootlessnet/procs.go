@@ -25,20 +25,33 @@ import (
 // UDP relays, timers. With one P the loop either starved those (an API
 // request waited 10 ms behind a bulk transfer) or had to wait through the
 // Go scheduler on every event (round trip p50 38-44 µs instead of 36-37).
-func stackProcs(runtimeDefault int, env string, fastPath bool) int {
+//
+// With a multi-queue TAP (queues > 1) and the fast path: a P per queue's
+// loop, each of which holds one while its traffic flows, and one more for
+// the rest, as with one queue; but no more Ps than CPUs. On the 2-CPU VM
+// a third P (GOMAXPROCS 3 for two queues) took the p99 of 100 concurrent
+// request/response connections from about 10 to 29 ms (docs/benchmarks.md,
+// "Several flows with a multi-queue TAP"): one more thread competing with
+// the flows' own processes for the CPUs.
+func stackProcs(runtimeDefault int, env string, fastPath bool, queues int) int {
 	if env != "" {
 		return runtimeDefault // the runtime already applied it
 	}
 	half := max(1, runtimeDefault/2)
-	if fastPath {
-		return max(half, min(2, runtimeDefault))
+	if !fastPath {
+		return half
 	}
-	return half
+	procs := max(half, min(2, runtimeDefault))
+	if queues > 1 {
+		procs = max(procs, min(queues+1, runtimeDefault))
+	}
+	return procs
 }
 
-// setStackProcs applies stackProcs to this process.
-func setStackProcs(fastPath bool) {
-	runtime.GOMAXPROCS(stackProcs(runtimeProcs, os.Getenv("GOMAXPROCS"), fastPath))
+// setStackProcs applies stackProcs to this process, whose TAP has queues
+// queues.
+func setStackProcs(fastPath bool, queues int) {
+	runtime.GOMAXPROCS(stackProcs(runtimeProcs, os.Getenv("GOMAXPROCS"), fastPath, queues))
 }
 
 // runtimeProcs is the runtime's own GOMAXPROCS, before setStackProcs.

@@ -43,6 +43,9 @@ func runCommand(args []string) (int, error) {
 		if err := mo.validate(fs); err != nil {
 			return 0, err
 		}
+		if o.queues > 1 {
+			return 0, usageError{errors.New("run: --queues is for a TAP of rootlessnet's own: not with --network")}
+		}
 		return runMember(&o, &mo, fs.Args(), log)
 	}
 	if mo.name != "" || mo.ip != "" {
@@ -76,6 +79,7 @@ func runCommand(args []string) (int, error) {
 		Gateway:   o.addressing.Gateway.String(),
 		Command:   fs.Args(),
 		SockDiag:  len(o.autos) > 0,
+		Queues:    o.queues,
 	}
 	if o.addressing6.Enabled() {
 		req.Address6 = o.addressing6.GuestPrefix().String()
@@ -97,7 +101,7 @@ func runCommand(args []string) (int, error) {
 			return 0, err
 		}
 	}
-	c, tapFile, warnings, err := launcher.Launch(req)
+	c, taps, warnings, err := launcher.Launch(req)
 	if err != nil {
 		return stopped(err)
 	}
@@ -116,7 +120,9 @@ func runCommand(args []string) (int, error) {
 		// Before confine: the sandbox's empty root has no /proc/self/exe
 		// to start it from, and seccomp would refuse the fork.
 		if dialer, err = c.StartDialer(o.logLevel, log); err != nil {
-			tapFile.Close()
+			for _, f := range taps {
+				f.Close()
+			}
 			if sockDiag != nil {
 				sockDiag.Close()
 			}
@@ -126,7 +132,7 @@ func runCommand(args []string) (int, error) {
 		}
 	}
 	trace.phase("dialer")
-	n, stop, err := startNetwork(&o, log, tapFile, true, dialer, sockDiag)
+	n, stop, err := startNetwork(&o, log, taps, true, dialer, sockDiag)
 	if err != nil {
 		c.Signal(syscall.SIGKILL)
 		c.Wait()

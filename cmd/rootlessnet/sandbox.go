@@ -22,7 +22,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/pflag"
@@ -30,11 +32,13 @@ import (
 
 	"github.com/rootlessnet/rootlessnet/launcher"
 	"github.com/rootlessnet/rootlessnet/sandbox"
+	"github.com/rootlessnet/rootlessnet/tap"
 	"github.com/rootlessnet/rootlessnet/userns"
 )
 
-// tapFDEnv passes the TAP's fd number to the re-executed process, and
-// sockDiagFDEnv the sock_diag socket's (-p auto).
+// tapFDEnv passes the TAP's fd numbers to the re-executed process (one
+// per queue, comma-separated), and sockDiagFDEnv the sock_diag socket's
+// (-p auto).
 const (
 	tapFDEnv      = "_ROOTLESSNET_SANDBOX_TAP"
 	sockDiagFDEnv = "_ROOTLESSNET_SANDBOX_SOCKDIAG"
@@ -75,10 +79,10 @@ func sandboxStart(fs *pflag.FlagSet, so *sandboxOptions, log *slog.Logger) error
 	return nil
 }
 
-// inheritedTap returns the TAP, and the dialer when bypass is on, that
-// attachNamespace passed to the re-executed rootlessnet, or nils in any
-// other process.
-func inheritedTap(bypass bool, log *slog.Logger) (_ *os.File, _ *launcher.Dialer, err error) {
+// inheritedTap returns the TAP's fds (one per queue), and the dialer when
+// bypass is on, that attachNamespace passed to the re-executed
+// rootlessnet, or nils in any other process.
+func inheritedTap(bypass bool, log *slog.Logger) (_ []*os.File, _ *launcher.Dialer, err error) {
 	// Adopted first, whatever happens next, so that it is reaped.
 	dialer, derr := launcher.AdoptDialer(log)
 	defer func() {
@@ -96,27 +100,57 @@ func inheritedTap(bypass bool, log *slog.Logger) (_ *os.File, _ *launcher.Dialer
 		return nil, nil, errors.Join(err, derr)
 	}
 	os.Unsetenv(tapFDEnv)
-	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
+	fds, err := parseFDList(v)
+	if err != nil {
 		return nil, nil, fmt.Errorf("sandbox: bad %s=%q", tapFDEnv, v)
 	}
-	unix.CloseOnExec(fd)
-	tap := os.NewFile(uintptr(fd), "tap")
+	taps := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		unix.CloseOnExec(fd)
+		taps[i] = os.NewFile(uintptr(fd), "tap")
+	}
 	if _, err := sandbox.Started(); err != nil {
-		tap.Close()
+		closeAll(taps)
 		return nil, nil, err
 	}
 	if derr == nil && bypass && dialer == nil {
 		derr = errors.New("--port-bypass: the dialer was not passed on to the sandboxed process")
 	}
 	if derr != nil {
-		tap.Close()
+		closeAll(taps)
 		return nil, nil, derr
 	}
 	if !bypass {
-		return tap, nil, nil
+		return taps, nil, nil
 	}
-	return tap, dialer, nil
+	return taps, dialer, nil
+}
+
+// parseFDList parses tapFDEnv's value: fd numbers above 2, comma-separated,
+// at most tap.MaxQueues, none twice.
+func parseFDList(v string) ([]int, error) {
+	parts := strings.Split(v, ",")
+	if len(parts) > tap.MaxQueues {
+		return nil, fmt.Errorf("%d fds, at most %d", len(parts), tap.MaxQueues)
+	}
+	fds := make([]int, 0, len(parts))
+	for _, p := range parts {
+		fd, err := strconv.Atoi(p)
+		if err != nil || fd < 3 || slices.Contains(fds, fd) {
+			return nil, fmt.Errorf("bad fd %q", p)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+// formatFDList is parseFDList's inverse.
+func formatFDList(fds []int) string {
+	s := make([]string, len(fds))
+	for i, fd := range fds {
+		s[i] = strconv.Itoa(fd)
+	}
+	return strings.Join(s, ",")
 }
 
 // inheritedSockDiag returns the sock_diag socket that attachNamespace
@@ -145,10 +179,10 @@ func inheritedSockDiag(want bool) (*os.File, error) {
 }
 
 // reexecWithTap re-executes rootlessnet into the sandbox's namespaces with
-// the TAP's fd, the dialer and the sock_diag socket, if any; it returns
-// only on error, having closed them.
-func reexecWithTap(tap *os.File, dialer *launcher.Dialer, sockDiag *os.File) error {
-	defer tap.Close()
+// the TAP's fds (one per queue), the dialer and the sock_diag socket, if
+// any; it returns only on error, having closed them.
+func reexecWithTap(taps []*os.File, dialer *launcher.Dialer, sockDiag *os.File) error {
+	defer closeAll(taps)
 	var env []string
 	if sockDiag != nil {
 		defer sockDiag.Close()
@@ -167,23 +201,25 @@ func reexecWithTap(tap *os.File, dialer *launcher.Dialer, sockDiag *os.File) err
 		}
 		env = append(env, e)
 	}
-	// Through RawConn: File.Fd would make the fd blocking.
-	rc, err := tap.SyscallConn()
-	if err != nil {
-		return err
+	fds := make([]int, len(taps))
+	for i, tap := range taps {
+		// Through RawConn: File.Fd would make the fd blocking.
+		rc, err := tap.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var cerr error
+		if err := rc.Control(func(f uintptr) {
+			fds[i] = int(f)
+			_, cerr = unix.FcntlInt(f, unix.F_SETFD, 0) // survive the exec
+		}); err != nil {
+			return err
+		}
+		if cerr != nil {
+			return fmt.Errorf("sandbox: passing the TAP fd: %w", cerr)
+		}
 	}
-	var fd uintptr
-	var cerr error
-	if err := rc.Control(func(f uintptr) {
-		fd = f
-		_, cerr = unix.FcntlInt(f, unix.F_SETFD, 0) // survive the exec
-	}); err != nil {
-		return err
-	}
-	if cerr != nil {
-		return fmt.Errorf("sandbox: passing the TAP fd: %w", cerr)
-	}
-	return sandbox.Reexec(append(env, tapFDEnv+"="+strconv.Itoa(int(fd)))...)
+	return sandbox.Reexec(append(env, tapFDEnv+"="+formatFDList(fds))...)
 }
 
 // nsWatch tells when the served namespace's path stops naming it.

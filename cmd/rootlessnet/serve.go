@@ -22,15 +22,22 @@ import (
 	"github.com/rootlessnet/rootlessnet/stack/fastpath"
 )
 
-// startNetwork wires the data path on an open TAP. The returned closer
+// startNetwork wires the data path on an open TAP, whose queues taps are
+// (one fd, or one per queue of a multi-queue TAP). The returned closer
 // stops it and flushes the pcap file. A container whose interface was
 // not configured learns its IPv6 network from router advertisements.
 // dialer, when not nil (--port-bypass), makes the guest side of published
 // TCP ports; sockDiag, with -p auto, lists the container's sockets.
 // startNetwork owns both: the closer, or an error, closes them.
-func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured bool, dialer *launcher.Dialer, sockDiag *os.File) (_ *network.Network, _ func(), err error) {
-	setStackProcs(o.tcpFastPath && o.pcap == "")
+func startNetwork(o *options, log *slog.Logger, taps []*os.File, configured bool, dialer *launcher.Dialer, sockDiag *os.File) (_ *network.Network, _ func(), err error) {
+	setStackProcs(o.tcpFastPath && o.pcap == "", len(taps))
 	var lister *portfwd.SockDiag
+	tapFile := taps[0]
+	closeTaps := func() {
+		for _, f := range taps {
+			f.Close()
+		}
+	}
 	defer func() {
 		if err != nil && dialer != nil {
 			dialer.Close()
@@ -43,12 +50,12 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 	}()
 	if len(o.autos) > 0 {
 		if sockDiag == nil {
-			tapFile.Close()
+			closeTaps()
 			return nil, nil, errors.New("-p auto: no sock_diag socket from the container's namespace")
 		}
 		if lister, err = portfwd.NewSockDiag(sockDiag); err != nil { // it closes sockDiag on error
 			sockDiag = nil
-			tapFile.Close()
+			closeTaps()
 			return nil, nil, fmt.Errorf("-p auto: %w", err)
 		}
 	} else if sockDiag != nil {
@@ -57,6 +64,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 	}
 	cfg := network.Config{
 		Tap:                 tapFile,
+		MoreQueues:          taps[1:],
 		MTU:                 o.mtu,
 		Addressing:          o.addressing,
 		IPv6:                o.addressing6,
@@ -80,7 +88,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 	if o.outboundAddr != "" || o.outboundAddr6 != "" {
 		d, err := outboundDialer(o.outboundAddr, o.outboundAddr6)
 		if err != nil {
-			tapFile.Close()
+			closeTaps()
 			return nil, nil, err
 		}
 		cfg.Dialer = d
@@ -89,7 +97,7 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 	if o.pcap != "" {
 		f, err := os.OpenFile(o.pcap, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
-			tapFile.Close()
+			closeTaps()
 			return nil, nil, fmt.Errorf("--pcap: %w", err)
 		}
 		pcap = f
@@ -101,6 +109,9 @@ func startNetwork(o *options, log *slog.Logger, tapFile *os.File, configured boo
 			pcap.Close()
 		}
 		return nil, nil, err
+	}
+	if len(taps) > 1 {
+		log.Debug("multi-queue TAP", "queues", len(taps))
 	}
 	n.Forwarder.SetMaxFlows(int(o.maxFlows))
 	engine := portfwd.NewEngine(n.Stack, stack.NICID, portfwd.Addresses{

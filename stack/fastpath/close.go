@@ -32,7 +32,7 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 		f.snd.reset()
 	}
 	if f.fd >= 0 {
-		f.t.loop.Forget(f.fd) // the flow's fd is the socket's only one
+		f.loop.Forget(f.fd) // the flow's fd is the socket's only one
 		if rstHost {
 			unix.SetsockoptLinger(f.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		}
@@ -45,7 +45,7 @@ func (f *tcpFlow) closeLocked(rstGuest, rstHost bool) {
 	f.t.remove(f)
 	if f.ended != nil {
 		close(f.ended)
-		f.t.loop.HandOff()
+		f.runningLoop().HandOff()
 	}
 	if f.done != nil {
 		f.done()

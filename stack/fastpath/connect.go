@@ -37,8 +37,9 @@ const (
 	fastKeepCnt   = 9
 )
 
-// newOutboundFlow makes the flow of the container's SYN seg.
-func newOutboundFlow(t *tcpTable, seg *tcpSeg, guestMAC tcpip.LinkAddress) *tcpFlow {
+// newOutboundFlow makes the flow of the container's SYN seg, owned by
+// queue q, which read it.
+func newOutboundFlow(t *tcpTable, q int, seg *tcpSeg, guestMAC tcpip.LinkAddress) *tcpFlow {
 	key := tcpFlowKey{src: seg.src, dst: seg.dst}
 	iss := t.isn(key)
 	room := segRoom(int(t.link.MTU()), seg.src)
@@ -55,7 +56,7 @@ func newOutboundFlow(t *tcpTable, seg *tcpSeg, guestMAC tcpip.LinkAddress) *tcpF
 		snd:      sendSide{mss: max(min(mss, room), 64)},
 		rcv:      recvSide{mss: uint16(min(room, 65535))},
 		timers:   flowTimers{rto: fastRTOMin},
-	}).wire()
+	}).wire(q)
 	f.snd.start(iss)
 	f.snd.peerWindow(seg.wnd, seg.wscale)
 	f.rcv.start(seg.seq)

@@ -54,7 +54,13 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	if !ok {
 		return nil, errNoGuest
 	}
-	f := newPublishedFlow(t, guestMAC, dst)
+	// Published flows take the queues in turn: the SYN goes out on the
+	// flow's queue, which steers the container's answer there.
+	q := 0
+	if n := len(t.queues); n > 1 {
+		q = int(t.nextQueue.Add(1) % uint32(n))
+	}
+	f := newPublishedFlow(t, q, guestMAC, dst)
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -94,9 +100,9 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	return f.carry, nil
 }
 
-// newPublishedFlow makes a published flow to the container's dst, its
-// key and sequence numbers still to be set.
-func newPublishedFlow(t *tcpTable, guestMAC tcpip.LinkAddress, dst netip.AddrPort) *tcpFlow {
+// newPublishedFlow makes a published flow to the container's dst, owned
+// by queue q, its key and sequence numbers still to be set.
+func newPublishedFlow(t *tcpTable, q int, guestMAC tcpip.LinkAddress, dst netip.AddrPort) *tcpFlow {
 	return (&tcpFlow{
 		t:        t,
 		guestMAC: guestMAC,
@@ -111,7 +117,7 @@ func newPublishedFlow(t *tcpTable, guestMAC tcpip.LinkAddress, dst netip.AddrPor
 			pend:   hostWriter{waiting: true}, // the container's data waits for the socket
 		},
 		timers: flowTimers{rto: fastRTOMin},
-	}).wire()
+	}).wire(q)
 }
 
 // segRoom is the room for a segment's payload in an MTU's packet to or
@@ -208,7 +214,7 @@ func (h *handshake) synSent(s *tcpSeg) {
 func (h *handshake) answer(err error) {
 	select {
 	case h.answered <- err:
-		h.f.t.loop.HandOff()
+		h.f.runningLoop().HandOff()
 	default:
 	}
 }

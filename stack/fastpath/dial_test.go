@@ -37,8 +37,14 @@ var (
 // left.
 func newDialFixture(t *testing.T) *fastFixture {
 	t.Helper()
+	return newDialFixtureQueues(t, 1)
+}
+
+// newDialFixtureQueues is newDialFixture on a link of queues queues.
+func newDialFixtureQueues(t *testing.T, queues int) *fastFixture {
+	t.Helper()
 	p := &fastPolicy{decline: true}
-	h := newFrameHarnessWith(t, frameHarnessOptions{tcpFast: p, tcpFrames: true})
+	h := newFrameHarnessWith(t, frameHarnessOptions{tcpFast: p, tcpFrames: true, queues: queues})
 	f := &fastFixture{t: t, h: h, p: p}
 	t.Cleanup(func() {
 		f.closeHarness()

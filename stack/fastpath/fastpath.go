@@ -13,9 +13,21 @@
 // and deadlines are served by the link's event loop (eventloop.Loop). The
 // forwarder gives it a TCPPolicy and uses AddUDPFlow and WriteUDP; port
 // forwarding uses DialTCP.
+//
+// A multi-queue TAP has a loop per queue (link.Endpoint.AddQueue). Each
+// loop runs the fast path for the frames its queue reads, at the same
+// time as the others: what one loop keeps between frames is its queue's
+// (rxQueue); a TCP flow belongs to the queue that read its SYN (or, for a
+// published one, to a queue picked in turn) and writes its frames there,
+// which makes the kernel steer the flow's frames from the container to
+// that queue, so its host socket and its segments meet on one loop; a
+// segment that comes in on another queue all the same is applied there,
+// under the flow's lock. A UDP flow's sink takes its datagrams from one
+// loop at a time.
 package fastpath
 
 import (
+	"hash/maphash"
 	"net/netip"
 	"sync/atomic"
 
@@ -42,9 +54,9 @@ type Link interface {
 	GuestMAC() (tcpip.LinkAddress, bool)
 	GuestMACFor(netip.Addr) (tcpip.LinkAddress, bool)
 	LearnGuest(hdr []byte)
-	// WritePieces writes one frame, its virtio-net header first when
-	// VnetHdr; a full TAP drops it.
-	WritePieces(pieces [][]byte) error
+	// WritePieces writes one frame on queue q, its virtio-net header
+	// first when VnetHdr; a full TAP drops it.
+	WritePieces(q int, pieces [][]byte) error
 	// Inject hands a frame to the stack as if just read (a held SYN).
 	Inject(frame []byte)
 }
@@ -66,7 +78,9 @@ type Path struct {
 // core is what the parts of the fast path share.
 type core struct {
 	link Link
-	loop *eventloop.Loop
+	// queues are the TAP's queues, each with its loop (one, unless the
+	// TAP has several).
+	queues []*rxQueue
 	// mac is the link's MAC, compared as bytes with every frame's
 	// destination.
 	mac    tcpip.LinkAddress
@@ -88,42 +102,72 @@ type Stats struct {
 	TCPFlows atomic.Uint64
 }
 
-// New makes the fast path of l, whose host sockets loop serves; it takes
-// nothing until the link is told of it (link.Endpoint.SetInterceptor) and
-// it is given work (EnableTCP, AddUDPFlow, SetSYNBusy).
-func New(l Link, loop *eventloop.Loop) *Path {
-	p := &Path{core: core{link: l, loop: loop, mac: l.LinkAddress()}}
+// rxQueue is what one TAP queue's loop keeps between the frames it
+// reads: only that loop touches it, but loop.
+type rxQueue struct {
+	loop *eventloop.Loop
+	// last is the TCP flow of the last segment, which the next one most
+	// likely has too: a key compare instead of hashing two AddrPorts.
+	last *tcpFlow
+	// udpIovs is scratch for a datagram's pieces.
+	udpIovs [][]byte
+	// dirty are the UDP flows given a datagram since the last Flush.
+	dirty []*udpFlow
+	// The next queue's state on a cache line of its own: loops run on
+	// different CPUs.
+	_ [64]byte
+}
+
+// New makes the fast path of l, whose host sockets and deadlines loops
+// serve: one per queue of the TAP, in the queues' order
+// (link.Endpoint.Loops). It takes nothing until the link is told of it
+// (link.Endpoint.SetInterceptor) and it is given work (EnableTCP,
+// AddUDPFlow, SetSYNBusy).
+func New(l Link, loops ...*eventloop.Loop) *Path {
+	if len(loops) == 0 {
+		panic("fastpath.New: no event loop")
+	}
+	p := &Path{core: core{link: l, mac: l.LinkAddress()}}
+	for _, loop := range loops {
+		p.queues = append(p.queues, &rxQueue{loop: loop})
+	}
 	p.udp.core = &p.core
+	p.udp.seed = maphash.MakeSeed()
 	p.tcp.core = &p.core
 	p.syn.core = &p.core
 	return p
 }
 
+// multiQueue says whether frames come from several loops at once.
+func (c *core) multiQueue() bool { return len(c.queues) > 1 }
+
 // Intercept implements link.Interceptor: a datagram of a registered UDP
 // flow goes to its sink, a segment of a TCP flow to the flow (a SYN the
-// policy takes starts one), and a SYN whose 4-tuple the stack still
-// holds waits; everything else goes on to the stack.
-func (p *Path) Intercept(hdr, rest []byte, udpSeg int) bool {
-	if p.udp.n.Load() > 0 && p.udp.intercept(hdr, rest, udpSeg) {
+// policy takes starts one, owned by queue q), and a SYN whose 4-tuple the
+// stack still holds waits; everything else goes on to the stack.
+func (p *Path) Intercept(q int, hdr, rest []byte, udpSeg int) bool {
+	rq := p.queues[q]
+	if p.udp.n.Load() > 0 && p.udp.intercept(rq, hdr, rest, udpSeg) {
 		return true
 	}
 	if udpSeg > 0 {
 		return false
 	}
-	if p.tcp.policy != nil && p.tcp.intercept(hdr, rest) {
+	if p.tcp.policy != nil && p.tcp.intercept(q, hdr, rest) {
 		return true
 	}
 	return p.syn.hold(hdr, rest)
 }
 
-// Holding implements link.Interceptor: datagrams wait to be sent as one.
-func (p *Path) Holding() bool { return len(p.udp.dirty) > 0 }
+// Holding implements link.Interceptor: datagrams read from queue q wait
+// to be sent as one.
+func (p *Path) Holding(q int) bool { return len(p.queues[q].dirty) > 0 }
 
-// Flush implements link.Interceptor: the read loop has read what the TAP
-// had.
-func (p *Path) Flush() {
-	if len(p.udp.dirty) > 0 {
-		p.udp.flush()
+// Flush implements link.Interceptor: queue q's loop has read what the
+// queue had.
+func (p *Path) Flush(q int) {
+	if rq := p.queues[q]; len(rq.dirty) > 0 {
+		p.udp.flush(rq)
 	}
 }
 

@@ -69,6 +69,10 @@ type tcpFlow struct {
 	done     func() // the policy's, once at the end; may be nil
 	// ended is closed at the end of a published flow (carry waits).
 	ended chan struct{}
+	// q is the TAP queue that owns the flow: its frames to the container
+	// go there, and loop, that queue's, serves its host socket.
+	q    int
+	loop *eventloop.Loop
 
 	mu     sync.Mutex
 	state  flowState
@@ -82,12 +86,29 @@ type tcpFlow struct {
 	rcv    recvSide
 	timers flowTimers
 	out    segWriter
+	// rxLoop is the loop applying a segment of the container's now
+	// (applyLocked), whose own deadlines a delayed ACK joins: nil
+	// otherwise.
+	rxLoop *eventloop.Loop
 }
 
-// wire points f's parts at f; every new flow is wired once.
-func (f *tcpFlow) wire() *tcpFlow {
+// wire points f's parts at f, owned by queue q; every new flow is wired
+// once.
+func (f *tcpFlow) wire(q int) *tcpFlow {
 	f.hs.f, f.snd.f, f.rcv.f, f.timers.f = f, f, f, f
+	f.q, f.loop = q, f.t.queues[q].loop
 	return f
+}
+
+// runningLoop is the loop running the flow's code now, if that is known:
+// the one applying a segment, or else the flow's own (its host socket's
+// events, and its start); a timer's goroutine is on none, and then it
+// does not matter.
+func (f *tcpFlow) runningLoop() *eventloop.Loop {
+	if f.rxLoop != nil {
+		return f.rxLoop
+	}
+	return f.loop
 }
 
 // The parts ask the flow through these.
@@ -110,7 +131,7 @@ func (f *tcpFlow) adoptHostLocked(fd int) { f.fd = fd }
 
 // watchHostLocked registers the host socket with the loop: its events
 // come to OnPoll.
-func (f *tcpFlow) watchHostLocked() error { return f.t.loop.Add(f.fd, eventloop.Edge, f) }
+func (f *tcpFlow) watchHostLocked() error { return f.loop.Add(f.fd, eventloop.Edge, f) }
 
 // synAckedLocked establishes a flow whose SYN-ACK the container
 // acknowledged, and says whether it did.
@@ -142,11 +163,14 @@ func (f *tcpFlow) OnPoll(events uint32) {
 	f.snd.pumpHost()
 }
 
-// applyLocked applies a segment read as hdr then rest.
-func (f *tcpFlow) applyLocked(seg *tcpSeg, hdr, rest []byte) {
+// applyLocked applies a segment read as hdr then rest by loop (the
+// flow's own, or another queue's).
+func (f *tcpFlow) applyLocked(loop *eventloop.Loop, seg *tcpSeg, hdr, rest []byte) {
+	f.rxLoop = loop
 	f.rcv.takePayload(hdr, rest, seg)
 	f.segmentLocked(seg)
 	f.rcv.dropPayload()
+	f.rxLoop = nil
 }
 
 // segmentLocked applies a segment from the container, its payload
@@ -212,5 +236,5 @@ func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte
 	}
 	// A full TAP drops the frame, as for the stack's frames; the timer
 	// sends it again.
-	f.out.write(f.t.core, &o, payload)
+	f.out.write(f.t.core, f.q, &o, payload)
 }

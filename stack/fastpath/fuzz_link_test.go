@@ -56,6 +56,11 @@ type frameHarness struct {
 	link *link.Endpoint
 	fast *Path
 	peer *os.File
+	// peers are the container's ends of the link's queues: peer first.
+	peers []*os.File
+	// tcpOut and udpOut count the TCP and UDP frames to the container
+	// that came out of each queue.
+	tcpOut, udpOut []atomic.Uint64
 
 	// arpReplies carries the target MAC of every ARP reply from the
 	// gateway address.
@@ -67,7 +72,7 @@ type frameHarness struct {
 	// no room for.
 	tcpFrames  chan []byte
 	tcpDropped atomic.Uint64
-	readerDone chan struct{}
+	readers    sync.WaitGroup
 	readErr    atomic.Pointer[error] // the link's read loop ended
 	seq        atomic.Uint32
 
@@ -100,6 +105,9 @@ type frameHarnessOptions struct {
 	tcpFast TCPPolicy
 	// tcpFrames passes TCP frames to the container on h.tcpFrames.
 	tcpFrames bool
+	// queues, above 1, gives the link that many queues (as a
+	// multi-queue TAP's), each a socketpair of its own: h.peers.
+	queues int
 }
 
 func newFrameHarness(tb testing.TB) *frameHarness {
@@ -109,32 +117,56 @@ func newFrameHarness(tb testing.TB) *frameHarness {
 
 func newFrameHarnessWith(tb testing.TB, o frameHarnessOptions) *frameHarness {
 	tb.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		tb.Fatalf("socketpair: %v", err)
-	}
-	for _, fd := range fds {
-		// Room for many frames queued either way; best effort.
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	}
+	queues := max(o.queues, 1)
+	var ends []*os.File // the link's ends
 	h := &frameHarness{
-		peer:       os.NewFile(uintptr(fds[1]), "container-end"),
 		arpReplies: make(chan [6]byte, 256),
 		udpFrames:  make(chan []byte, 64),
-		readerDone: make(chan struct{}),
+		tcpOut:     make([]atomic.Uint64, queues),
+		udpOut:     make([]atomic.Uint64, queues),
+	}
+	for range queues {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			tb.Fatalf("socketpair: %v", err)
+		}
+		for _, fd := range fds {
+			// Room for many frames queued either way; best effort.
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+		}
+		ends = append(ends, os.NewFile(uintptr(fds[0]), "tap-end"))
+		h.peers = append(h.peers, os.NewFile(uintptr(fds[1]), "container-end"))
+	}
+	h.peer = h.peers[0]
+	closePeers := func() {
+		for _, p := range h.peers {
+			p.Close()
+		}
 	}
 	gw, dns := tcpip.AddrFrom4(fzAddressing.Gateway.As4()), tcpip.AddrFrom4(fzAddressing.DNS.As4())
 	owns := func(a tcpip.Address) bool { return a == gw || a == dns }
 	onReadError := func(err error) { h.readErr.Store(&err) }
-	ep, err := link.New(os.NewFile(uintptr(fds[0]), "tap-end"), 65520, stack.GatewayMAC(fzAddressing), onReadError, owns)
+	ep, err := link.New(ends[0], 65520, stack.GatewayMAC(fzAddressing), onReadError, owns)
 	if err != nil {
-		unix.Close(fds[0])
-		h.peer.Close()
+		for _, e := range ends {
+			e.Close()
+		}
+		closePeers()
 		tb.Fatalf("link.New: %v", err)
 	}
+	for i, end := range ends[1:] {
+		if err := ep.AddQueue(end); err != nil {
+			for _, e := range ends[i+2:] {
+				e.Close()
+			}
+			ep.Close()
+			closePeers()
+			tb.Fatalf("AddQueue: %v", err)
+		}
+	}
 	h.link = ep
-	h.fast = New(ep, ep.Loop())
+	h.fast = New(ep, ep.Loops()...)
 	ep.SetInterceptor(h.fast)
 	if o.tcpFast != nil {
 		h.fast.EnableTCP(o.tcpFast) // before the NIC starts the read loop
@@ -149,11 +181,14 @@ func newFrameHarnessWith(tb testing.TB, o frameHarnessOptions) *frameHarness {
 	})
 	if err != nil {
 		ep.Close()
-		h.peer.Close()
+		closePeers()
 		tb.Fatalf("stack.New: %v", err)
 	}
 	h.s = s
-	go h.readFrames()
+	for q := range h.peers {
+		h.readers.Add(1)
+		go h.readFrames(q)
+	}
 	tb.Cleanup(h.close)
 	return h
 }
@@ -184,10 +219,12 @@ func (h *frameHarness) close() {
 		h.s.Close()
 		stage("stack.Wait")
 		h.s.Wait()
-		stage("peer.Close")
-		h.peer.Close()
-		stage("the test's reader")
-		<-h.readerDone
+		stage("peers.Close")
+		for _, p := range h.peers {
+			p.Close()
+		}
+		stage("the test's readers")
+		h.readers.Wait()
 		stage("handlers")
 		h.flows.Wait()
 		stage("done")
@@ -256,23 +293,27 @@ func (h *frameHarness) handleICMP4(gstack.TransportEndpointID, *gstack.PacketBuf
 	return false
 }
 
-// readFrames drains what the stack sends the container, reports ARP
-// replies for the gateway and passes UDP frames on.
-func (h *frameHarness) readFrames() {
-	defer close(h.readerDone)
+// readFrames drains what the stack sends the container on queue q,
+// reports ARP replies for the gateway and passes UDP frames on.
+func (h *frameHarness) readFrames(q int) {
+	defer h.readers.Done()
 	buf := make([]byte, link.MaxFrame+1)
 	for {
-		n, err := h.peer.Read(buf)
+		n, err := h.peers[q].Read(buf)
 		if err != nil {
 			return
 		}
 		f := buf[:n]
 		if isUDPFrame(f) {
+			h.udpOut[q].Add(1)
 			select {
 			case h.udpFrames <- append([]byte(nil), f...):
 			default: // nobody waits for that many; drop
 			}
 			continue
+		}
+		if isTCPFrame(f) {
+			h.tcpOut[q].Add(1)
 		}
 		if h.tcpFrames != nil && isTCPFrame(f) {
 			select {
@@ -326,11 +367,17 @@ func isTCPFrame(f []byte) bool {
 	return false
 }
 
-// send writes one frame as the container.
+// send writes one frame as the container, on the first queue.
 func (h *frameHarness) send(tb testing.TB, frame []byte) {
 	tb.Helper()
-	h.peer.SetWriteDeadline(time.Now().Add(fzAliveTimeout))
-	if _, err := h.peer.Write(frame); err != nil {
+	h.sendOn(tb, 0, frame)
+}
+
+// sendOn writes one frame as the container on queue q.
+func (h *frameHarness) sendOn(tb testing.TB, q int, frame []byte) {
+	tb.Helper()
+	h.peers[q].SetWriteDeadline(time.Now().Add(fzAliveTimeout))
+	if _, err := h.peers[q].Write(frame); err != nil {
 		tb.Fatalf("writing a %d-byte frame to the stack: %v (the read loop is stalled or gone)", len(frame), err)
 	}
 }

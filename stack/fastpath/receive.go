@@ -136,7 +136,9 @@ func (r *recvSide) data(s *tcpSeg) {
 	if !r.ackTimerOn {
 		r.ackTimerOn = true
 		r.ackGen++
-		f.t.loop.Later(r, r.ackGen, time.Now().Add(fastAckDelay))
+		// On the loop applying the segment, which may be another
+		// queue's than the flow's: a loop's deadlines are its own.
+		f.runningLoop().Later(r, r.ackGen, time.Now().Add(fastAckDelay))
 	}
 }
 

@@ -259,8 +259,8 @@ type segWriter struct {
 	iovs [][]byte
 }
 
-// write sends o, whose payload is in pieces, on c's link.
-func (w *segWriter) write(c *core, o *tcpOut, payload [][]byte) {
+// write sends o, whose payload is in pieces, on c's link's queue q.
+func (w *segWriter) write(c *core, q int, o *tcpOut, payload [][]byte) {
 	if o.src.Addr().Is4() {
 		o.ipID = uint16(c.ipID.Add(1))
 	}
@@ -274,7 +274,7 @@ func (w *segWriter) write(c *core, o *tcpOut, payload [][]byte) {
 	hl := buildTCP(w.hdr[:], o)
 	iovs := append(w.iovs[:0], w.hdr[:hl])
 	iovs = append(iovs, payload...)
-	c.link.WritePieces(iovs)
+	c.link.WritePieces(q, iovs)
 	clear(iovs)
 	w.iovs = iovs[:0]
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,10 +62,8 @@ type tcpTable struct {
 	policy TCPPolicy    // nil: off
 	seed   maphash.Seed // keys the hash of initial sequence numbers
 
-	// last is the flow of the last segment, which the next one most
-	// likely has too: a key compare instead of hashing two AddrPorts.
-	// The read loop's only.
-	last *tcpFlow
+	// nextQueue picks the queue of a published flow, in turn.
+	nextQueue atomic.Uint32
 
 	mu     sync.RWMutex
 	flows  map[tcpFlowKey]*tcpFlow
@@ -79,10 +78,12 @@ func (p *Path) EnableTCP(policy TCPPolicy) {
 	fp.policy = policy
 	fp.flows = map[tcpFlowKey]*tcpFlow{}
 	fp.seed = maphash.MakeSeed()
-	// The flows' work is done on the loop, which then waits in its own
-	// epoll_wait; with one P it waits in Go's poller still, as its own
-	// waits would keep that P from the rest of the program.
-	p.loop.SetViaGo(runtime.GOMAXPROCS(0) < 2)
+	// The flows' work is done on the loops, which then wait in their
+	// own epoll_wait; with one P they wait in Go's poller still, as
+	// their own waits would keep that P from the rest of the program.
+	for _, q := range p.queues {
+		q.loop.SetViaGo(runtime.GOMAXPROCS(0) < 2)
+	}
 }
 
 // TCPFlows counts the connections on the fast path.
@@ -172,11 +173,11 @@ func (t *tcpTable) remove(f *tcpFlow) {
 	t.mu.Unlock()
 }
 
-// intercept hands a frame read from the TAP (hdr, then rest) to its
-// fast-path flow, or starts one for a SYN the policy takes, and reports
-// whether it did. It runs on the read loop before the frame becomes a
-// gVisor buffer.
-func (t *tcpTable) intercept(hdr, rest []byte) bool {
+// intercept hands a frame read from the TAP's queue q (hdr, then rest)
+// to its fast-path flow, or starts one for a SYN the policy takes, and
+// reports whether it did. It runs on the queue's read loop before the
+// frame becomes a gVisor buffer.
+func (t *tcpTable) intercept(q int, hdr, rest []byte) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
@@ -188,10 +189,11 @@ func (t *tcpTable) intercept(hdr, rest []byte) bool {
 		return false
 	}
 	key := tcpFlowKey{src: seg.src, dst: seg.dst}
-	if f := t.last; f != nil && f.key == key {
+	rq := t.queues[q]
+	if f := rq.last; f != nil && f.key == key {
 		f.mu.Lock()
 		if !f.closed {
-			f.applyLocked(&seg, hdr, rest)
+			f.applyLocked(rq.loop, &seg, hdr, rest)
 			f.mu.Unlock()
 			return true
 		}
@@ -204,18 +206,18 @@ func (t *tcpTable) intercept(hdr, rest []byte) bool {
 		if seg.flags&(flagSYN|flagACK|flagRST|flagFIN) != flagSYN {
 			return false // the stack answers strays with RST
 		}
-		return t.start(&seg, hdr)
+		return t.start(q, &seg, hdr)
 	}
-	t.last = f
+	rq.last = f
 	f.mu.Lock()
-	f.applyLocked(&seg, hdr, rest)
+	f.applyLocked(rq.loop, &seg, hdr, rest)
 	f.mu.Unlock()
 	return true
 }
 
-// start takes a SYN from the container, hdr its frame's first bytes,
-// as a new flow if the policy does.
-func (t *tcpTable) start(seg *tcpSeg, hdr []byte) bool {
+// start makes the flow of the container's SYN seg, read on queue q,
+// which then owns it; hdr is its frame's first bytes.
+func (t *tcpTable) start(q int, seg *tcpSeg, hdr []byte) bool {
 	guestMAC := header.Ethernet(hdr).SourceAddress()
 	if !header.IsValidUnicastEthernetAddress(guestMAC) {
 		return false
@@ -224,7 +226,7 @@ func (t *tcpTable) start(seg *tcpSeg, hdr []byte) bool {
 	if !ok {
 		return false
 	}
-	f := newOutboundFlow(t, seg, guestMAC)
+	f := newOutboundFlow(t, q, seg, guestMAC)
 	t.mu.Lock()
 	if t.closed || t.flows[f.key] != nil {
 		t.mu.Unlock()

@@ -96,6 +96,12 @@ type fastFixture struct {
 
 func newFastFixture(t *testing.T, setup func(*fastPolicy)) *fastFixture {
 	t.Helper()
+	return newFastFixtureQueues(t, 1, setup)
+}
+
+// newFastFixtureQueues is newFastFixture on a link of queues queues.
+func newFastFixtureQueues(t *testing.T, queues int, setup func(*fastPolicy)) *fastFixture {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -134,7 +140,7 @@ func newFastFixture(t *testing.T, setup func(*fastPolicy)) *fastFixture {
 	if setup != nil {
 		setup(p)
 	}
-	h := newFrameHarnessWith(t, frameHarnessOptions{tcpFast: p, tcpFrames: true})
+	h := newFrameHarnessWith(t, frameHarnessOptions{tcpFast: p, tcpFrames: true, queues: queues})
 	f := &fastFixture{t: t, h: h, p: p, accepted: accepted}
 	// Runs before the harness's own cleanup: closing the link ends every
 	// flow and waits for its goroutines, and each flow the policy handed
@@ -299,6 +305,9 @@ type guest struct {
 
 	stream []byte // the flow's data received in order
 	gotFIN bool
+	// q is the link's queue the container sends on (as the kernel
+	// picks one per flow for a multi-queue TAP).
+	q int
 }
 
 // guest makes a connection from the container's port to the peer's; the
@@ -326,7 +335,7 @@ func (g *guest) frame(flags uint8, seq, ack uint32, opts, data []byte) []byte {
 // send sends a segment acknowledging what the container received.
 func (g *guest) send(flags uint8, seq uint32, data []byte) {
 	g.t.Helper()
-	g.f.h.send(g.t, g.frame(flags, seq, g.rcvNxt, nil, data))
+	g.f.h.sendOn(g.t, g.q, g.frame(flags, seq, g.rcvNxt, nil, data))
 }
 
 func (g *guest) syn() {
@@ -341,7 +350,7 @@ func (g *guest) syn() {
 	if g.ws >= 0 {
 		opts = append(opts, 1, 3, 3, byte(g.ws))
 	}
-	g.f.h.send(g.t, g.frame(tcpSYN, g.iss, 0, opts, nil))
+	g.f.h.sendOn(g.t, g.q, g.frame(tcpSYN, g.iss, 0, opts, nil))
 }
 
 // sendData sends data in one segment and advances the container's

@@ -2,6 +2,7 @@ package fastpath
 
 import (
 	"encoding/binary"
+	"hash/maphash"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -27,8 +28,10 @@ import (
 type udpFlowKey struct{ src, dst netip.AddrPort }
 
 // UDPSink takes a UDP flow's datagrams from the container, on the read
-// loop: it must not block. An alias of an unnamed interface, so that the
-// forwarder can name the same type without importing the fast path.
+// loop: it must not block. With a multi-queue TAP the flow's datagrams
+// may come from several loops, but the sink is called by one at a time.
+// An alias of an unnamed interface, so that the forwarder can name the
+// same type without importing the fast path.
 type UDPSink = interface {
 	// Datagram takes one datagram's payload in pieces, valid only during
 	// the call; or, with seg > 0, a run of datagrams of seg bytes each,
@@ -42,41 +45,53 @@ type UDPSink = interface {
 
 // UDPService answers datagrams to an address of the gateway's own (the
 // DNS address) from any source, on the read loop: it must not block, and
-// payload is valid only during the call.
+// payload is valid only during the call. It is called by one loop at a
+// time.
 type UDPService func(src netip.AddrPort, payload [][]byte)
 
-// udpShortcut is the fast path's table of UDP flows.
+// udpShortcut is the fast path's table of UDP flows. What a read loop
+// keeps between datagrams (its scratch, the flows to flush) is its
+// queue's (rxQueue).
 type udpShortcut struct {
 	*core
 	mu       sync.RWMutex
-	flows    map[udpFlowKey]*flowSink
-	services map[netip.AddrPort]UDPService
+	flows    map[udpFlowKey]*udpFlow
+	services map[netip.AddrPort]*udpService
 	// n is len(flows)+len(services): the read loop skips the lookup
 	// while it is 0.
 	n atomic.Int32
-	// iovs is the read loop's scratch for a payload's pieces.
-	iovs [][]byte
-	// dirty are the sinks given a datagram since the last Flush (on the
-	// read loop only).
-	dirty []*flowSink
+	// seed keys the hash that picks a flow's queue for WriteUDP.
+	seed maphash.Seed
+	// nextLoop picks the loop of a host socket WatchHost serves, in
+	// turn.
+	nextLoop atomic.Uint32
 }
 
-// flowSink is a registered UDPSink: the read loop tells sinks apart by
-// this pointer, as a sink's own dynamic type need not be comparable (a
-// func type would panic an interface comparison).
-type flowSink struct{ UDPSink }
+// udpFlow is a registered flow's sink. With several queues, mu makes
+// their loops take turns with it: a flow's datagrams come on the queue
+// that last wrote one of its frames, and that may change under a burst.
+type udpFlow struct {
+	mu   sync.Mutex
+	sink UDPSink
+}
+
+// udpService is a registered service, taking turns as udpFlow.
+type udpService struct {
+	mu  sync.Mutex
+	svc UDPService
+}
 
 // AddUDPFlow hands the datagrams from the container's src to dst to sink
 // from now on, until remove (idempotent) is called. A pcap sniffer on the
 // link would not see these datagrams.
 func (p *Path) AddUDPFlow(src, dst netip.AddrPort, sink UDPSink) (remove func()) {
-	return register(&p.udp, &p.udp.flows, udpFlowKey{src: src, dst: dst}, &flowSink{sink})
+	return register(&p.udp, &p.udp.flows, udpFlowKey{src: src, dst: dst}, &udpFlow{sink: sink})
 }
 
 // AddUDPService hands every datagram to dst that no flow takes to svc,
 // until remove (idempotent) is called.
 func (p *Path) AddUDPService(dst netip.AddrPort, svc UDPService) (remove func()) {
-	return register(&p.udp, &p.udp.services, dst, svc)
+	return register(&p.udp, &p.udp.services, dst, &udpService{svc: svc})
 }
 
 // register puts v in the table *m of u under key, counted in u.n, and
@@ -104,12 +119,12 @@ func register[K comparable, V any](u *udpShortcut, m *map[K]V, key K, v V) (remo
 	}
 }
 
-// intercept hands a frame read from the TAP, whose first bytes are hdr
-// and the rest rest, to the sink of its flow and reports whether it did.
-// It runs on the read loop (which skips it while no flow is registered)
-// before the frame becomes a gVisor buffer, so that a datagram that skips
-// the stack costs no copy.
-func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
+// intercept hands a frame read from the TAP's queue rq, whose first bytes
+// are hdr and the rest rest, to the sink of its flow and reports whether
+// it did. It runs on the queue's read loop (which skips it while no flow
+// is registered) before the frame becomes a gVisor buffer, so that a
+// datagram that skips the stack costs no copy.
+func (u *udpShortcut) intercept(rq *rxQueue, hdr, rest []byte, udpSeg int) bool {
 	if len(hdr) < header.EthernetMinimumSize {
 		return false
 	}
@@ -121,52 +136,86 @@ func (u *udpShortcut) intercept(hdr, rest []byte, udpSeg int) bool {
 		return false
 	}
 	u.mu.RLock()
-	sink := u.flows[udpFlowKey{src: src, dst: dst}]
-	var svc UDPService
-	if sink == nil && len(u.services) > 0 && udpSeg == 0 {
+	flow := u.flows[udpFlowKey{src: src, dst: dst}]
+	var svc *udpService
+	if flow == nil && len(u.services) > 0 && udpSeg == 0 {
 		svc = u.services[dst]
 	}
 	u.mu.RUnlock()
-	if sink == nil && svc == nil {
+	if flow == nil && svc == nil {
 		return false
 	}
 	u.learnGuest(hdr)
-	iovs := framePieces(u.iovs[:0], hdr, rest, off, n)
-	if sink != nil {
+	iovs := framePieces(rq.udpIovs[:0], hdr, rest, off, n)
+	multi := u.multiQueue()
+	if flow != nil {
 		if udpSeg >= n {
 			udpSeg = 0
 		}
-		sink.Datagram(iovs, udpSeg)
-		u.markDirty(sink)
+		if multi {
+			flow.mu.Lock()
+		}
+		flow.sink.Datagram(iovs, udpSeg)
+		if multi {
+			flow.mu.Unlock()
+		}
+		u.markDirty(rq, flow)
 	} else {
-		svc(src, iovs)
+		if multi {
+			svc.mu.Lock()
+		}
+		svc.svc(src, iovs)
+		if multi {
+			svc.mu.Unlock()
+		}
 	}
 	clear(iovs)
-	u.iovs = iovs[:0]
+	rq.udpIovs = iovs[:0]
 	u.stats.UDPShortcutIn.Add(1)
 	return true
 }
 
-// markDirty notes that sink must be flushed at the burst's end.
-func (u *udpShortcut) markDirty(sink *flowSink) {
-	for _, d := range u.dirty {
-		if d == sink {
+// markDirty notes that flow's sink must be flushed at the end of rq's
+// burst.
+func (u *udpShortcut) markDirty(rq *rxQueue, flow *udpFlow) {
+	for _, d := range rq.dirty {
+		if d == flow {
 			return
 		}
 	}
-	if len(u.dirty) == cap(u.dirty) && len(u.dirty) >= 64 {
-		u.flush() // a burst over many flows: no list grows without bound
+	if len(rq.dirty) == cap(rq.dirty) && len(rq.dirty) >= 64 {
+		u.flush(rq) // a burst over many flows: no list grows without bound
 	}
-	u.dirty = append(u.dirty, sink)
+	rq.dirty = append(rq.dirty, flow)
 }
 
-// flush ends a burst: every sink given a datagram sends what it holds.
-func (u *udpShortcut) flush() {
-	for i, d := range u.dirty {
-		d.Flush()
-		u.dirty[i] = nil
+// flush ends rq's burst: every sink given a datagram sends what it
+// holds. Another queue's loop may have flushed it already (with several
+// queues a flow is on two lists at times): then it has nothing to send.
+func (u *udpShortcut) flush(rq *rxQueue) {
+	multi := u.multiQueue()
+	for i, d := range rq.dirty {
+		if multi {
+			d.mu.Lock()
+		}
+		d.sink.Flush()
+		if multi {
+			d.mu.Unlock()
+		}
+		rq.dirty[i] = nil
 	}
-	u.dirty = u.dirty[:0]
+	rq.dirty = rq.dirty[:0]
+}
+
+// txQueue is the queue of the datagrams WriteUDP sends from src to the
+// container's dst: one per flow, so that the kernel steers the flow's
+// datagrams from the container to one queue (see Path).
+func (u *udpShortcut) txQueue(src, dst netip.AddrPort) int {
+	if !u.multiQueue() {
+		return 0
+	}
+	h := maphash.Comparable(u.seed, udpFlowKey{src: dst, dst: src})
+	return int(h % uint64(len(u.queues)))
 }
 
 // parseUDP finds an unfragmented UDP datagram without IP options or
@@ -362,7 +411,7 @@ func (u *udpShortcut) write(src, dst netip.AddrPort, payload []byte, seg int) bo
 		hdrs = hdrs[link.VnetHdrSize:]
 	}
 	sc.pieces = [2][]byte{hdrs, payload}
-	err := u.link.WritePieces(sc.pieces[:])
+	err := u.link.WritePieces(u.txQueue(src, dst), sc.pieces[:])
 	sc.pieces = [2][]byte{}
 	if err != nil {
 		return true
@@ -392,11 +441,17 @@ func (p *Path) WatchHost(conn syscall.Conn, onReadable func()) (stop func(), err
 	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
 		return nil, err
 	}
-	if err := p.loop.Add(fd, eventloop.Level, readableFunc(onReadable)); err != nil {
+	// With several queues the sockets take the loops in turn: each is
+	// served by one loop, always the same.
+	loop := p.queues[0].loop
+	if n := len(p.queues); n > 1 {
+		loop = p.queues[p.udp.nextLoop.Add(1)%uint32(n)].loop
+	}
+	if err := loop.Add(fd, eventloop.Level, readableFunc(onReadable)); err != nil {
 		return nil, err
 	}
 	var once sync.Once
-	return func() { once.Do(func() { p.loop.Remove(fd) }) }, nil
+	return func() { once.Do(func() { loop.Remove(fd) }) }, nil
 }
 
 // readableFunc is an eventloop.Handler that calls itself.

@@ -8,7 +8,14 @@
 // The other way, the stack writes through WritePackets and anyone else
 // (the fast path, router advertisements, ICMP made by the forwarder)
 // through WritePieces or WriteFrame. The endpoint runs the event loop
-// (eventloop) that reads the TAP; Loop lends it to the fast path.
+// (eventloop) that reads the TAP; Loops lends it to the fast path.
+//
+// A multi-queue TAP (IFF_MULTI_QUEUE, AddQueue) has an fd per queue, each
+// read by a loop of its own. The kernel hands each flow of the container
+// to one queue, the one that last wrote a frame of that flow
+// (tun_automq_select_queue): the fast path writes a flow's frames on the
+// queue it owns the flow from, so that the flow stays with one loop;
+// the stack's own frames go to a queue by their flow's hash.
 package link
 
 import (
@@ -41,57 +48,44 @@ type Endpoint struct {
 	offload
 	guestAddr
 
-	tap tapFD
-	// poll waits for the TAP (and the fast path's host sockets).
-	poll *eventloop.Loop
+	// queues are the TAP's queues, each an fd read by an event loop of
+	// its own: one, unless AddQueue added those of a multi-queue TAP.
+	queues []*queue
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 	started    bool
 	wg         sync.WaitGroup
 
-	// onReadError is told why the read loop ended, unless Close ended it.
+	// onReadError is told why a read loop ended, unless Close ended it.
 	onReadError func(error)
 	// owns says which addresses the stack may claim in ARP replies and
 	// neighbour advertisements.
 	owns   ownsFunc
 	closed atomic.Bool
 
-	// rx is the read loop's state between the loop's calls.
-	rx tapReader
+	// icpt is offered every frame read before the stack (SetInterceptor).
+	icpt Interceptor
+	// onRouterSolicit is called (on a read loop: it must not block)
+	// when the container asks for router advertisements.
+	onRouterSolicit func()
 	// synAcks carries the stack's SYN-ACKs to the writer goroutine.
 	synAcks synAckQueue
 
 	stats Stats
 }
 
-// Stats counts the endpoint's frames and what it dropped.
-type Stats struct {
-	RxFrames, TxFrames, RxDropped, TxErrors atomic.Uint64
+// queue is one of the TAP's queues: its fd, the event loop that reads it
+// (and serves the fast path's host sockets of the flows it owns), and
+// the reader's state between the loop's calls.
+type queue struct {
+	tap  tapFD
+	poll *eventloop.Loop
+	rx   tapReader
 }
 
-// Interceptor is offered each frame read from the TAP before the stack,
-// on the read loop (it must not block). hdr is the frame's first bytes
-// (up to its Ethernet, IP and TCP headers with options), rest what
-// follows; both are the loop's buffers, valid only during the call. It
-// reports whether it took the frame, which then never reaches the stack.
-// While it holds frames to send as one (Holding: a flow's datagrams) the
-// loop reads on, up to rxBurst frames per wake-up; Flush is called after
-// each burst, so that what it holds leaves before the loop waits again.
-//
-// udpSeg is not 0 for a UDP super-frame (USO): its payload is datagrams of
-// udpSeg bytes each, the last possibly shorter (see SplitUDP).
-type Interceptor interface {
-	Intercept(hdr, rest []byte, udpSeg int) bool
-	Holding() bool
-	Flush()
-}
-
-var _ stack.LinkEndpoint = (*Endpoint)(nil)
-
-// New takes over a TAP fd: file is closed at once, its fd kept in a
-// duplicate that Close closes. onReadError and owns may be nil.
-func New(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), owns func(tcpip.Address) bool) (*Endpoint, error) {
+// newQueue takes over file as a queue numbered index of e.
+func newQueue(e *Endpoint, file *os.File, index int) (*queue, error) {
 	fd, err := eventloop.DetachFD(file)
 	if err != nil {
 		return nil, err
@@ -105,26 +99,89 @@ func New(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(erro
 		unix.Close(fd)
 		return nil, err
 	}
-	e := &Endpoint{tap: tapFD{fd: fd}, poll: p, onReadError: onReadError, owns: owns,
-		synAcks: newSynAckQueue()}
+	q := &queue{tap: tapFD{fd: fd}, poll: p}
+	q.rx = tapReader{e: e, index: index, tap: &q.tap, poll: p}
+	return q, nil
+}
+
+// Stats counts the endpoint's frames and what it dropped.
+type Stats struct {
+	RxFrames, TxFrames, RxDropped, TxErrors atomic.Uint64
+}
+
+// Interceptor is offered each frame read from the TAP before the stack,
+// on the read loop of the queue q that read it (it must not block; with
+// several queues, calls for different queues run at once). hdr is the
+// frame's first bytes (up to its Ethernet, IP and TCP headers with
+// options), rest what follows; both are the loop's buffers, valid only
+// during the call. It reports whether it took the frame, which then never
+// reaches the stack. While it holds frames of queue q to send as one
+// (Holding: a flow's datagrams) that queue's loop reads on, up to rxBurst
+// frames per wake-up; Flush(q) is called after each burst, so that what
+// it holds leaves before the loop waits again.
+//
+// udpSeg is not 0 for a UDP super-frame (USO): its payload is datagrams of
+// udpSeg bytes each, the last possibly shorter (see SplitUDP).
+type Interceptor interface {
+	Intercept(q int, hdr, rest []byte, udpSeg int) bool
+	Holding(q int) bool
+	Flush(q int)
+}
+
+var _ stack.LinkEndpoint = (*Endpoint)(nil)
+
+// New takes over a TAP fd: file is closed at once, its fd kept in a
+// duplicate that Close closes. onReadError and owns may be nil.
+func New(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(error), owns func(tcpip.Address) bool) (*Endpoint, error) {
+	e := &Endpoint{onReadError: onReadError, owns: owns, synAcks: newSynAckQueue()}
+	q, err := newQueue(e, file, 0)
+	if err != nil {
+		return nil, err
+	}
+	e.queues = []*queue{q}
 	e.mac = mac
 	e.mtu.Store(mtu)
-	e.rx.e = e
 	return e, nil
 }
+
+// AddQueue takes over another queue of the same multi-queue TAP
+// (IFF_MULTI_QUEUE), as New takes the first: it gets an event loop of
+// its own, and frames read from it are offered to the Interceptor with
+// its number (Queues()-1 once added). Call it before the NIC is created.
+func (e *Endpoint) AddQueue(file *os.File) error {
+	q, err := newQueue(e, file, len(e.queues))
+	if err != nil {
+		return err
+	}
+	e.queues = append(e.queues, q)
+	return nil
+}
+
+// Queues is the number of the TAP's queues.
+func (e *Endpoint) Queues() int { return len(e.queues) }
 
 // OnRouterSolicit sets the function told of router solicitations from
 // the container: gVisor is no router and would ignore them. Call it
 // before the NIC is created.
-func (e *Endpoint) OnRouterSolicit(fn func()) { e.rx.onRouterSolicit = fn }
+func (e *Endpoint) OnRouterSolicit(fn func()) { e.onRouterSolicit = fn }
 
 // SetInterceptor sets who is offered each inbound frame before the
 // stack. Call it before the NIC is created.
-func (e *Endpoint) SetInterceptor(i Interceptor) { e.rx.icpt = i }
+func (e *Endpoint) SetInterceptor(i Interceptor) { e.icpt = i }
 
-// Loop is the event loop that reads the TAP: the fast path's host
-// sockets and deadlines join it. Attach starts it and Close stops it.
-func (e *Endpoint) Loop() *eventloop.Loop { return e.poll }
+// Loop is the event loop that reads the TAP's first queue.
+func (e *Endpoint) Loop() *eventloop.Loop { return e.queues[0].poll }
+
+// Loops are the event loops of the TAP's queues, in order: the fast
+// path's host sockets and deadlines join them. Attach starts them and
+// Close stops them.
+func (e *Endpoint) Loops() []*eventloop.Loop {
+	loops := make([]*eventloop.Loop, len(e.queues))
+	for i, q := range e.queues {
+		loops[i] = q.poll
+	}
+	return loops
+}
 
 // Attach implements stack.LinkEndpoint: the read loop starts with the
 // first dispatcher.
@@ -134,19 +191,22 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 	e.dispatcher = d
 	if d != nil && !e.started {
 		e.started = true
-		// The loop waits in Go's poller unless the fast path asked
-		// for its own waits (eventloop.Loop.SetViaGo).
-		if err := e.poll.Add(e.tap.fd, eventloop.Level, &e.rx); err != nil {
-			// Only a closed endpoint or a broken epoll gets here.
-			if !e.closed.Load() && e.onReadError != nil {
-				e.onReadError(err)
+		for _, q := range e.queues {
+			// The loop waits in Go's poller unless the fast path
+			// asked for its own waits (eventloop.Loop.SetViaGo).
+			if err := q.poll.Add(q.tap.fd, eventloop.Level, &q.rx); err != nil {
+				// Only a closed endpoint or a broken epoll gets here.
+				if !e.closed.Load() && e.onReadError != nil {
+					e.onReadError(err)
+				}
 			}
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				q.poll.Run()
+			}()
 		}
-		e.wg.Add(2)
-		go func() {
-			defer e.wg.Done()
-			e.poll.Run()
-		}()
+		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
 			e.synAcks.run(e.writePacket)
@@ -164,9 +224,9 @@ func (e *Endpoint) IsAttached() bool {
 // Wait implements stack.LinkEndpoint.
 func (e *Endpoint) Wait() { e.wg.Wait() }
 
-// Close ends the read loop and then the TAP fd; the fast path's
+// Close ends the read loops and then the TAP's fds; the fast path's
 // connections are its own to close (fastpath.Path.Close). It must not
-// run on the read loop.
+// run on a read loop.
 func (e *Endpoint) Close() {
 	if e.closed.CompareAndSwap(false, true) {
 		e.synAcks.close()
@@ -174,10 +234,14 @@ func (e *Endpoint) Close() {
 		started := e.started
 		e.mu.RUnlock()
 		if started {
-			e.poll.Stop()
+			for _, q := range e.queues {
+				q.poll.Stop()
+			}
 		}
-		e.rx.release()
-		e.tap.close()
-		e.poll.Close()
+		for _, q := range e.queues {
+			q.rx.release()
+			q.tap.close()
+			q.poll.Close()
+		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/rootlessnet/rootlessnet/stack/eventloop"
 )
 
 // Receive buffers. A frame is read straight into gVisor chunks: its
@@ -46,19 +48,19 @@ const _ = uint(rxHdrSize + rxHeadSize - (MaxFrame - VnetHdrSize))
 // to. A frame becomes gVisor buffers only when the stack takes it: the
 // fast paths take most, and a view per frame was a pool round trip and a
 // clear each.
+//
+// Each queue of the TAP has its reader, on its own loop.
 type tapReader struct {
-	e      *Endpoint
+	e *Endpoint
+	// index is the queue's number; tap its fd, poll its loop.
+	index  int
+	tap    *tapFD
+	poll   *eventloop.Loop
 	head   *buffer.View
 	hdr    [rxHdrSize]byte
 	vhdr   [VnetHdrSize]byte
 	iovs   [][]byte
 	failed bool
-
-	// icpt is offered every frame read before the stack (SetInterceptor).
-	icpt Interceptor
-	// onRouterSolicit is called (on the read loop: it must not block)
-	// when the container asks for router advertisements.
-	onRouterSolicit func()
 }
 
 func (r *tapReader) release() {
@@ -79,13 +81,14 @@ const rxBurst = 64
 // it for a burst of datagrams sent on as one, not for a request/response
 // exchange's single frame (a round trip's p50 took 10% longer).
 func (r *tapReader) OnPoll(uint32) {
+	icpt := r.e.icpt
 	for i := 0; i < rxBurst && !r.failed && r.readFrame(); i++ {
-		if r.icpt == nil || !r.icpt.Holding() {
+		if icpt == nil || !icpt.Holding(r.index) {
 			break
 		}
 	}
-	if r.icpt != nil {
-		r.icpt.Flush()
+	if icpt != nil {
+		icpt.Flush(r.index)
 	}
 }
 
@@ -102,7 +105,7 @@ func (r *tapReader) readFrame() bool {
 	}
 	iovs = append(iovs, r.hdr[:], r.head.AsSlice())
 	r.iovs = iovs
-	n, err := e.tap.readv(iovs)
+	n, err := r.tap.readv(iovs)
 	if err == nil && n == 0 {
 		err = io.EOF
 	}
@@ -111,10 +114,10 @@ func (r *tapReader) readFrame() bool {
 			return false
 		}
 		r.failed = true
-		e.poll.Remove(e.tap.fd)
+		r.poll.Remove(r.tap.fd)
 		if !e.closed.Load() && e.onReadError != nil {
 			e.onReadError(err)
-			e.poll.HandOff()
+			r.poll.HandOff()
 		}
 		return false
 	}
@@ -138,7 +141,7 @@ func (r *tapReader) readFrame() bool {
 	} else {
 		hdr = hdr[:n]
 	}
-	if r.icpt != nil && r.icpt.Intercept(hdr, rest, udpSeg) {
+	if e.icpt != nil && e.icpt.Intercept(r.index, hdr, rest, udpSeg) {
 		return true
 	}
 	if udpSeg > 0 && n > rxHdrSize {
@@ -195,11 +198,11 @@ func (r *tapReader) deliver(frame buffer.Buffer) {
 		return
 	}
 	e.LearnGuest(hdr)
-	if r.onRouterSolicit != nil && isRouterSolicit(hdr) {
-		r.onRouterSolicit()
-		e.poll.HandOff()
+	if e.onRouterSolicit != nil && isRouterSolicit(hdr) {
+		e.onRouterSolicit()
+		r.poll.HandOff()
 	}
-	e.dispatch(frame)
+	e.dispatch(frame, r.poll)
 }
 
 // guestAddr is the container's MAC: the source of the last unicast frame
@@ -343,11 +346,14 @@ func (e *Endpoint) Inject(frame []byte) {
 	if e.closed.Load() {
 		return
 	}
-	e.dispatch(buffer.MakeWithData(frame))
+	e.dispatch(buffer.MakeWithData(frame), e.queues[0].poll)
 }
 
-// dispatch hands an Ethernet frame to the stack, which takes it over.
-func (e *Endpoint) dispatch(frame buffer.Buffer) {
+// dispatch hands an Ethernet frame to the stack, which takes it over;
+// poll is the loop that runs the call (Inject's caller runs on none: the
+// first queue's loop is told, harmlessly). The stack's dispatcher takes
+// frames from several loops at once.
+func (e *Endpoint) dispatch(frame buffer.Buffer, poll *eventloop.Loop) {
 	e.mu.RLock()
 	d := e.dispatcher
 	e.mu.RUnlock()
@@ -356,7 +362,7 @@ func (e *Endpoint) dispatch(frame buffer.Buffer) {
 		return
 	}
 	e.stats.RxFrames.Add(1)
-	e.poll.HandOff() // the stack's goroutines take it on
+	poll.HandOff() // the stack's goroutines take it on
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: frame})
 	defer pkt.DecRef()
 	if !e.ParseHeader(pkt) {

@@ -105,7 +105,9 @@ func (s *synAckQueue) run(write func(*stack.PacketBuffer) error) {
 // close ends the writer, which drops what is still queued.
 func (s *synAckQueue) close() { s.once.Do(func() { close(s.done) }) }
 
-// writePacket writes one packet to the TAP.
+// writePacket writes one packet to the TAP: on a queue picked by the
+// packet's flow hash (gVisor's TCP endpoints set one each), so that the
+// kernel keeps each of the stack's flows on one queue (see Endpoint).
 func (e *Endpoint) writePacket(pkt *stack.PacketBuffer) error {
 	iovs := pkt.AsSlices()
 	if e.vnet {
@@ -114,12 +116,20 @@ func (e *Endpoint) writePacket(pkt *stack.PacketBuffer) error {
 		h.Encode(hdr[:])
 		iovs = append([][]byte{hdr[:]}, iovs...)
 	}
-	if err := e.tap.writev(iovs); err != nil {
+	if err := e.queues[txQueue(pkt.Hash, len(e.queues))].tap.writev(iovs); err != nil {
 		e.stats.TxErrors.Add(1)
 		return err
 	}
 	e.stats.TxFrames.Add(1)
 	return nil
+}
+
+// txQueue is the queue, of n, for a frame whose flow hashes to hash.
+func txQueue(hash uint32, n int) int {
+	if n <= 1 {
+		return 0
+	}
+	return int(hash % uint32(n))
 }
 
 // ownsFunc says which addresses the stack may claim in ARP replies and
@@ -162,24 +172,30 @@ func (owns ownsFunc) foreignClaim(pkt *stack.PacketBuffer) bool {
 }
 
 // WriteFrame sends one whole Ethernet frame to the container, bypassing
-// the stack (ICMP errors and echo replies built by the forwarder).
+// the stack (ICMP errors and echo replies built by the forwarder), on the
+// first queue.
 func (e *Endpoint) WriteFrame(frame []byte) error {
+	t := &e.queues[0].tap
 	if e.vnet {
 		var none [VnetHdrSize]byte
-		return e.tap.writev([][]byte{none[:], frame})
+		return t.writev([][]byte{none[:], frame})
 	}
-	return e.tap.writev([][]byte{frame})
+	return t.writev([][]byte{frame})
 }
 
 // Stats returns the endpoint's counters.
 func (e *Endpoint) Stats() *Stats { return &e.stats }
 
-// WritePieces sends one frame to the container, bypassing the stack,
-// from pieces: its virtio-net header first when VnetHdr, then the
-// Ethernet frame (the fast path's segments and datagrams). It is
-// counted in Stats; a full TAP drops it (see tapFD.writev).
-func (e *Endpoint) WritePieces(pieces [][]byte) error {
-	if err := e.tap.writev(pieces); err != nil {
+// WritePieces sends one frame to the container on queue q (0 if there
+// is no such queue), bypassing the stack, from pieces: its virtio-net
+// header first when VnetHdr, then the Ethernet frame (the fast path's
+// segments and datagrams). It is counted in Stats; a full TAP drops it
+// (see tapFD.writev).
+func (e *Endpoint) WritePieces(q int, pieces [][]byte) error {
+	if uint(q) >= uint(len(e.queues)) {
+		q = 0
+	}
+	if err := e.queues[q].tap.writev(pieces); err != nil {
 		e.stats.TxErrors.Add(1)
 		return err
 	}

@@ -49,3 +49,25 @@ func TestVnetHdrEncode(t *testing.T) {
 		t.Errorf("encode = % x, want % x", b, want)
 	}
 }
+
+// TestTxQueue: the stack's frames go to a queue by their flow's hash,
+// the first queue when there is one.
+func TestTxQueue(t *testing.T) {
+	for _, tc := range []struct {
+		hash uint32
+		n    int
+		want int
+	}{
+		{12345, 1, 0},
+		{12345, 0, 0},
+		{0, 2, 0},
+		{1, 2, 1},
+		{0xffffffff, 2, 1},
+		{7, 4, 3},
+		{0xffffffff, 3, 0},
+	} {
+		if got := txQueue(tc.hash, tc.n); got != tc.want {
+			t.Errorf("txQueue(%#x, %d) = %d, want %d", tc.hash, tc.n, got, tc.want)
+		}
+	}
+}
