@@ -21,16 +21,13 @@ type SetupRequest struct {
 	// VnetHdr opens the TAP with virtio-net headers (for offloads).
 	VnetHdr bool
 	// Queues, above 1, opens a multi-queue TAP with that many queues
-	// (tap.OpenQueues), an fd each. QueuesAuto: rootlessnet chose them,
-	// not the user, so a TAP that cannot have them gets one without a
-	// warning.
-	Queues     int
-	QueuesAuto bool
-	Configure  bool
-	MTU        int
-	MAC        string
-	Address    string // guest address with prefix, when Configure
-	Gateway    string // default route, when Configure
+	// (tap.OpenQueues), an fd each.
+	Queues    int
+	Configure bool
+	MTU       int
+	MAC       string
+	Address   string // guest address with prefix, when Configure
+	Gateway   string // default route, when Configure
 	// Address6 and Gateway6 are the same for IPv6 (empty when off).
 	Address6 string
 	Gateway6 string

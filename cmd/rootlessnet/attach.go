@@ -234,8 +234,7 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 	if user != nil {
 		defer user.Close()
 	}
-	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0}
-	req.Queues, req.QueuesAuto = o.tapQueues()
+	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0, Queues: o.queues}
 	if configure {
 		req.Address = o.addressing.GuestPrefix().String()
 		req.Gateway = o.addressing.Gateway.String()

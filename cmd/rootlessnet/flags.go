@@ -69,7 +69,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.portBypass, "port-bypass", false, "published TCP ports skip the netstack: a helper inside the container's namespaces connects to the guest port and rootlessnet splices between the two kernel sockets (under half the CPU per byte; faster where CPU is the limit), but the guest sees connections come from its own address instead of the client's; UDP ports are unchanged")
 	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", true, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (--tcp-fastpath=false: the netstack carries it, as before)")
 	fs.DurationVar(&o.busyPoll, "busy-poll", eventloop.DefaultBusyPoll, "with the TCP fast path, how long a busy link's loop may poll for the next event before it sleeps, as the kernel's SO_BUSY_POLL (shorter request/response latency for some CPU; the window adapts and an idle link never polls); 0: never")
-	fs.IntVar(&o.queues, "queues", 0, fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning); 0: 2 where the TCP fast path runs on 2 CPUs or more, else 1", tap.MaxQueues))
+	fs.IntVar(&o.queues, "queues", 1, fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning)", tap.MaxQueues))
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 
@@ -126,8 +126,8 @@ func (o *options) validate() error {
 	if o.busyPoll < 0 || o.busyPoll > eventloop.MaxBusyPoll {
 		return usageError{fmt.Errorf("invalid --busy-poll %v: want 0 to %v", o.busyPoll, eventloop.MaxBusyPoll)}
 	}
-	if o.queues < 0 || o.queues > tap.MaxQueues {
-		return usageError{fmt.Errorf("invalid --queues %d: want 0 (automatic) to %d", o.queues, tap.MaxQueues)}
+	if o.queues < 1 || o.queues > tap.MaxQueues {
+		return usageError{fmt.Errorf("invalid --queues %d: want 1 to %d", o.queues, tap.MaxQueues)}
 	}
 	if o.tapName == "" || len(o.tapName) > 15 {
 		return usageError{fmt.Errorf("invalid --tap %q: want 1 to 15 characters", o.tapName)}
@@ -149,29 +149,4 @@ func parse(fs *pflag.FlagSet, args []string) error {
 		return usageError{fmt.Errorf("%w (see --help)", err)}
 	}
 	return nil
-}
-
-// autoQueues is the TAP's queues where --queues is 0: a loop per queue
-// pays only with the TCP fast path, whose loops each hold a CPU while
-// traffic flows, and on two CPUs two queues moved more than one on every
-// several-flows figure and had the shorter request/response p99
-// (docs/benchmarks.md, "Several flows ... (later)"); more queues than two
-// are unmeasured, so more CPUs still get two.
-const autoQueues = 2
-
-// tapQueues is the number of queues to open the TAP with, and whether
-// the user left it to rootlessnet (a TAP that cannot have them then gets
-// one without a warning).
-func (o *options) tapQueues() (n int, auto bool) { return o.queuesFor(runtimeProcs) }
-
-// queuesFor is tapQueues where the runtime has cpus CPUs (its GOMAXPROCS
-// before setStackProcs: the CPUs, or the cgroup's limit).
-func (o *options) queuesFor(cpus int) (n int, auto bool) {
-	if o.queues > 0 {
-		return o.queues, false
-	}
-	if o.tcpFastPath && o.pcap == "" && cpus >= 2 {
-		return autoQueues, true
-	}
-	return 1, true
 }

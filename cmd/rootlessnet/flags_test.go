@@ -49,7 +49,7 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"--busy-poll", "50"}, "invalid argument"},
 		{[]string{"--queues", "2"}, ""},
 		{[]string{"--queues", "16"}, ""},
-		{[]string{"--queues", "0"}, ""},
+		{[]string{"--queues", "0"}, "invalid --queues 0: want 1 to 16"},
 		{[]string{"--queues", "17"}, "invalid --queues 17"},
 		{[]string{"--queues", "-1"}, "invalid --queues -1"},
 		{[]string{"--queues", "two"}, "invalid argument"},
@@ -120,34 +120,6 @@ func TestFDList(t *testing.T) {
 		}
 		if s := formatFDList(got); s != tc.in {
 			t.Errorf("formatFDList(%v) = %q, want %q", got, s, tc.in)
-		}
-	}
-}
-
-// TestTAPQueues: --queues as given, and where it is 0 two queues only
-// for the fast path's loops with two CPUs or more.
-func TestTAPQueues(t *testing.T) {
-	for _, tc := range []struct {
-		queues   int
-		fastPath bool
-		pcap     string
-		cpus     int
-		want     int
-		wantAuto bool
-	}{
-		{3, true, "", 2, 3, false},
-		{1, true, "", 8, 1, false},
-		{4, false, "", 1, 4, false}, // asked for: as asked
-		{0, true, "", 2, 2, true},
-		{0, true, "", 64, 2, true},
-		{0, true, "", 1, 1, true},
-		{0, false, "", 8, 1, true},
-		{0, true, "/tmp/x.pcap", 8, 1, true},
-	} {
-		o := options{queues: tc.queues, tcpFastPath: tc.fastPath, pcap: tc.pcap}
-		n, auto := o.queuesFor(tc.cpus)
-		if n != tc.want || auto != tc.wantAuto {
-			t.Errorf("queues %d, fast path %v, pcap %q, %d CPUs: %d, auto %v; want %d, %v", tc.queues, tc.fastPath, tc.pcap, tc.cpus, n, auto, tc.want, tc.wantAuto)
 		}
 	}
 }

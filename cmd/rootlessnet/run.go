@@ -79,8 +79,8 @@ func runCommand(args []string) (int, error) {
 		Gateway:   o.addressing.Gateway.String(),
 		Command:   fs.Args(),
 		SockDiag:  len(o.autos) > 0,
+		Queues:    o.queues,
 	}
-	req.Queues, req.QueuesAuto = o.tapQueues()
 	if o.addressing6.Enabled() {
 		req.Address6 = o.addressing6.GuestPrefix().String()
 		req.Gateway6 = o.addressing6.Gateway.String()
