@@ -182,10 +182,6 @@ func (p *Path) Close() {
 // Stats returns the fast path's counters.
 func (p *Path) Stats() *Stats { return &p.stats }
 
-// learnGuest tells the link of the source of a frame the fast path took,
-// hdr its first bytes.
-func (c *core) learnGuest(hdr []byte) { c.link.LearnGuest(hdr) }
-
 // framePieces appends to dst the pieces of bytes [off, off+n) of a frame
 // read as hdr then rest.
 func framePieces(dst [][]byte, hdr, rest []byte, off, n int) [][]byte {

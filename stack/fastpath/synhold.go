@@ -62,7 +62,7 @@ func (s *synHold) hold(hdr, rest []byte) bool {
 	}
 	// The link learns the container's MAC from the frames it passes to
 	// the stack; this one it does not see.
-	s.learnGuest(hdr)
+	s.link.LearnGuest(hdr)
 	held := make([]byte, 0, len(hdr)+len(rest))
 	held = append(append(held, hdr...), rest...)
 	s.stats.SYNHeld.Add(1)

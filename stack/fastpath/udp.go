@@ -145,7 +145,7 @@ func (u *udpShortcut) intercept(rq *rxQueue, hdr, rest []byte, udpSeg int) bool 
 	if flow == nil && svc == nil {
 		return false
 	}
-	u.learnGuest(hdr)
+	u.link.LearnGuest(hdr)
 	iovs := framePieces(rq.udpIovs[:0], hdr, rest, off, n)
 	multi := u.multiQueue()
 	if flow != nil {

@@ -293,14 +293,7 @@ func (nb *netBench) measureNetwork(mtu int) {
 		nb.addTput(colNet, "out", r, err)
 	})
 	withNetwork("out-udp, in-udp", func(name string, st netStatus) {
-		for _, dir := range []struct{ fig, r string }{{"out-udp", ""}, {"in-udp", "-R"}} {
-			args := append([]string{"-c", st.Gateway, "-p", fmt.Sprint(nb.cfg.hostPort)}, udpArgs...)
-			if dir.r != "" {
-				args = append(args, dir.r)
-			}
-			r, err := nb.iperf(member(name, "u"+dir.r), args...)
-			nb.addTput(colNet, dir.fig, r, err)
-		}
+		nb.measureUDP(colNet, member(name, "u"), st.Gateway)
 	})
 	withNetwork("pub", func(name string, _ netStatus) {
 		hp, err := freePort()
@@ -320,6 +313,19 @@ func (nb *netBench) measureNetwork(mtu int) {
 		r, err := iperfHost(nb.cfg.secs, "-c", "127.0.0.1", "-p", fmt.Sprint(hp), "-t", fmt.Sprint(nb.cfg.secs))
 		nb.addTput(colNet, "pub", r, err)
 	})
+}
+
+// measureUDP: the UDP rows of column col, a run with flags against the
+// host's server through gw, both ways (each run a new member or namespace).
+func (nb *netBench) measureUDP(col string, flags []string, gw string) {
+	for _, dir := range []struct{ fig, r string }{{"out-udp", ""}, {"in-udp", "-R"}} {
+		args := append([]string{"-c", gw, "-p", fmt.Sprint(nb.cfg.hostPort)}, udpArgs...)
+		if dir.r != "" {
+			args = append(args, dir.r)
+		}
+		r, err := nb.iperf(flags, args...)
+		nb.addTput(col, dir.fig, r, err)
+	}
 }
 
 // measureRuns: the path without networks, two `rootlessnet run`
@@ -358,14 +364,7 @@ func (nb *netBench) measureRuns(mtu int) {
 	}
 	r, err := nb.iperf(m, "-c", "10.0.2.2", "-p", fmt.Sprint(nb.cfg.hostPort))
 	nb.addTput(colRun, "out", r, err)
-	for _, dir := range []struct{ fig, r string }{{"out-udp", ""}, {"in-udp", "-R"}} {
-		args := append([]string{"-c", "10.0.2.2", "-p", fmt.Sprint(nb.cfg.hostPort)}, udpArgs...)
-		if dir.r != "" {
-			args = append(args, dir.r)
-		}
-		r, err := nb.iperf(m, args...)
-		nb.addTput(colRun, dir.fig, r, err)
-	}
+	nb.measureUDP(colRun, m, "10.0.2.2")
 
 	if hp, err = freePort(); err != nil {
 		nb.rec.fail(colRun, "lat-p50, lat-p99", err)

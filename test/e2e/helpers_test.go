@@ -167,17 +167,9 @@ func tcpEcho(addr, size string) error {
 	printTCPOptions(c)
 	c.SetDeadline(time.Now().Add(120 * time.Second))
 	msg := pattern(n)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w (read %d bytes; %s)", err, len(got), tcpState(c))
+	got, werr, err := exchange(c, msg)
+	if werr != nil {
+		return fmt.Errorf("write: %w (read %d bytes; %s)", werr, len(got), tcpState(c))
 	}
 	if err != nil {
 		return fmt.Errorf("read after %d bytes: %w (%s)", len(got), err, tcpState(c))
@@ -607,4 +599,19 @@ func linkInfo() error {
 	}
 	fmt.Printf("mtu=%d mac=%s up=%v\n", l.Attrs().MTU, l.Attrs().HardwareAddr, l.Attrs().Flags&net.FlagUp != 0)
 	return nil
+}
+
+// exchange writes msg on c, then half-closes it, while it reads c to
+// its EOF; it returns what it read, the write's error and the read's.
+func exchange(c net.Conn, msg []byte) (got []byte, werr, rerr error) {
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		done <- err
+	}()
+	got, rerr = io.ReadAll(c)
+	return got, <-done, rerr
 }

@@ -108,17 +108,9 @@ func parallelEcho(addr string, msg []byte) (string, error) {
 	defer c.Close()
 	opts := tcpOptions(c)
 	c.SetDeadline(time.Now().Add(120 * time.Second))
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err := <-werr; err != nil {
-		return opts, fmt.Errorf("echo write: %w (read %d bytes; %s)", err, len(got), tcpState(c))
+	got, werr, err := exchange(c, msg)
+	if werr != nil {
+		return opts, fmt.Errorf("echo write: %w (read %d bytes; %s)", werr, len(got), tcpState(c))
 	}
 	if err != nil {
 		return opts, fmt.Errorf("echo read after %d bytes: %w (%s)", len(got), err, tcpState(c))

@@ -237,17 +237,9 @@ func soakTCPEcho(addr string, n int) error {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	msg := pattern(n)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err := <-werr; err != nil {
-		return fmt.Errorf("write: %w", err)
+	got, werr, err := exchange(c, msg)
+	if werr != nil {
+		return fmt.Errorf("write: %w", werr)
 	}
 	if err != nil {
 		return fmt.Errorf("read: %w", err)
