@@ -37,6 +37,9 @@ type Config struct {
 	// own, which serves the fast path's flows the kernel puts on that
 	// queue.
 	MoreQueues []*os.File
+	// AutoQueues keeps only the first queue attached while at most one
+	// TCP flow is busy, and attaches more while several are (queues.go).
+	AutoQueues bool
 	MTU        int
 	Addressing stack.Addressing
 	// IPv6 is the container's IPv6 network, off unless Enabled.
@@ -94,6 +97,9 @@ type Network struct {
 	// trimStop ends the idle memory trimmer (memtrim.go).
 	trimStop chan struct{}
 	trimDone chan struct{}
+	// queuesStop ends the queue governor (queues.go), if it runs.
+	queuesStop chan struct{}
+	queuesDone chan struct{}
 }
 
 // New starts the data path on cfg.Tap.
@@ -157,6 +163,15 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	n.Link = ep
+	autoQueues := cfg.AutoQueues && ep.Queues() > 1 && cfg.TCPFastPath && cfg.Pcap == nil
+	if autoQueues {
+		// One queue until several flows are busy. Before the stack
+		// attaches the link, so the others are never read until then.
+		if err := ep.SetActiveQueues(1); err != nil {
+			cfg.Log.Warn("detaching TAP queues failed: all stay attached", "err", err)
+			autoQueues = false
+		}
+	}
 	if cfg.IPv6.Enabled() && cfg.RouterAdverts {
 		n.solicited = make(chan struct{}, 1)
 		ep.OnRouterSolicit(func() {
@@ -248,6 +263,10 @@ func New(cfg Config) (*Network, error) {
 	}
 	n.trimStop, n.trimDone = make(chan struct{}), make(chan struct{})
 	go trimIdle(n.trimStop, n.trimDone)
+	if autoQueues {
+		n.queuesStop, n.queuesDone = make(chan struct{}), make(chan struct{})
+		go n.governQueues(n.queuesStop, n.queuesDone)
+	}
 	return n, nil
 }
 
@@ -297,6 +316,10 @@ func (n *Network) Close() {
 		}
 		close(n.trimStop)
 		<-n.trimDone
+		if n.queuesStop != nil {
+			close(n.queuesStop)
+			<-n.queuesDone
+		}
 		n.Link.Close()
 		// The fast path's flows after the loop has stopped.
 		n.Fast.Close()

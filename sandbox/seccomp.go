@@ -16,7 +16,7 @@ import (
 // Go runtime and glibc make on rarer paths (returning memory, thread exit,
 // signals, time without the vDSO) and harmless variants of calls seen.
 // Left out on purpose: open/openat (nothing is opened once confined; glibc
-// falls back when its CPU count read fails), ioctl but SIOCINQ, dup, mount, namespace
+// falls back when its CPU count read fails), ioctl but SIOCINQ and TUNSETQUEUE, dup, mount, namespace
 // and credential calls, ptrace, bpf, execve. Everything else fails with
 // EPERM: a call missed here makes one operation fail and be logged, not
 // every container lose its network, as SECCOMP_RET_KILL would.
@@ -68,6 +68,11 @@ func Policy() seccomp.Policy {
 				// to size the netstack's buffers.
 				Name:       "ioctl",
 				Conditions: seccomp.ArgumentConditions{{Argument: 1, Operation: seccomp.Equal, Value: unix.SIOCINQ}},
+			}, {
+				// --queues auto attaches and detaches the TAP's
+				// queues (tap.SetQueueAttached).
+				Name:       "ioctl",
+				Conditions: seccomp.ArgumentConditions{{Argument: 1, Operation: seccomp.Equal, Value: unix.TUNSETQUEUE}},
 			}}},
 			{Action: actionENOSYS, Names: []string{"clone3"}},
 		},

@@ -149,3 +149,34 @@ func SetOffload(f *os.File) (uso bool, err error) {
 	}
 	return false, nil
 }
+
+// SetQueueAttached attaches (true) or detaches (false) f, a queue of a
+// multi-queue TAP, from its device (TUNSETQUEUE). A detached queue keeps
+// its fd and can be attached again; the device then counts only its
+// attached queues, and with one left the kernel no longer hashes each
+// frame to pick a queue for it (tun_automq_select_queue, and the flow
+// hash of every write). Frames waiting on a queue that is detached are
+// dropped. Attaching needs the same rights as opening the TAP.
+func SetQueueAttached(f *os.File, attached bool) error {
+	return SetQueueAttachedFD(int(f.Fd()), attached)
+}
+
+// SetQueueAttachedFD is SetQueueAttached on a raw fd (one the caller
+// took out of Go's poller).
+func SetQueueAttachedFD(fd int, attached bool) error {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return err
+	}
+	what := "detaching"
+	if attached {
+		ifr.SetUint16(unix.IFF_ATTACH_QUEUE)
+		what = "attaching"
+	} else {
+		ifr.SetUint16(unix.IFF_DETACH_QUEUE)
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNSETQUEUE, ifr); err != nil {
+		return fmt.Errorf("%s a TAP queue: %w", what, err)
+	}
+	return nil
+}

@@ -62,6 +62,18 @@ func closeAll(files []*os.File) {
 	}
 }
 
+// queuesAttached checks that TAP name has want queues attached.
+func queuesAttached(name string, want int) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if tt, ok := l.(*netlink.Tuntap); !ok || tt.Queues != want {
+		return fmt.Errorf("%s: %+v queues attached, want %d", name, l.Attrs(), want)
+	}
+	return nil
+}
+
 // TestOpenQueues: a multi-queue TAP has an fd per queue, all on one
 // device with IFF_MULTI_QUEUE and the offloads set on each; one queue is
 // Open's TAP; and a TAP that exists without IFF_MULTI_QUEUE gives one
@@ -94,6 +106,25 @@ func TestOpenQueues(t *testing.T) {
 		}
 		if tt, ok := l.(*netlink.Tuntap); !ok || tt.Queues != 3 || tt.Flags&netlink.TUNTAP_MULTI_QUEUE == 0 {
 			return errors.New("mq0 is not a TAP with 3 queues attached")
+		}
+		// Detach the last two, and attach one again: the device counts
+		// the attached ones.
+		for _, f := range files[1:] {
+			if err := SetQueueAttached(f, false); err != nil {
+				return err
+			}
+		}
+		if err := queuesAttached("mq0", 1); err != nil {
+			return err
+		}
+		if err := SetQueueAttached(files[1], false); err == nil {
+			return errors.New("detaching a detached queue was not refused")
+		}
+		if err := SetQueueAttached(files[2], true); err != nil {
+			return err
+		}
+		if err := queuesAttached("mq0", 2); err != nil {
+			return err
 		}
 
 		// One queue: as Open, no multi-queue flag.

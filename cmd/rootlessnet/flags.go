@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -41,7 +43,7 @@ type options struct {
 	portBypass          bool
 	tcpFastPath         bool
 	busyPoll            time.Duration
-	queues              int
+	queues              queuesFlag
 
 	addressing  stack.Addressing
 	addressing6 stack.Addressing6 // invalid unless --enable-ipv6
@@ -69,7 +71,8 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.portBypass, "port-bypass", false, "published TCP ports skip the netstack: a helper inside the container's namespaces connects to the guest port and rootlessnet splices between the two kernel sockets (under half the CPU per byte; faster where CPU is the limit), but the guest sees connections come from its own address instead of the client's; UDP ports are unchanged")
 	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", true, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (--tcp-fastpath=false: the netstack carries it, as before)")
 	fs.DurationVar(&o.busyPoll, "busy-poll", eventloop.DefaultBusyPoll, "with the TCP fast path, how long a busy link's loop may poll for the next event before it sleeps, as the kernel's SO_BUSY_POLL (shorter request/response latency for some CPU; the window adapts and an idle link never polls); 0: never")
-	fs.IntVar(&o.queues, "queues", 1, fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning)", tap.MaxQueues))
+	o.queues = queuesFlag{n: 1}
+	fs.Var(&o.queues, "queues", fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning); auto: one per CPU (at most %d), of which only the first is attached while at most one TCP flow is busy", tap.MaxQueues, maxAutoQueues))
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 
@@ -126,8 +129,8 @@ func (o *options) validate() error {
 	if o.busyPoll < 0 || o.busyPoll > eventloop.MaxBusyPoll {
 		return usageError{fmt.Errorf("invalid --busy-poll %v: want 0 to %v", o.busyPoll, eventloop.MaxBusyPoll)}
 	}
-	if o.queues < 1 || o.queues > tap.MaxQueues {
-		return usageError{fmt.Errorf("invalid --queues %d: want 1 to %d", o.queues, tap.MaxQueues)}
+	if !o.queues.auto && (o.queues.n < 1 || o.queues.n > tap.MaxQueues) {
+		return usageError{fmt.Errorf("invalid --queues %d: want 1 to %d, or auto", o.queues.n, tap.MaxQueues)}
 	}
 	if o.tapName == "" || len(o.tapName) > 15 {
 		return usageError{fmt.Errorf("invalid --tap %q: want 1 to 15 characters", o.tapName)}
@@ -149,4 +152,45 @@ func parse(fs *pflag.FlagSet, args []string) error {
 		return usageError{fmt.Errorf("%w (see --help)", err)}
 	}
 	return nil
+}
+
+// maxAutoQueues bounds --queues auto: more loops than that would compete
+// with the container's own threads for the CPUs (measured on 2 CPUs only).
+const maxAutoQueues = 4
+
+// queuesFlag is --queues: a number of TAP queues, or auto.
+type queuesFlag struct {
+	n    int
+	auto bool
+}
+
+func (q *queuesFlag) String() string {
+	if q.auto {
+		return "auto"
+	}
+	return strconv.Itoa(q.n)
+}
+
+func (q *queuesFlag) Set(s string) error {
+	if s == "auto" {
+		*q = queuesFlag{auto: true}
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("want a number of queues or auto")
+	}
+	*q = queuesFlag{n: n}
+	return nil
+}
+
+func (q *queuesFlag) Type() string { return "N|auto" }
+
+// count is how many queues to open: with auto, one per CPU, at most
+// maxAutoQueues.
+func (q queuesFlag) count() int {
+	if q.auto {
+		return max(1, min(runtime.NumCPU(), maxAutoQueues))
+	}
+	return q.n
 }

@@ -43,7 +43,7 @@ func runCommand(args []string) (int, error) {
 		if err := mo.validate(fs); err != nil {
 			return 0, err
 		}
-		if o.queues > 1 {
+		if o.queues.count() > 1 {
 			return 0, usageError{errors.New("run: --queues is for a TAP of rootlessnet's own: not with --network")}
 		}
 		return runMember(&o, &mo, fs.Args(), log)
@@ -79,7 +79,7 @@ func runCommand(args []string) (int, error) {
 		Gateway:   o.addressing.Gateway.String(),
 		Command:   fs.Args(),
 		SockDiag:  len(o.autos) > 0,
-		Queues:    o.queues,
+		Queues:    o.queues.count(),
 	}
 	if o.addressing6.Enabled() {
 		req.Address6 = o.addressing6.GuestPrefix().String()

@@ -65,6 +65,7 @@ func startNetwork(o *options, log *slog.Logger, taps []*os.File, configured bool
 	cfg := network.Config{
 		Tap:                 tapFile,
 		MoreQueues:          taps[1:],
+		AutoQueues:          o.queues.auto,
 		MTU:                 o.mtu,
 		Addressing:          o.addressing,
 		IPv6:                o.addressing6,

@@ -57,7 +57,7 @@ func (t *tcpTable) dial(ctx context.Context, src, dst netip.AddrPort, host *net.
 	// Published flows take the queues in turn: the SYN goes out on the
 	// flow's queue, which steers the container's answer there.
 	q := 0
-	if n := len(t.queues); n > 1 {
+	if n := t.link.ActiveQueues(); n > 1 {
 		q = int(t.nextQueue.Add(1) % uint32(n))
 	}
 	f := newPublishedFlow(t, q, guestMAC, dst)

@@ -57,6 +57,9 @@ type Link interface {
 	// WritePieces writes one frame on queue q, its virtio-net header
 	// first when VnetHdr; a full TAP drops it.
 	WritePieces(q int, pieces [][]byte) error
+	// ActiveQueues is how many of the queues, from the first, are
+	// attached to the TAP now; a write on another goes on the first.
+	ActiveQueues() int
 	// Inject hands a frame to the stack as if just read (a held SYN).
 	Inject(frame []byte)
 }

@@ -86,6 +86,9 @@ type tcpFlow struct {
 	rcv    recvSide
 	timers flowTimers
 	out    segWriter
+	// moved counts the payload bytes of the flow's segments both ways;
+	// sampled is what it was at the last Path.SampleLoad.
+	moved, sampled uint64
 	// rxLoop is the loop applying a segment of the container's now
 	// (applyLocked), whose own deadlines a delayed ACK joins: nil
 	// otherwise.
@@ -166,6 +169,7 @@ func (f *tcpFlow) OnPoll(events uint32) {
 // applyLocked applies a segment read as hdr then rest by loop (the
 // flow's own, or another queue's).
 func (f *tcpFlow) applyLocked(loop *eventloop.Loop, seg *tcpSeg, hdr, rest []byte) {
+	f.moved += uint64(seg.n)
 	f.rxLoop = loop
 	f.rcv.takePayload(hdr, rest, seg)
 	f.segmentLocked(seg)
@@ -236,5 +240,6 @@ func (f *tcpFlow) sendLocked(flags header.TCPFlags, seq uint32, payload [][]byte
 	}
 	// A full TAP drops the frame, as for the stack's frames; the timer
 	// sends it again.
+	f.moved += uint64(n)
 	f.out.write(f.t.core, f.q, &o, payload)
 }

@@ -211,11 +211,12 @@ func (u *udpShortcut) flush(rq *rxQueue) {
 // container's dst: one per flow, so that the kernel steers the flow's
 // datagrams from the container to one queue (see Path).
 func (u *udpShortcut) txQueue(src, dst netip.AddrPort) int {
-	if !u.multiQueue() {
+	n := u.link.ActiveQueues()
+	if n <= 1 {
 		return 0
 	}
 	h := maphash.Comparable(u.seed, udpFlowKey{src: dst, dst: src})
-	return int(h % uint64(len(u.queues)))
+	return int(h % uint64(n))
 }
 
 // parseUDP finds an unfragmented UDP datagram without IP options or

@@ -19,6 +19,7 @@
 package link
 
 import (
+	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/rootlessnet/rootlessnet/stack/eventloop"
+	"github.com/rootlessnet/rootlessnet/tap"
 )
 
 // MaxFrame is the largest read from a TAP: a 64 KiB IP packet plus the
@@ -51,10 +53,15 @@ type Endpoint struct {
 	// queues are the TAP's queues, each an fd read by an event loop of
 	// its own: one, unless AddQueue added those of a multi-queue TAP.
 	queues []*queue
+	// active is how many of them, from the first, are attached to the
+	// TAP (SetActiveQueues): the others read nothing, and their writes
+	// go on the first queue. qmu orders the changes.
+	active atomic.Int32
+	qmu    sync.Mutex
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
-	started    bool
+	started    bool // set under qmu as well
 	wg         sync.WaitGroup
 
 	// onReadError is told why a read loop ended, unless Close ended it.
@@ -139,6 +146,7 @@ func New(file *os.File, mtu uint32, mac tcpip.LinkAddress, onReadError func(erro
 		return nil, err
 	}
 	e.queues = []*queue{q}
+	e.active.Store(1)
 	e.mac = mac
 	e.mtu.Store(mtu)
 	return e, nil
@@ -154,11 +162,63 @@ func (e *Endpoint) AddQueue(file *os.File) error {
 		return err
 	}
 	e.queues = append(e.queues, q)
+	e.active.Store(int32(len(e.queues)))
 	return nil
 }
 
 // Queues is the number of the TAP's queues.
 func (e *Endpoint) Queues() int { return len(e.queues) }
+
+// ActiveQueues is the number of queues attached to the TAP, the first
+// ones (see SetActiveQueues).
+func (e *Endpoint) ActiveQueues() int { return int(e.active.Load()) }
+
+// SetActiveQueues keeps the first n queues attached to the TAP and
+// detaches the others (tap.SetQueueAttached), which the kernel then no
+// longer steers frames to: with one queue attached it hashes no frame.
+// A detached queue's loop goes on serving its host sockets; its frames
+// to the container go on the first queue. Frames the kernel had queued
+// on a queue it detaches are lost (the kernel purges them), so callers
+// change this seldom.
+func (e *Endpoint) SetActiveQueues(n int) error {
+	if n < 1 || n > len(e.queues) {
+		return fmt.Errorf("%d active TAP queues: want 1 to %d", n, len(e.queues))
+	}
+	e.qmu.Lock()
+	defer e.qmu.Unlock()
+	started := e.started // Attach sets it under qmu too
+	cur := int(e.active.Load())
+	// Fewer: writes leave the queues first, then their reads.
+	if n < cur {
+		e.active.Store(int32(n))
+	}
+	for i := n; i < cur; i++ {
+		q := e.queues[i]
+		if started {
+			q.poll.Remove(q.tap.fd)
+		}
+		if err := tap.SetQueueAttachedFD(q.tap.fd, false); err != nil {
+			return err
+		}
+	}
+	// More: attached and read before frames are written on them.
+	for i := cur; i < n; i++ {
+		q := e.queues[i]
+		if err := tap.SetQueueAttachedFD(q.tap.fd, true); err != nil {
+			e.active.Store(int32(i))
+			return err
+		}
+		if started {
+			if err := q.poll.Add(q.tap.fd, eventloop.Level, &q.rx); err != nil {
+				tap.SetQueueAttachedFD(q.tap.fd, false)
+				e.active.Store(int32(i))
+				return err
+			}
+		}
+		e.active.Store(int32(i + 1))
+	}
+	return nil
+}
 
 // OnRouterSolicit sets the function told of router solicitations from
 // the container: gVisor is no router and would ignore them. Call it
@@ -190,14 +250,19 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 	defer e.mu.Unlock()
 	e.dispatcher = d
 	if d != nil && !e.started {
+		e.qmu.Lock()
+		defer e.qmu.Unlock()
 		e.started = true
-		for _, q := range e.queues {
+		for i, q := range e.queues {
 			// The loop waits in Go's poller unless the fast path
 			// asked for its own waits (eventloop.Loop.SetViaGo).
-			if err := q.poll.Add(q.tap.fd, eventloop.Level, &q.rx); err != nil {
-				// Only a closed endpoint or a broken epoll gets here.
-				if !e.closed.Load() && e.onReadError != nil {
-					e.onReadError(err)
+			// A detached queue's loop runs for its host sockets.
+			if i < e.ActiveQueues() {
+				if err := q.poll.Add(q.tap.fd, eventloop.Level, &q.rx); err != nil {
+					// Only a closed endpoint or a broken epoll gets here.
+					if !e.closed.Load() && e.onReadError != nil {
+						e.onReadError(err)
+					}
 				}
 			}
 			e.wg.Add(1)

@@ -116,7 +116,7 @@ func (e *Endpoint) writePacket(pkt *stack.PacketBuffer) error {
 		h.Encode(hdr[:])
 		iovs = append([][]byte{hdr[:]}, iovs...)
 	}
-	if err := e.queues[txQueue(pkt.Hash, len(e.queues))].tap.writev(iovs); err != nil {
+	if err := e.queues[txQueue(pkt.Hash, e.ActiveQueues())].tap.writev(iovs); err != nil {
 		e.stats.TxErrors.Add(1)
 		return err
 	}
@@ -187,12 +187,12 @@ func (e *Endpoint) WriteFrame(frame []byte) error {
 func (e *Endpoint) Stats() *Stats { return &e.stats }
 
 // WritePieces sends one frame to the container on queue q (0 if there
-// is no such queue), bypassing the stack, from pieces: its virtio-net
+// is no such queue, or it is detached: SetActiveQueues), bypassing the stack, from pieces: its virtio-net
 // header first when VnetHdr, then the Ethernet frame (the fast path's
 // segments and datagrams). It is counted in Stats; a full TAP drops it
 // (see tapFD.writev).
 func (e *Endpoint) WritePieces(q int, pieces [][]byte) error {
-	if uint(q) >= uint(len(e.queues)) {
+	if uint(q) >= uint(e.active.Load()) {
 		q = 0
 	}
 	if err := e.queues[q].tap.writev(pieces); err != nil {
