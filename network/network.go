@@ -163,10 +163,12 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	n.Link = ep
-	autoQueues := cfg.AutoQueues && ep.Queues() > 1 && cfg.TCPFastPath && cfg.Pcap == nil
+	autoQueues := cfg.AutoQueues && ep.Queues() > 1
 	if autoQueues {
-		// One queue until several flows are busy. Before the stack
-		// attaches the link, so the others are never read until then.
+		// One queue until several flows are busy; for good without the
+		// fast path, whose flows the governor follows. Before the
+		// stack attaches the link, so the others are never read until
+		// then.
 		if err := ep.SetActiveQueues(1); err != nil {
 			cfg.Log.Warn("detaching TAP queues failed: all stay attached", "err", err)
 			autoQueues = false
@@ -263,7 +265,7 @@ func New(cfg Config) (*Network, error) {
 	}
 	n.trimStop, n.trimDone = make(chan struct{}), make(chan struct{})
 	go trimIdle(n.trimStop, n.trimDone)
-	if autoQueues {
+	if autoQueues && cfg.TCPFastPath && cfg.Pcap == nil {
 		n.queuesStop, n.queuesDone = make(chan struct{}), make(chan struct{})
 		go n.governQueues(n.queuesStop, n.queuesDone)
 	}

@@ -43,17 +43,17 @@ func (n *Network) governQueues(stop <-chan struct{}, done chan<- struct{}) {
 				n.cfg.Log.Warn("attaching TAP queues failed: the flows stay on the attached ones", "err", err)
 				return
 			}
-			n.cfg.Log.Debug("TAP queues attached", "active", want, "busy flows", load.Busy())
 			active = want
-			n.Fast.Spread(load, active)
+			moved := n.Fast.Spread(load, active)
+			n.cfg.Log.Debug("TAP queues attached", "active", want, "busy flows", load.Busy(), "moved", moved)
 		case want < active && calm+1 >= calmSamples:
 			calm = 0
-			n.Fast.Spread(load, want) // off the queues before they go
+			moved := n.Fast.Spread(load, want) // off the queues before they go
 			if err := n.Link.SetActiveQueues(want); err != nil {
 				n.cfg.Log.Warn("detaching TAP queues failed", "err", err)
 				return
 			}
-			n.cfg.Log.Debug("TAP queues detached", "active", want, "busy flows", load.Busy())
+			n.cfg.Log.Debug("TAP queues detached", "active", want, "busy flows", load.Busy(), "moved", moved)
 			active = want
 		case want < active:
 			calm++

@@ -54,37 +54,57 @@ func (p *Path) SampleLoad(minBytes uint64) Load {
 // Spread places l's flows on the first active queues: the busy ones
 // evenly by count, each staying where it is while its queue has no more
 // than its share; flows on a queue beyond active move to one of them.
-// Call it before detaching queues, and after attaching them.
-func (p *Path) Spread(l Load, active int) {
+// Call it before detaching queues, and after attaching them. It
+// returns how many flows moved.
+func (p *Path) Spread(l Load, active int) (moved int) {
 	active = max(1, min(active, len(p.queues)))
-	share := make([]int, active)
+	on := make([]int, len(l.busy))
 	busy := make(map[*tcpFlow]bool, len(l.busy))
-	limit := (len(l.busy) + active - 1) / active
-	var unplaced []*tcpFlow
-	for _, b := range l.busy {
+	for i, b := range l.busy {
+		on[i] = b.f.queue()
 		busy[b.f] = true
-		q := b.f.queue()
+	}
+	for i, q := range placeBusy(on, active) {
+		if l.busy[i].f.move(q) {
+			moved++
+		}
+	}
+	for i, f := range l.all {
+		if !busy[f] && f.queue() >= active && f.move(i%active) {
+			moved++
+		}
+	}
+	return moved
+}
+
+// placeBusy gives the queue of each busy flow, of those on queues on
+// now: as even by count as can be over the first active queues, each
+// flow staying where it is while its queue has no more than its share,
+// so that as few as possible move.
+func placeBusy(on []int, active int) []int {
+	to := make([]int, len(on))
+	share := make([]int, active)
+	limit := (len(on) + active - 1) / active
+	var unplaced []int
+	for i, q := range on {
 		if q < active && share[q] < limit {
 			share[q]++
+			to[i] = q
 			continue
 		}
-		unplaced = append(unplaced, b.f)
+		unplaced = append(unplaced, i)
 	}
-	for _, f := range unplaced {
+	for _, i := range unplaced {
 		q := 0
-		for i := range share {
-			if share[i] < share[q] {
-				q = i
+		for j := range share {
+			if share[j] < share[q] {
+				q = j
 			}
 		}
 		share[q]++
-		f.move(q)
+		to[i] = q
 	}
-	for i, f := range l.all {
-		if !busy[f] && f.queue() >= active {
-			f.move(i % active)
-		}
-	}
+	return to
 }
 
 // queue is the queue that owns f now.
@@ -98,12 +118,12 @@ func (f *tcpFlow) queue() int {
 // loop serves its host socket. The old loop may still run one handler
 // call for the socket (it takes f.mu, as every handler does); a
 // deadline asked of the old loop still reaches f (timers run under f.mu
-// from any loop).
-func (f *tcpFlow) move(q int) {
+// from any loop). It reports whether f moved.
+func (f *tcpFlow) move(q int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed || f.q == q {
-		return
+		return false
 	}
 	to := f.t.queues[q].loop
 	if f.fd >= 0 {
@@ -115,8 +135,9 @@ func (f *tcpFlow) move(q int) {
 			if f.loop.Add(f.fd, eventloop.Edge, f) != nil {
 				f.closeLocked(true, true)
 			}
-			return
+			return false
 		}
 	}
 	f.q, f.loop = q, to
+	return true
 }

@@ -19,6 +19,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +43,16 @@ func init() {
 		if err := tcpParallel(args[0], args[1], args[2], args[3]); err != nil {
 			return err
 		}
+		return printTapQueues("tap0")
+	}
+	// tcp-parallel-settle ECHO SINK N SIZE: tcp-parallel, then, 2 s
+	// later, "tap-queues Q" again: --queues auto detaches its queues a
+	// second after the flows end.
+	extraHelpers["tcp-parallel-settle"] = func(args []string) error {
+		if err := extraHelpers["tcp-parallel"](args); err != nil {
+			return err
+		}
+		time.Sleep(2 * time.Second)
 		return printTapQueues("tap0")
 	}
 	// mq-newns ARGS: mq-container in new user+net namespaces.
@@ -252,6 +264,61 @@ func TestMultiQueueTCP(t *testing.T) {
 			began := time.Now()
 			e.mustOK([]string{"--queues", "2"}, mode, uecho.String())
 			t.Logf("%s: %v", mode, time.Since(began).Round(time.Millisecond))
+		}
+	})
+}
+
+// TestMultiQueueAuto: with --queues auto, the TAP has two queues but
+// only one attached until several flows are busy; then the second is
+// attached and flows move to it while they carry data, which arrives
+// intact; a second after they end it is detached again. Also confined
+// (seccomp must let the queue ioctl through) and on the netstack path,
+// where nothing is attached (the governor follows fast-path flows only).
+func TestMultiQueueAuto(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("--queues auto opens one queue per CPU: one here")
+	}
+	forEachVariant(t, func(t *testing.T, e *env) {
+		echo := e.w.TCPEcho(t, "198.51.100.1:0")
+		sink := e.w.TCPSink(t, "198.51.100.1:0")
+		// Four flows of 64 MiB each way last several samples of the
+		// governor (100 ms) even at loopback speed.
+		args := []string{echo.String(), sink.String(), "4", fmt.Sprint(64 << 20)}
+		for _, tc := range []struct {
+			name   string
+			flags  []string
+			attach bool
+		}{
+			{"fast path", withFlags(fastPath), true},
+			{"confined", withFlags(fastPath, "--enable-sandbox", "--enable-seccomp"), true},
+			{"netstack", withFlags(netstackPath), false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				flags := append([]string{"--queues", "auto", "--log-level", "debug"}, tc.flags...)
+				r := e.run(flags, "tcp-parallel-settle", args...)
+				if r.status != 0 || !strings.Contains(r.stdout, "OK") {
+					t.Fatalf("%v: status %d\nstdout:\n%s\nstderr:\n%s", flags, r.status, r.stdout, r.stderr)
+				}
+				if !strings.Contains(r.stderr, `msg="multi-queue TAP" queues=2`) {
+					t.Fatalf("rootlessnet does not serve two queues:\n%s", r.stderr)
+				}
+				attached := strings.Contains(r.stderr, `msg="TAP queues attached" active=2`)
+				detached := strings.Contains(r.stderr, `msg="TAP queues detached" active=1`)
+				if attached != tc.attach || detached != tc.attach {
+					t.Errorf("queues attached %v and detached %v, want %v:\n%s", attached, detached, tc.attach, r.stderr)
+				}
+				// Four busy flows on one queue: two of them move.
+				if tc.attach && !regexp.MustCompile(`msg="TAP queues attached" active=2 "busy flows"=[2-9] moved=[1-9]`).MatchString(r.stderr) {
+					t.Errorf("no flow moved to the queue attached:\n%s", r.stderr)
+				}
+				// After the flows, one queue again.
+				if i := strings.LastIndex(r.stdout, "tap-queues"); i < 0 || !strings.HasPrefix(r.stdout[i:], "tap-queues 1\n") {
+					t.Errorf("tap0 has not one queue attached at the end:\n%s", r.stdout)
+				}
+				if strings.Contains(r.stderr, "level=WARN") {
+					t.Errorf("warnings:\n%s", r.stderr)
+				}
+			})
 		}
 	})
 }
