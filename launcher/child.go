@@ -154,7 +154,7 @@ func setup(req SetupRequest) ([]*os.File, []string, error) {
 		return nil, nil, err
 	}
 	var warnings []string
-	if fallback != nil {
+	if fallback != nil && !req.QueuesOptional {
 		warnings = append(warnings, fallback.Error())
 	}
 	if req.Configure {

@@ -22,12 +22,15 @@ type SetupRequest struct {
 	VnetHdr bool
 	// Queues, above 1, opens a multi-queue TAP with that many queues
 	// (tap.OpenQueues), an fd each.
-	Queues    int
-	Configure bool
-	MTU       int
-	MAC       string
-	Address   string // guest address with prefix, when Configure
-	Gateway   string // default route, when Configure
+	Queues int
+	// QueuesOptional: fewer queues than Queues are no cause for a
+	// warning (--queues auto, on a TAP without multi-queue).
+	QueuesOptional bool `json:",omitempty"`
+	Configure      bool
+	MTU            int
+	MAC            string
+	Address        string // guest address with prefix, when Configure
+	Gateway        string // default route, when Configure
 	// Address6 and Gateway6 are the same for IPv6 (empty when off).
 	Address6 string
 	Gateway6 string

@@ -86,7 +86,7 @@ func attachCommand(args []string) error {
 		if err := o.member.validate(fs, "tap"); err != nil {
 			return err
 		}
-		if o.queues.count() > 1 {
+		if !o.queues.auto && o.queues.n > 1 {
 			return usageError{fmt.Errorf("--queues is for a TAP of rootlessnet's own: not with --network")}
 		}
 		return attachMember(&o, log)
@@ -234,7 +234,7 @@ func attachNamespace(o *attachOptions, log *slog.Logger, netnsPath, userPath str
 	if user != nil {
 		defer user.Close()
 	}
-	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0, Queues: o.queues.count()}
+	req := launcher.SetupRequest{Tap: o.tapName, VnetHdr: o.offload, Configure: configure, MTU: o.mtu, MAC: o.macAddress, SockDiag: len(o.autos) > 0, Queues: o.queues.count(), QueuesOptional: o.queues.auto}
 	if configure {
 		req.Address = o.addressing.GuestPrefix().String()
 		req.Gateway = o.addressing.Gateway.String()

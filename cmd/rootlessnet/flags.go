@@ -71,8 +71,8 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.portBypass, "port-bypass", false, "published TCP ports skip the netstack: a helper inside the container's namespaces connects to the guest port and rootlessnet splices between the two kernel sockets (under half the CPU per byte; faster where CPU is the limit), but the guest sees connections come from its own address instead of the client's; UDP ports are unchanged")
 	fs.BoolVar(&o.tcpFastPath, "tcp-fastpath", true, "outbound TCP from the container skips the netstack: its segments become calls on host sockets, as in pasta (--tcp-fastpath=false: the netstack carries it, as before)")
 	fs.DurationVar(&o.busyPoll, "busy-poll", eventloop.DefaultBusyPoll, "with the TCP fast path, how long a busy link's loop may poll for the next event before it sleeps, as the kernel's SO_BUSY_POLL (shorter request/response latency for some CPU; the window adapts and an idle link never polls); 0: never")
-	o.queues = queuesFlag{n: 1}
-	fs.Var(&o.queues, "queues", fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning); auto: one per CPU (at most %d), of which only the first is attached while at most one TCP flow is busy", tap.MaxQueues, maxAutoQueues))
+	o.queues = queuesFlag{auto: true}
+	fs.Var(&o.queues, "queues", fmt.Sprintf("open the TAP with this many queues (IFF_MULTI_QUEUE), each read by a loop and thread of its own that serves the container's flows the kernel puts on it; 1 to %d (a TAP that exists without multi-queue gets one, with a warning); auto: one per CPU (at most %d), of which only the first is attached while at most one fast-path TCP flow is busy, and one per busy flow otherwise (a network's members: one)", tap.MaxQueues, maxAutoQueues))
 	fs.BoolVar(&o.offload, "offload", true, "exchange 64 KiB TCP super-frames with the TAP (IFF_VNET_HDR, TSO, checksum offload)")
 }
 

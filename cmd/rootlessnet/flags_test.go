@@ -52,7 +52,9 @@ func TestOptionsValidate(t *testing.T) {
 		{[]string{"--queues", "0"}, "invalid --queues 0: want 1 to 16"},
 		{[]string{"--queues", "17"}, "invalid --queues 17"},
 		{[]string{"--queues", "-1"}, "invalid --queues -1"},
-		{[]string{"--queues", "two"}, "invalid argument"},
+		{[]string{"--queues", "two"}, "want a number of queues or auto"},
+		{[]string{"--queues", "auto"}, ""},
+		{[]string{"--queues", "Auto"}, "want a number of queues or auto"},
 	} {
 		var o options
 		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)

@@ -43,7 +43,7 @@ func runCommand(args []string) (int, error) {
 		if err := mo.validate(fs); err != nil {
 			return 0, err
 		}
-		if o.queues.count() > 1 {
+		if !o.queues.auto && o.queues.n > 1 {
 			return 0, usageError{errors.New("run: --queues is for a TAP of rootlessnet's own: not with --network")}
 		}
 		return runMember(&o, &mo, fs.Args(), log)
@@ -70,16 +70,17 @@ func runCommand(args []string) (int, error) {
 	stopped := stopAsked(sigs)
 
 	req := launcher.SetupRequest{
-		Tap:       o.tapName,
-		VnetHdr:   o.offload,
-		Configure: true,
-		MTU:       o.mtu,
-		MAC:       o.macAddress,
-		Address:   o.addressing.GuestPrefix().String(),
-		Gateway:   o.addressing.Gateway.String(),
-		Command:   fs.Args(),
-		SockDiag:  len(o.autos) > 0,
-		Queues:    o.queues.count(),
+		Tap:            o.tapName,
+		VnetHdr:        o.offload,
+		Configure:      true,
+		MTU:            o.mtu,
+		MAC:            o.macAddress,
+		Address:        o.addressing.GuestPrefix().String(),
+		Gateway:        o.addressing.Gateway.String(),
+		Command:        fs.Args(),
+		SockDiag:       len(o.autos) > 0,
+		Queues:         o.queues.count(),
+		QueuesOptional: o.queues.auto,
 	}
 	if o.addressing6.Enabled() {
 		req.Address6 = o.addressing6.GuestPrefix().String()
